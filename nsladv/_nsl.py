@@ -1,0 +1,106 @@
+"""The NSL bridge: the only module of nsladv that imports Neural Structured Learning.
+
+NSL 1.4.0's package `__init__` imports its `estimator` subpackage, which imports
+`tf.estimator`, removed in TensorFlow 2.16. Nothing nsladv uses depends on that
+subpackage, so when (and only when) the plain import fails for that reason, a
+placeholder module is registered under its name and the import is retried. The
+framework-level functions (`nsl.lib`, `nsl.configs`, `nsl.tools`) then load and
+work with Keras 3 models.
+
+Everything else in nsladv reaches NSL through the names defined here, so that
+tests can observe (or replace) exactly what NSL is asked to do.
+"""
+
+import sys
+import types
+
+_ESTIMATOR_MODULE = "neural_structured_learning.estimator"
+
+
+def _import_nsl():
+    try:
+        import neural_structured_learning as nsl  # noqa: PLC0415
+
+        return nsl
+    except ImportError as error:
+        if "estimator" not in str(error):
+            raise
+    # Drop the half-imported package before retrying with the placeholder.
+    for name in [m for m in sys.modules if m.startswith("neural_structured_learning")]:
+        del sys.modules[name]
+    placeholder = types.ModuleType(_ESTIMATOR_MODULE)
+    placeholder.__doc__ = (
+        "Placeholder registered by nsladv: NSL's estimator API needs "
+        "tf.estimator, which TensorFlow >= 2.16 no longer has."
+    )
+    sys.modules[_ESTIMATOR_MODULE] = placeholder
+    import neural_structured_learning as nsl  # noqa: PLC0415
+
+    return nsl
+
+
+nsl = _import_nsl()
+NormType = nsl.configs.NormType
+DistanceType = nsl.configs.DistanceType
+
+# nsladv names -> NSL enums.
+NORMS = {"linf": NormType.INFINITY, "l2": NormType.L2, "l1": NormType.L1}
+DISTANCES = {
+    "kl": DistanceType.KL_DIVERGENCE,
+    "js": DistanceType.JENSEN_SHANNON_DIVERGENCE,
+    "l2": DistanceType.L2,
+    "cosine": DistanceType.COSINE,
+}
+
+
+def gen_adv_neighbor(*args, **kwargs):
+    """`nsl.lib.gen_adv_neighbor`, looked up at call time (tests may spy on it)."""
+    return nsl.lib.gen_adv_neighbor(*args, **kwargs)
+
+
+def project_to_ball(tensors, radius, norm):
+    """`nsl.lib.project_to_ball` for an nsladv norm name (`linf` or `l2`)."""
+    return nsl.lib.project_to_ball(tensors, radius, NORMS[norm])
+
+
+def pairwise_distance(sources, targets, weights, config):
+    """`nsl.lib.pairwise_distance_wrapper`."""
+    return nsl.lib.pairwise_distance_wrapper(
+        sources, targets, weights=weights, distance_config=config
+    )
+
+
+def adv_neighbor_config(
+    *, norm, step_size, feature_mask=None, clip_min=None, clip_max=None
+):
+    """One steepest-ascent step as an `nsl.configs.AdvNeighborConfig`.
+
+    nsladv runs the PGD loop itself (it projects around the clean input and
+    does the random start, which NSL 1.4.0 cannot do with an unknown batch
+    size inside `tf.function`); NSL takes each step.
+    """
+    return nsl.configs.AdvNeighborConfig(
+        feature_mask=feature_mask,
+        adv_step_size=step_size,
+        adv_grad_norm=NORMS[norm],
+        clip_value_min=clip_min,
+        clip_value_max=clip_max,
+        pgd_iterations=1,
+        pgd_epsilon=None,
+        random_init=False,
+    )
+
+
+def distance_config(distance, *, from_logits):
+    """An `nsl.configs.DistanceConfig` for a divergence between predictions.
+
+    The distance is summed over the last (class) axis and averaged over the
+    batch, the reduction Keras losses use by default.
+    """
+    transform = "softmax" if from_logits and distance in ("kl", "js") else "none"
+    return nsl.configs.DistanceConfig(
+        distance_type=DISTANCES[distance],
+        reduction="weighted_sum_over_batch_size",
+        sum_over_axis=-1,
+        transform_fn=transform,
+    )

@@ -1,0 +1,58 @@
+"""Neighbor-consistency losses between clean and neighbor predictions.
+
+The `label` distance is the user's compiled Keras loss applied to the
+neighbor's predictions (the wrapper owns that path); the divergences here
+compare f(x) with f(x') through NSL's `pairwise_distance_wrapper`.
+"""
+
+import keras
+import tensorflow as tf
+
+from nsladv import _nsl
+
+
+def scale_for_distribution(loss):
+    """Divides a batch-mean loss by the replicas in sync.
+
+    Keras loss objects do this themselves inside a replica context; NSL's
+    distances do not, and gradients are summed across replicas.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
+
+
+def unscale_for_distribution(loss):
+    """Undoes `scale_for_distribution`, for logging (as Keras does)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss * replicas if replicas > 1 else loss
+
+
+def divergence(distance, clean, neighbor, *, from_logits, sample_weight=None):
+    """Mean over the batch of D(f(x), f(x')), summed over outputs.
+
+    Args:
+        distance: `"kl"`, `"js"`, `"l2"` or `"cosine"`.
+        clean: the clean predictions f(x) (a tensor or a structure of them).
+        neighbor: the neighbor predictions f(x'), same structure.
+        from_logits: whether predictions are logits (softmax is applied
+            before `kl` and `js`).
+        sample_weight: optional per-example weights, shape `[batch]`.
+
+    Returns:
+        A float32 scalar: sum over outputs of
+        `sum_i w_i * D(clean_i, neighbor_i) / batch`, where D sums over the
+        last axis (KL(p||q) = sum_c p_c log(p_c / q_c); L2 = sum_c (a_c - b_c)^2;
+        cosine = 1 - a.b / (|a| |b|)).
+    """
+    config = _nsl.distance_config(distance, from_logits=from_logits)
+    keras.tree.assert_same_structure(clean, neighbor)
+    total = []
+    for c, n in zip(keras.tree.flatten(clean), keras.tree.flatten(neighbor)):
+        c = tf.cast(c, tf.float32)
+        n = tf.cast(n, tf.float32)
+        if sample_weight is None:
+            weights = 1.0
+        else:
+            weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1] + [1] * (c.shape.rank - 1))
+        total.append(_nsl.pairwise_distance(c, n, weights, config))
+    return scale_for_distribution(tf.add_n(total))

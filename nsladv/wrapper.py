@@ -1,0 +1,411 @@
+"""The wrapper: a `keras.Model` that trains a base model with adversarial neighbors."""
+
+import keras
+import tensorflow as tf
+
+from nsladv import losses as losses_lib
+from nsladv.configs import Regularization
+from nsladv.configs import ThreatModel
+from nsladv.configs import check_compatible
+from nsladv.neighbors import NeighborBuilder
+
+try:  # A private Keras class, guarded: tests/test_wrapper.py pins its use.
+    from keras.src.trainers.compile_utils import CompileLoss as _CompileLoss
+except ImportError as error:  # pragma: no cover - depends on the Keras release
+    raise ImportError(
+        "nsladv needs keras.src.trainers.compile_utils.CompileLoss (Keras 3.x, "
+        f"tested with 3.15). Installed: keras {keras.__version__}"
+    ) from error
+
+_NEIGHBOR_TRACKERS = ("clean_loss", "neighbor_loss")
+
+
+class _Knobs:
+    """Run-time strengths read inside the compiled step (not model state).
+
+    A plain object, so Keras does not track its variables: the wrapper's
+    weights stay exactly the base model's, and a callback can change the
+    epsilon or multiplier strength without retracing the train step.
+    """
+
+    def __init__(self):
+        self.epsilon_scale = tf.Variable(1.0, trainable=False, name="epsilon_scale")
+        self.multiplier_scale = tf.Variable(1.0, trainable=False, name="multiplier_scale")
+        self.neighbor_loss = None
+
+
+@keras.saving.register_keras_serializable(package="nsladv")
+class AdversarialModel(keras.Model):
+    """Trains `base_model` with a neighbor-consistency loss on adversarial neighbors.
+
+    For each batch (x, y, w) the train step computes
+
+        total = L(y, f(x); w) + multiplier * D
+
+    where x' is the adversarial neighbor of x under `threat`, built by NSL's
+    `nsl.lib.gen_adv_neighbor`, and D is `L(y, f(x'); w)` for the `label`
+    distance or a divergence between f(x) and f(x') (see `Regularization`).
+    The neighbor is a constant for the weights' gradient.
+
+    Cost per step: for the `label` distance without a random start, the clean
+    pass's one backward pass gives both the weights' gradient and the input
+    gradient that takes the first step; the neighbor adds one forward and one
+    backward pass, and each further PGD step one forward and one backward
+    pass to the input. With a random start, or a divergence, every PGD step
+    needs its own pass; the clean and neighbor passes then share one backward.
+    Neighbor-building passes call the base model with `training=False`
+    (dropout off, BatchNorm statistics untouched); the clean and neighbor
+    training passes use `training=True`.
+
+    The wrapper owns no weights: `call`, `predict`, `save` and `export` go to
+    the base model, which is what you keep, evaluate and ship.
+
+    Logs `loss` (the total), `clean_loss`, `neighbor_loss` and the compiled
+    metrics on clean inputs; `evaluate` reports the clean loss and metrics.
+
+    Args:
+        base_model: the `keras.Model` to harden (sequential, functional or
+            subclassed; tensor, list or dict inputs; one or more outputs).
+        threat: a `ThreatModel` (default: `ThreatModel()`).
+        regularization: a `Regularization` (default: `Regularization()`).
+        name: the wrapper's name.
+        **kwargs: passed to `keras.Model`.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([keras.Input((28, 28, 1)), ..., keras.layers.Dense(10)])
+    hardened = nsladv.wrap(model, epsilon=0.1, steps=1, multiplier=0.5)
+    hardened.compile(optimizer="adam",
+                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                     metrics=["accuracy"])
+    hardened.fit(x_train, y_train, epochs=5)
+    model.save("hardened.keras")   # the base model, now hardened
+    ```
+    """
+
+    def __init__(self, base_model, *args, threat=None, regularization=None, name=None, **kwargs):
+        if args:
+            raise TypeError(
+                "AdversarialModel takes the base model positionally and every "
+                "other setting as a keyword, e.g. AdversarialModel(model, "
+                f"threat=ThreatModel(...)). Received: {len(args)} extra positional "
+                f"argument(s): {args!r}"
+            )
+        _validate_base_model(base_model)
+        threat = ThreatModel() if threat is None else threat
+        regularization = Regularization() if regularization is None else regularization
+        _validate_config("threat", threat, ThreatModel)
+        _validate_config("regularization", regularization, Regularization)
+        check_compatible(threat, regularization)
+        super().__init__(name=name or f"adversarial_{base_model.name}", **kwargs)
+        self.base_model = base_model
+        self.threat = threat
+        self.regularization = regularization
+        if getattr(base_model, "output_names", None):
+            self.output_names = list(base_model.output_names)
+        self._neighbors = NeighborBuilder(
+            threat, random_start=threat.uses_random_start(regularization.distance)
+        )
+        self._knobs = _Knobs()
+        self._from_logits = regularization.from_logits
+        self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
+        self.neighbor_loss_tracker = keras.metrics.Mean(name="neighbor_loss")
+
+    # Strengths, for warm-up schedules ---------------------------------------
+
+    @property
+    def epsilon_scale(self):
+        """Fraction of epsilon (and step size) in force, in [0, 1]."""
+        return float(self._knobs.epsilon_scale.numpy())
+
+    @epsilon_scale.setter
+    def epsilon_scale(self, value):
+        self._knobs.epsilon_scale.assign(_fraction("epsilon_scale", value))
+
+    @property
+    def multiplier_scale(self):
+        """Fraction of the regularization multiplier in force, in [0, 1]."""
+        return float(self._knobs.multiplier_scale.numpy())
+
+    @multiplier_scale.setter
+    def multiplier_scale(self, value):
+        self._knobs.multiplier_scale.assign(_fraction("multiplier_scale", value))
+
+    # Keras hooks --------------------------------------------------------------
+
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, **kwargs):
+        if loss is None:
+            raise ValueError(
+                "AdversarialModel.compile() needs a `loss`: it builds the "
+                "adversarial neighbors and trains on it. Pass the loss you would "
+                "give the base model, e.g. loss='sparse_categorical_crossentropy'. "
+                "Received: loss=None"
+            )
+        if self.regularization.distance in ("kl", "js"):
+            self._from_logits = _resolve_from_logits(self.regularization.from_logits, loss)
+        super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
+        # A second loss object for neighbor and attack losses, so that the
+        # per-output loss metrics of the compiled loss see clean inputs only.
+        self._knobs.neighbor_loss = _CompileLoss(
+            loss, loss_weights, output_names=getattr(self, "output_names", None)
+        )
+
+    def call(self, inputs, training=None):
+        return self.base_model(inputs, training=training)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        _check_labels(y)
+        if self.regularization.distance == "label" and not self._neighbors.random_start:
+            y_pred, clean_loss, neighbor_loss, gradients = self._label_step(x, y, sample_weight)
+        else:
+            y_pred, clean_loss, neighbor_loss, gradients = self._joint_step(x, y, sample_weight)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self._update_trackers(x, y, y_pred, sample_weight, clean_loss, neighbor_loss)
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return {k: v for k, v in logs.items() if k not in _NEIGHBOR_TRACKERS}
+
+    def predict(self, *args, **kwargs):
+        return self.base_model.predict(*args, **kwargs)
+
+    def save(self, *args, **kwargs):
+        """Saves the base model (the wrapper adds no weights)."""
+        return self.base_model.save(*args, **kwargs)
+
+    def export(self, *args, **kwargs):
+        """Exports the base model (the wrapper is for training only)."""
+        return self.base_model.export(*args, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "threat": self.threat.get_config(),
+            "regularization": self.regularization.get_config(),
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        base_model = keras.saving.deserialize_keras_object(
+            config.pop("base_model"), custom_objects=custom_objects
+        )
+        return cls(
+            base_model,
+            threat=ThreatModel.from_config(config.pop("threat")),
+            regularization=Regularization.from_config(config.pop("regularization")),
+            **config,
+        )
+
+    # Steps -----------------------------------------------------------------
+
+    def _label_step(self, x, y, sample_weight):
+        """Label distance, no random start: one backward gives both gradients."""
+        inputs = self._neighbors.select(x)
+        weights = self.trainable_weights
+        with tf.GradientTape() as tape:
+            tape.watch(list(inputs.values()))
+            y_pred = self.base_model(x, training=True)
+            clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+            scaled = self.optimizer.scale_loss(clean_loss)
+        grads = tape.gradient(scaled, weights + list(inputs.values()))
+        clean_grads = grads[: len(weights)]
+        input_grads = dict(zip(inputs, grads[len(weights) :]))
+        x_adv = self._neighbors(
+            x,
+            model_fn=self._attack_model_fn,
+            loss_fn=lambda pred: self._label_loss(y, pred),
+            first_gradient=input_grads,
+            scale=self._knobs.epsilon_scale,
+        )
+        with tf.GradientTape() as tape:
+            neighbor_loss = self._label_loss(y, self.base_model(x_adv, training=True), sample_weight)
+            scaled = self.optimizer.scale_loss(self._multiplier() * neighbor_loss)
+        neighbor_grads = tape.gradient(scaled, weights)
+        return y_pred, clean_loss, neighbor_loss, [_add(a, b) for a, b in zip(clean_grads, neighbor_grads)]
+
+    def _joint_step(self, x, y, sample_weight):
+        """Random start or divergence: the neighbor pass shares the backward."""
+        distance = self.regularization.distance
+        with tf.GradientTape() as tape:
+            y_pred = self.base_model(x, training=True)
+            clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+            with tape.stop_recording():
+                if distance == "label":
+                    attack_loss = lambda pred: self._label_loss(y, pred)  # noqa: E731
+                else:
+                    target = keras.tree.map_structure(tf.stop_gradient, y_pred)
+                    attack_loss = lambda pred: self._divergence(target, pred)  # noqa: E731
+                x_adv = self._neighbors(
+                    x,
+                    model_fn=self._attack_model_fn,
+                    loss_fn=attack_loss,
+                    scale=self._knobs.epsilon_scale,
+                )
+            y_adv = self.base_model(x_adv, training=True)
+            if distance == "label":
+                neighbor_loss = self._label_loss(y, y_adv, sample_weight)
+            else:
+                neighbor_loss = self._divergence(y_pred, y_adv, sample_weight)
+            total = clean_loss + self._multiplier() * neighbor_loss
+            scaled = self.optimizer.scale_loss(total)
+        return y_pred, clean_loss, neighbor_loss, tape.gradient(scaled, self.trainable_weights)
+
+    def _attack_model_fn(self, inputs):
+        return self.base_model(inputs, training=False)
+
+    def _label_loss(self, y, y_pred, sample_weight=None):
+        return tf.cast(self._knobs.neighbor_loss(y, y_pred, sample_weight), tf.float32)
+
+    def _divergence(self, clean, neighbor, sample_weight=None):
+        return losses_lib.divergence(
+            self.regularization.distance,
+            clean,
+            neighbor,
+            from_logits=bool(self._from_logits),
+            sample_weight=sample_weight,
+        )
+
+    def _multiplier(self):
+        return self.regularization.multiplier * self._knobs.multiplier_scale
+
+    def _update_trackers(self, x, y, y_pred, sample_weight, clean_loss, neighbor_loss):
+        batch = tf.shape(next(v for v in keras.tree.flatten(x) if v is not None))[0]
+        unscale = losses_lib.unscale_for_distribution
+        clean = unscale(tf.cast(clean_loss, tf.float32))
+        neighbor = unscale(neighbor_loss)
+        self._loss_tracker.update_state(clean + self._multiplier() * neighbor, sample_weight=batch)
+        self.clean_loss_tracker.update_state(clean, sample_weight=batch)
+        self.neighbor_loss_tracker.update_state(neighbor, sample_weight=batch)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _add(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _fraction(name, value):
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value!r}")
+    return value
+
+
+def _check_labels(y):
+    if y is None:
+        raise ValueError(
+            "AdversarialModel trains on labelled data: pass `y` to fit() (or a "
+            "tf.data.Dataset of (x, y) or (x, y, sample_weight) tuples). Labels "
+            "never ride inside the features. Received: data without labels (y=None)"
+        )
+
+
+def _validate_base_model(base_model):
+    if not isinstance(base_model, keras.Model):
+        hint = ""
+        module = type(base_model).__module__
+        if module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras")):
+            hint = " This looks like a legacy tf-keras model; build it with Keras 3 (`import keras`)."
+        raise TypeError(
+            f"Expected a Keras 3 `keras.Model` to wrap.{hint} "
+            f"Received: base_model of type {type(base_model).__module__}.{type(base_model).__name__}"
+        )
+    if isinstance(base_model, AdversarialModel):
+        raise TypeError(
+            "The model is already an AdversarialModel; wrap its base model instead. "
+            f"Received: base_model={base_model.name!r}"
+        )
+
+
+def _validate_config(name, value, cls):
+    if not isinstance(value, cls):
+        raise TypeError(
+            f"`{name}` must be a nsladv.{cls.__name__}. Received: {name}={value!r}"
+        )
+
+
+def _resolve_from_logits(from_logits, loss):
+    if from_logits is not None:
+        return from_logits
+    if isinstance(loss, str):
+        return False  # Keras' string losses take probabilities.
+    found = getattr(loss, "from_logits", None)
+    if found is None:
+        config = getattr(loss, "get_config", lambda: {})()
+        found = config.get("from_logits") if isinstance(config, dict) else None
+    if found is None:
+        raise ValueError(
+            "The kl and js distances need to know whether the model outputs "
+            "logits or probabilities, and the compiled loss does not say. Pass "
+            f"from_logits=True or False to the regularization. Received: loss={loss!r}"
+        )
+    return bool(found)
+
+
+_THREAT_FIELDS = ("epsilon", "norm", "steps", "step_size", "random_start", "clip_range", "feature_mask")
+_REGULARIZATION_FIELDS = ("multiplier", "distance", "from_logits")
+
+
+def wrap(base_model, *args, threat=None, regularization=None, name=None, **settings):
+    """Wraps `base_model` for adversarial training; the two-line change.
+
+    Args:
+        base_model: the `keras.Model` to harden.
+        threat: a `ThreatModel`, or give its settings as keywords:
+            `epsilon`, `norm`, `steps`, `step_size`, `random_start`,
+            `clip_range`, `feature_mask`.
+        regularization: a `Regularization`, or give its settings as keywords:
+            `multiplier`, `distance`, `from_logits`.
+        name: the wrapper's name.
+
+    Returns:
+        An `AdversarialModel`; compile and fit it as you would the base model.
+
+    Raises:
+        TypeError: for positional settings or unknown keywords.
+        ValueError: for invalid settings (see `ThreatModel`, `Regularization`).
+
+    Example:
+
+    ```python
+    hardened = nsladv.wrap(model, epsilon=0.3, steps=10, clip_range=(0, 1))
+    hardened.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    hardened.fit(dataset, epochs=5)
+    ```
+    """
+    if args:
+        raise TypeError(
+            "nsladv.wrap() takes the model positionally and its settings as "
+            "keywords, e.g. nsladv.wrap(model, epsilon=0.1, multiplier=0.2). "
+            f"Received: {len(args)} positional setting(s) after the model: {args!r}"
+        )
+    unknown = sorted(set(settings) - set(_THREAT_FIELDS) - set(_REGULARIZATION_FIELDS))
+    if unknown:
+        raise TypeError(
+            f"nsladv.wrap() got unknown settings {unknown}. Expected some of "
+            f"{sorted(_THREAT_FIELDS + _REGULARIZATION_FIELDS)}, or threat=/regularization=."
+        )
+    threat = _merge("threat", threat, ThreatModel, _THREAT_FIELDS, settings)
+    regularization = _merge(
+        "regularization", regularization, Regularization, _REGULARIZATION_FIELDS, settings
+    )
+    return AdversarialModel(base_model, threat=threat, regularization=regularization, name=name)
+
+
+def _merge(name, config, cls, fields, settings):
+    given = {k: v for k, v in settings.items() if k in fields}
+    if config is None:
+        return cls(**given)
+    if given:
+        raise TypeError(
+            f"Pass either `{name}=` or its settings {sorted(given)}, not both. "
+            f"Received: {name}={config!r} and {given!r}"
+        )
+    return config

@@ -1,0 +1,46 @@
+"""Packaging for nsladv: the metadata lives here, the version in nsladv/version.py."""
+
+import pathlib
+import re
+
+from setuptools import find_packages
+from setuptools import setup
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(
+    r'^__version__ = "([^"]+)"',
+    (_HERE / "nsladv" / "version.py").read_text(),
+    re.M,
+).group(1)
+
+setup(
+    name="nsladv",
+    version=_VERSION,
+    description=(
+        "Harden existing Keras 3 models against adversarial inputs with "
+        "Neural Structured Learning's adversarial neighbors."
+    ),
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nsladv", "nsladv.*"]),
+    install_requires=[
+        "tensorflow==2.21.0",
+        "keras==3.15.1",
+        "neural-structured-learning==1.4.0",
+        "tensorflow-datasets==4.9.10",
+        # TFDS 4.9.10 imports this backport without declaring it.
+        "importlib_resources>=6",
+        "keras-tuner==1.4.8",
+        # keras-tuner imports tensorboard in every trial; TF 2.21 no longer
+        # installs it.
+        "tensorboard==2.21.0",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        # NSL's legacy Keras wrapper, run under tf-keras as the benchmark's
+        # comparison baseline.
+        "bench": ["tf-keras==2.21.0"],
+    },
+)
