@@ -43,6 +43,13 @@ def _describe(value):
     return f"of dtype {getattr(dtype, 'name', type(value).__name__)}"
 
 
+def as_tensors(x):
+    """`x` with NumPy arrays (as eager Keras steps may pass) made tensors."""
+    return keras.tree.map_structure(
+        lambda v: tf.convert_to_tensor(v) if isinstance(v, np.ndarray) else v, x
+    )
+
+
 def _flatten_inputs(x):
     """(paths, leaves) of the input structure; composite tensors stay whole."""
     flat = keras.tree.flatten_with_path(x)
@@ -90,6 +97,7 @@ class NeighborBuilder:
                 range) does not match the input structure, or asks to perturb
                 a feature that is not a dense float tensor.
         """
+        x = as_tensors(x)
         paths, leaves = _flatten_inputs(x)
         self._check_structure(x, paths)
         selected = {}
@@ -196,6 +204,7 @@ class NeighborBuilder:
                 step when there is no random start.
             scale: scalar (tensor) multiplying epsilon and the step size.
         """
+        x = as_tensors(x)
         selected = self.select(x)
         if not selected:
             return x

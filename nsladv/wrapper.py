@@ -8,6 +8,7 @@ from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.configs import check_compatible
 from nsladv.neighbors import NeighborBuilder
+from nsladv.neighbors import as_tensors
 
 try:  # A private Keras class, guarded: tests/test_wrapper.py pins its use.
     from keras.src.trainers.compile_utils import CompileLoss as _CompileLoss
@@ -151,12 +152,17 @@ class AdversarialModel(keras.Model):
             loss, loss_weights, output_names=getattr(self, "output_names", None)
         )
 
+    def compile_from_config(self, config):
+        # compile() keeps Keras' signature, so the saved compile config applies.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
     def call(self, inputs, training=None):
         return self.base_model(inputs, training=training)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         _check_labels(y)
+        x = as_tensors(x)
         if self.regularization.distance == "label" and not self._neighbors.random_start:
             y_pred, clean_loss, neighbor_loss, gradients = self._label_step(x, y, sample_weight)
         else:
@@ -205,10 +211,10 @@ class AdversarialModel(keras.Model):
     def _label_step(self, x, y, sample_weight):
         """Label distance, no random start: one backward gives both gradients."""
         inputs = self._neighbors.select(x)
-        weights = self.trainable_weights
         with tf.GradientTape() as tape:
             tape.watch(list(inputs.values()))
             y_pred = self.base_model(x, training=True)
+            weights = self.trainable_weights  # after the call: it may build the model
             clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
             scaled = self.optimizer.scale_loss(clean_loss)
         grads = tape.gradient(scaled, weights + list(inputs.values()))
@@ -284,11 +290,16 @@ class AdversarialModel(keras.Model):
 
 
 def _add(a, b):
+    """Sums two gradients; sparse ones (embeddings) stay sparse."""
     if a is None:
         return b
     if b is None:
         return a
-    return a + b
+    if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+        return tf.IndexedSlices(
+            tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0), a.dense_shape
+        )
+    return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
 def _fraction(name, value):
@@ -332,21 +343,27 @@ def _validate_config(name, value, cls):
 
 
 def _resolve_from_logits(from_logits, loss):
+    """from_logits as set, else as every compiled loss says (they must agree)."""
     if from_logits is not None:
         return from_logits
+    found = {_loss_from_logits(leaf) for leaf in keras.tree.flatten(loss) if leaf is not None}
+    if len(found) != 1 or None in found:
+        raise ValueError(
+            "The kl and js distances need to know whether the model outputs "
+            "logits or probabilities, and the compiled loss does not say (or its "
+            "outputs disagree). Pass from_logits=True or False to the "
+            f"regularization. Received: loss={loss!r}"
+        )
+    return found.pop()
+
+
+def _loss_from_logits(loss):
     if isinstance(loss, str):
         return False  # Keras' string losses take probabilities.
     found = getattr(loss, "from_logits", None)
-    if found is None:
-        config = getattr(loss, "get_config", lambda: {})()
-        found = config.get("from_logits") if isinstance(config, dict) else None
-    if found is None:
-        raise ValueError(
-            "The kl and js distances need to know whether the model outputs "
-            "logits or probabilities, and the compiled loss does not say. Pass "
-            f"from_logits=True or False to the regularization. Received: loss={loss!r}"
-        )
-    return bool(found)
+    if found is None and hasattr(loss, "get_config"):
+        found = loss.get_config().get("from_logits")
+    return None if found is None else bool(found)
 
 
 _THREAT_FIELDS = ("epsilon", "norm", "steps", "step_size", "random_start", "clip_range", "feature_mask")
