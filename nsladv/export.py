@@ -1,0 +1,214 @@
+"""Export the hardened base model in the layout TensorFlow Serving reads.
+
+    saved_models/
+      models.config                  TF Serving model config (text proto)
+      <name>/
+        <version>/                   a SavedModel, numbered 1, 2, ...
+          saved_model.pb, variables/
+          assets.extra/
+            nsladv_metadata.json     threat model, regularization, robustness, versions
+            tf_serving_warmup_requests   PredictionLog records TF Serving replays on load
+
+A version is written into a non-numeric temporary folder beside the versions
+(TF Serving loads any numeric folder it sees), reloaded, checked against the
+Keras model on two batch sizes, and only then renamed to its number. An
+interrupted export leaves no numeric folder behind; the next export removes
+its leftovers.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SIGNATURE = "serving_default"
+WARMUP_FILE = "tf_serving_warmup_requests"
+METADATA_FILE = "nsladv_metadata.json"
+MODELS_CONFIG = "models.config"
+_TEMP_PREFIX = ".partial-"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExportError(RuntimeError):
+    """The exported SavedModel does not reproduce the Keras model."""
+
+
+def versions(model_dir):
+    """The numeric version folders of a model, ascending."""
+    model_dir = pathlib.Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def serving_function(model, input_shape, input_name="image", from_logits=True):
+    """The `serving_default` function: float32 pixels in [0, 1] -> named outputs.
+
+    Outputs: `logits` [batch, classes] float32, `probabilities` [batch,
+    classes] float32 and `class_ids` [batch] int64. Only standard TF ops.
+    """
+    spec = tf.TensorSpec([None, *input_shape], tf.float32, name=input_name)
+
+    @tf.function(input_signature=[spec])
+    def serve(inputs):
+        outputs = tf.cast(model(inputs, training=False), tf.float32)
+        if from_logits:
+            logits, probabilities = outputs, tf.nn.softmax(outputs, axis=-1)
+        else:
+            probabilities, logits = outputs, tf.math.log(tf.maximum(outputs, 1e-12))
+        return {
+            "logits": logits,
+            "probabilities": probabilities,
+            "class_ids": tf.argmax(logits, axis=-1, output_type=tf.int64),
+        }
+
+    return serve
+
+
+def export_model(
+    model,
+    base_dir,
+    name,
+    *,
+    input_shape,
+    input_name="image",
+    from_logits=True,
+    metadata=None,
+    warmup_inputs=None,
+    check_inputs=None,
+    write_models_config=True,
+    serving_base_path="/models",
+):
+    """Exports `model` as the next version of `name` under `base_dir`.
+
+    Args:
+        model: the (base, hardened) Keras classifier.
+        base_dir: the folder TF Serving's `--model_base_path`s live in
+            (`saved_models/`).
+        name: the model name clients ask for.
+        input_shape: one example's shape, e.g. `(28, 28, 1)`.
+        input_name: the signature's input name.
+        from_logits: whether the model outputs logits.
+        metadata: JSON-ready dict written to `assets.extra/`.
+        warmup_inputs: a few inputs (array, batch first) written as TF
+            Serving warmup requests.
+        check_inputs: inputs the reloaded export must reproduce the Keras
+            predictions on, at two batch sizes (default: random pixels).
+        write_models_config: (re)write `base_dir/models.config`.
+        serving_base_path: where `base_dir` is mounted in the TF Serving
+            container, for `models.config`.
+
+    Returns:
+        The path of the new version folder.
+
+    Raises:
+        ValueError: for an invalid name.
+        ExportError: if the reloaded export does not match the model.
+    """
+    if not isinstance(name, str) or not _NAME.match(name) or name.isdigit():
+        raise ValueError(
+            "The model name must be letters, digits, '_', '.' or '-' (not only digits), "
+            f"as TF Serving URLs use it. Received: name={name!r}"
+        )
+    model_dir = pathlib.Path(base_dir) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(model_dir)
+    version = (versions(model_dir) or [0])[-1] + 1
+    partial = model_dir / f"{_TEMP_PREFIX}{version}-{os.getpid()}"
+    try:
+        serve = serving_function(model, input_shape, input_name, from_logits)
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(SIGNATURE, serve)
+        archive.write_out(str(partial), verbose=False)
+        extra = partial / "assets.extra"
+        extra.mkdir()
+        (extra / METADATA_FILE).write_text(json.dumps(metadata or {}, indent=2) + "\n")
+        if warmup_inputs is not None:
+            write_warmup_requests(extra / WARMUP_FILE, name, input_name, warmup_inputs)
+        if check_inputs is None:
+            check_inputs = np.random.default_rng(0).random((9, *input_shape), dtype=np.float32)
+        check_export(partial, serve, check_inputs)
+        final = model_dir / str(version)
+        os.rename(partial, final)  # Atomic: TF Serving sees all of it or nothing.
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if write_models_config:
+        write_models_config_file(base_dir, serving_base_path=serving_base_path)
+    return final
+
+
+def check_export(path, serve, inputs):
+    """Reloads the SavedModel and compares it with `serve` on two batch sizes."""
+    reloaded = tf.saved_model.load(str(path))
+    signature = reloaded.signatures[SIGNATURE]
+    inputs = np.asarray(inputs, np.float32)
+    for batch in sorted({1, len(inputs)}):
+        expected = serve(tf.constant(inputs[:batch]))
+        got = signature(tf.constant(inputs[:batch]))
+        for key, value in expected.items():
+            if not np.allclose(got[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-5):
+                raise ExportError(
+                    f"The reloaded export's {key!r} differs from the Keras model on a batch "
+                    f"of {batch}: max difference {np.max(np.abs(got[key].numpy() - value.numpy()))}"
+                )
+
+
+def write_warmup_requests(path, model_name, input_name, inputs):
+    """TF Serving warmup records: one `PredictionLog` per input batch row."""
+    from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
+    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in np.asarray(inputs, np.float32):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = SIGNATURE
+            request.inputs[input_name].CopyFrom(tf.make_tensor_proto(row[None]))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def write_models_config_file(base_dir, *, serving_base_path="/models"):
+    """`base_dir/models.config` listing every model folder, latest version served."""
+    from google.protobuf import text_format  # noqa: PLC0415
+    from tensorflow_serving.config import model_server_config_pb2  # noqa: PLC0415
+
+    base_dir = pathlib.Path(base_dir)
+    config = model_server_config_pb2.ModelServerConfig()
+    for model_dir in sorted(p for p in base_dir.iterdir() if p.is_dir() and versions(p)):
+        entry = config.model_config_list.config.add()
+        entry.name = model_dir.name
+        entry.base_path = f"{serving_base_path.rstrip('/')}/{model_dir.name}"
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.latest.num_versions = 1
+    partial = base_dir / f".{MODELS_CONFIG}.partial"
+    partial.write_text(text_format.MessageToString(config))
+    os.replace(partial, base_dir / MODELS_CONFIG)
+    return base_dir / MODELS_CONFIG
+
+
+def _remove_leftovers(model_dir):
+    """Removes partial exports whose process is gone."""
+    for path in model_dir.glob(f"{_TEMP_PREFIX}*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

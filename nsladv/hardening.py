@@ -1,0 +1,218 @@
+"""The main job: data -> hardened model -> honest robustness report -> TF Serving export."""
+
+import pathlib
+import time
+
+import keras
+import tensorflow as tf
+
+from nsladv import data as data_lib
+from nsladv import export as export_lib
+from nsladv import report as report_lib
+from nsladv.evaluation import evaluate_robustness
+from nsladv.schedules import EpsilonWarmup
+from nsladv.schedules import MultiplierWarmup
+from nsladv.wrapper import AdversarialModel
+
+
+class ModelMismatchError(ValueError):
+    """A user's model does not fit the pipeline's data."""
+
+
+def harden(
+    pipeline,
+    *,
+    model_path=None,
+    out_dir=None,
+    saved_models="saved_models",
+    data_dir=None,
+    epochs=None,
+    baseline=True,
+    eval_examples=None,
+    export=True,
+    verbose=1,
+    log=print,
+):
+    """Runs a pipeline end to end and returns its report (also written to disk).
+
+    Args:
+        pipeline: an `nsladv.Pipeline`.
+        model_path: a user's saved `.keras` model to harden instead of the
+            pipeline's `build_model` (it must take the dataset's images and
+            output one score per class).
+        out_dir: run folder for report.json, robustness.png, TensorBoard
+            logs and the resumable training backup (default
+            `runs/<pipeline name>`).
+        saved_models: the TF Serving base folder exports go to.
+        data_dir: the TFDS data folder.
+        epochs: overrides the pipeline's epochs.
+        baseline: also train the undefended model, for comparison.
+        eval_examples: evaluate on the first N test examples only.
+        export: export the hardened base model for TF Serving.
+        verbose: Keras progress bars (1), one line per epoch (2), none (0).
+        log: where progress messages go.
+
+    Returns:
+        The report dict written to `out_dir/report.json`.
+    """
+    if epochs is not None:
+        pipeline = pipeline.replace(epochs=epochs)
+    out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name)
+    keras.utils.set_random_seed(pipeline.seed)
+    splits = data_lib.load(pipeline.dataset, data_dir=data_dir, validation_fraction=pipeline.validation_fraction)
+    log(f"data: {pipeline.dataset} {splits.image_shape}, {splits.num_classes} classes")
+    train = data_lib.pipeline(splits.train, batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
+    validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
+    test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
+    test = data_lib.pipeline(test_split, batch_size=500, training=False)
+    steps_per_epoch = int(train.cardinality())
+
+    base, from_logits = _base_model(pipeline, model_path, splits)
+    hardened = AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
+    hardened.compile(
+        optimizer=_optimizer(pipeline, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=["accuracy"],
+    )
+    callbacks = [
+        EpsilonWarmup(pipeline.epsilon_warmup_epochs),
+        MultiplierWarmup(pipeline.multiplier_warmup_epochs),
+        keras.callbacks.BackupAndRestore(str(out_dir / "backup" / "hardened")),
+        keras.callbacks.TensorBoard(str(out_dir / "logs" / "hardened")),
+    ]
+    log(f"training the hardened model: {pipeline.epochs} epochs, {_describe(pipeline)}")
+    start = time.perf_counter()
+    hardened.fit(train, validation_data=_or_none(validation), epochs=pipeline.epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
+    timings = {"train_hardened_seconds": round(time.perf_counter() - start, 1)}
+
+    models = {"hardened": base}
+    if baseline:
+        keras.utils.set_random_seed(pipeline.seed)
+        plain, _ = _base_model(pipeline, model_path, splits)
+        plain.compile(
+            optimizer=_optimizer(pipeline, steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+            metrics=["accuracy"],
+        )
+        log(f"training the undefended baseline: {pipeline.epochs} epochs")
+        start = time.perf_counter()
+        plain.fit(
+            train,
+            validation_data=_or_none(validation),
+            epochs=pipeline.epochs,
+            shuffle=False,  # The pipeline shuffles.
+            callbacks=[
+                keras.callbacks.BackupAndRestore(str(out_dir / "backup" / "baseline")),
+                keras.callbacks.TensorBoard(str(out_dir / "logs" / "baseline")),
+            ],
+            verbose=verbose,
+        )
+        timings["train_baseline_seconds"] = round(time.perf_counter() - start, 1)
+        models["baseline"] = plain
+
+    evaluations = {}
+    for label, model in models.items():
+        log(f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
+            f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}")
+        start = time.perf_counter()
+        evaluations[label] = evaluate_robustness(
+            model,
+            test,
+            epsilons=pipeline.eval_epsilons,
+            attacks=pipeline.eval_attacks,
+            from_logits=from_logits,
+            large_epsilon=pipeline.large_epsilon,
+        )
+        timings[f"evaluate_{label}_seconds"] = round(time.perf_counter() - start, 1)
+
+    report = {
+        "pipeline": pipeline.get_config(),
+        "model": str(model_path) if model_path else f"{pipeline.name} pipeline's build_model",
+        "versions": report_lib.package_versions(),
+        "evaluations": evaluations,
+        "timings": timings,
+    }
+    if export:
+        warmup = next(iter(test.unbatch().batch(4).take(1)))[0].numpy()
+        path = export_lib.export_model(
+            base,
+            saved_models,
+            pipeline.name,
+            input_shape=splits.image_shape,
+            from_logits=from_logits,
+            metadata={
+                "threat": pipeline.threat.get_config(),
+                "regularization": pipeline.regularization.get_config(),
+                "robustness": evaluations["hardened"],
+                "pipeline": pipeline.get_config(),
+                "versions": report["versions"],
+            },
+            warmup_inputs=warmup,
+        )
+        report["export"] = str(path)
+        log(f"exported for TF Serving: {path}")
+    report_lib.write_json(out_dir / "report.json", report)
+    report_lib.plot_robustness(evaluations, out_dir / "robustness.png",
+                               title=f"{pipeline.name}: white-box robust accuracy ({splits.info.name} test)")
+    log("\n" + report_lib.summary_table(evaluations))
+    log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}")
+    return report
+
+
+def _describe(pipeline):
+    t, r = pipeline.threat, pipeline.regularization
+    attack = "FGSM" if t.steps == 1 else f"PGD-{t.steps}"
+    return f"{attack} neighbors, {t.norm} epsilon={t.epsilon}, {r.distance} distance, multiplier={r.multiplier}"
+
+
+def _or_none(dataset):
+    return dataset if int(dataset.cardinality()) != 0 else None
+
+
+def _optimizer(pipeline, steps_per_epoch):
+    learning_rate = pipeline.learning_rate
+    if pipeline.decay_learning_rate:
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, pipeline.epochs * steps_per_epoch)
+        )
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _base_model(pipeline, model_path, splits):
+    """(model, from_logits): the pipeline's fresh model or the user's saved one."""
+    if model_path is None:
+        model = pipeline.build_model(splits.image_shape, splits.num_classes)
+    else:
+        path = pathlib.Path(model_path)
+        if not path.is_file() or path.suffix != ".keras":
+            raise FileNotFoundError(
+                f"Expected a saved Keras model file (.keras). Received: model path {str(model_path)!r}"
+                + ("" if path.is_file() else " (no such file)")
+            )
+        model = keras.saving.load_model(path, compile=False)
+    _check_fits(model, splits)
+    return model, not _ends_in_softmax(model)
+
+
+def _check_fits(model, splits):
+    batch = tf.zeros((2, *splits.image_shape))
+    try:
+        outputs = model(batch, training=False)
+    except Exception as error:  # noqa: BLE001 - any failure here is a mismatch
+        raise ModelMismatchError(
+            f"The model cannot take this dataset's images: expected inputs of shape "
+            f"(batch, {', '.join(map(str, splits.image_shape))}). Received: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    if not isinstance(outputs, tf.Tensor) or outputs.shape[-1] != splits.num_classes:
+        shape = getattr(outputs, "shape", type(outputs).__name__)
+        raise ModelMismatchError(
+            f"The model must output one score per class: shape (batch, {splits.num_classes}). "
+            f"Received: output {shape}"
+        )
+
+
+def _ends_in_softmax(model):
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    activation = getattr(last, "activation", None)
+    return activation is keras.activations.softmax or isinstance(last, keras.layers.Softmax)

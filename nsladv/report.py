@@ -1,0 +1,88 @@
+"""What a person reads after a run: report.json, the robustness curve, a summary table."""
+
+import json
+import os
+import pathlib
+import platform
+
+
+def package_versions():
+    """Versions of the stack, for reports and export metadata."""
+    import importlib.metadata as metadata  # noqa: PLC0415
+
+    names = ("nsladv", "tensorflow", "keras", "neural-structured-learning", "tensorflow-datasets", "keras-tuner")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def write_json(path, content):
+    """Writes JSON atomically (a reader never sees half a file)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
+    os.replace(partial, path)
+
+
+def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box attack"):
+    """Accuracy against epsilon for each model and attack, as a PNG.
+
+    Args:
+        evaluations: `{model label: evaluate_robustness result}`, e.g.
+            `{"hardened": ..., "baseline": ...}`.
+        path: where to write the PNG.
+    """
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colors = {"hardened": "#1f77b4", "baseline": "#d62728"}
+    styles = ["-", "--", ":", "-."]
+    for i, (label, result) in enumerate(evaluations.items()):
+        color = colors.get(label, f"C{i + 2}")
+        epsilons = [0.0] + result["epsilons"]
+        names = sorted(result["attacks"], key=lambda n: n != "fgsm")
+        for j, name in enumerate(names):
+            accuracy = result["attacks"][name]["accuracy"]
+            curve = [result["clean_accuracy"]] + [accuracy[f"{e:g}"] for e in result["epsilons"]]
+            ax.plot(epsilons, [100 * a for a in curve], styles[j % len(styles)], color=color, marker="o",
+                    markersize=4, label=f"{label}: {name.upper()}")
+    norm = next(iter(evaluations.values()))
+    norm = next(iter(norm["attacks"].values()))["config"]["norm"]
+    ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else norm.upper()} radius)")
+    ax.set_ylabel("accuracy on the test split (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def summary_table(evaluations):
+    """A plain-text table: one row per model and attack, one column per epsilon."""
+    first = next(iter(evaluations.values()))
+    keys = [f"{e:g}" for e in first["epsilons"]]
+    header = f"{'model':<10} {'attack':<8} {'clean':>7} " + " ".join(f"{'eps=' + k:>9}" for k in keys)
+    lines = [header, "-" * len(header)]
+    for label, result in evaluations.items():
+        for name, attack in result["attacks"].items():
+            cells = " ".join(f"{100 * attack['accuracy'][k]:>8.1f}%" for k in keys)
+            lines.append(f"{label:<10} {name:<8} {100 * result['clean_accuracy']:>6.1f}% {cells}")
+    for label, result in evaluations.items():
+        failed = [name for name, check in result.get("sanity", {}).items() if not check["passed"]]
+        status = "all passed" if not failed else "FAILED: " + ", ".join(failed)
+        lines.append(f"gradient-masking checks ({label}): {status}")
+    return "\n".join(lines)
