@@ -85,8 +85,18 @@ def scale_image(image, label):
     return tf.cast(image, tf.float32) / 255.0, label
 
 
-def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, cache=True, shuffle_buffer=10_000, drop_remainder=False):
-    """The tf.data pipeline: cache, shuffle (training), batch, prefetch.
+def random_shift(pixels):
+    """An augmentation: shift images by up to `pixels` in each direction (zero fill)."""
+
+    def shift(image, label):
+        padded = tf.pad(image, [[pixels, pixels], [pixels, pixels], [0, 0]])
+        return tf.image.random_crop(padded, tf.shape(image)), label
+
+    return shift
+
+
+def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, cache=True, shuffle_buffer=10_000, drop_remainder=False, augment=None):
+    """The tf.data pipeline: cache, shuffle and augment (training), batch, prefetch.
 
     Auto-sharding is by data, so `strategy.experimental_distribute_dataset`
     splits batches across workers whatever the file layout.
@@ -101,11 +111,15 @@ def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, c
         shuffle_buffer: shuffle buffer size.
         drop_remainder: drop the last partial batch (static batch shapes,
             e.g. for TPUs).
+        augment: an `(image, label) -> (image, label)` map applied after
+            the cache when training (e.g. `random_shift(2)`).
     """
     if cache:
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if augment is not None:
+            dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic

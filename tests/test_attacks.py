@@ -1,0 +1,99 @@
+"""White-box attacks: hand-computed adversarial inputs on a known linear model."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nsladv import FGSM
+from nsladv import Attack
+from nsladv import evaluate_robustness
+from nsladv import pgd
+from nsladv.attacks import BatchAttacker
+from nsladv.attacks import adversarial_examples
+from nsladv.evaluation import sanity_checks
+
+# Two classes, logits = x @ W: the gradient of the cross-entropy for label 0 is
+# p_1 * (W[:, 1] - W[:, 0]), so every attack pushes x along sign(W1 - W0).
+W = np.array([[1.0, -1.0], [0.5, 0.25], [-2.0, 1.0]], "float32")
+DIRECTION = np.sign(W[:, 1] - W[:, 0])  # [-1, -1, 1]
+
+
+def linear_classifier():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, use_bias=False)])
+    model.set_weights([W])
+    return model
+
+
+X = np.array([[0.5, 0.5, 0.2], [0.9, 0.1, 0.0]], "float32")
+Y = np.array([0, 0])
+
+
+def test_fgsm_by_hand():
+    x_adv = adversarial_examples(linear_classifier(), tf.constant(X), tf.constant(Y), FGSM, 0.1)
+    np.testing.assert_allclose(x_adv, np.clip(X + 0.1 * DIRECTION, 0, 1), atol=1e-6)
+
+
+def test_pgd_reaches_the_same_corner_on_a_linear_model():
+    x_adv = adversarial_examples(linear_classifier(), tf.constant(X), tf.constant(Y), pgd(steps=20, restarts=1), 0.1)
+    np.testing.assert_allclose(x_adv, np.clip(X + 0.1 * DIRECTION, 0, 1), atol=1e-6)
+
+
+def test_l2_fgsm_by_hand():
+    attack = Attack(name="fgsm_l2", norm="l2", steps=1, clip_range=None)
+    x_adv = adversarial_examples(linear_classifier(), tf.constant(X), tf.constant(Y), attack, 0.5)
+    unit = (W[:, 1] - W[:, 0]) / np.linalg.norm(W[:, 1] - W[:, 0])
+    np.testing.assert_allclose(x_adv, X + 0.5 * unit, atol=1e-6)
+
+
+def test_robust_accuracy_counts_by_hand():
+    # Margins (logit 0 - logit 1): x @ (W0 - W1) = 2 x0 + 0.25 x1 - 3 x2. FGSM
+    # at eps lowers it by eps * (2 + 0.25 + 3) = 5.25 eps.
+    x = np.array([[0.5, 0.0, 0.2], [0.5, 0.0, 0.1], [0.1, 0.0, 0.5]], "float32")  # margins 0.4, 0.7, -1.3
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(3, "int64"))).batch(2)
+    clean, robust, total = BatchAttacker(linear_classifier(), FGSM).accuracy(dataset, 0.1)
+    assert (clean, robust, total) == (2 / 3, 1 / 3, 3)  # 0.4 - 0.525 < 0 falls, 0.7 - 0.525 > 0 holds
+
+
+def test_evaluate_robustness_on_the_linear_model():
+    x = np.random.default_rng(0).random((64, 3)).astype("float32")
+    y = np.argmax(x @ W, axis=1)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    result = evaluate_robustness(linear_classifier(), dataset, epsilons=[0.05, 0.2], attacks=[FGSM, pgd(10, 2)], large_epsilon=1.0)
+    assert result["clean_accuracy"] == 1.0 and result["examples"] == 64
+    fgsm, pgd10 = result["attacks"]["fgsm"]["accuracy"], result["attacks"]["pgd10"]["accuracy"]
+    assert fgsm["0.2"] <= fgsm["0.05"] < 1.0
+    assert pgd10["0.2"] <= fgsm["0.2"] + 1e-9
+    assert all(check["passed"] for check in result["sanity"].values()), result["sanity"]
+
+
+def _result(fgsm, pgd_acc, clean=0.9, large=0.0):
+    keys = ["0.1", "0.3"]
+    return {
+        "epsilons": [0.1, 0.3],
+        "clean_accuracy": clean,
+        "attacks": {"fgsm": {"accuracy": dict(zip(keys, fgsm))}, "pgd40": {"accuracy": dict(zip(keys, pgd_acc))}},
+        "large_epsilon": {"epsilon": 0.5, "accuracy": large},
+    }
+
+
+def test_sanity_checks_flag_gradient_masking():
+    assert all(c["passed"] for c in sanity_checks(_result([0.6, 0.4], [0.5, 0.3])).values())
+    checks = sanity_checks(_result([0.6, 0.4], [0.7, 0.3]))
+    assert not checks["pgd_not_above_fgsm"]["passed"]
+    assert checks["pgd_not_above_fgsm"]["violations"][0]["epsilon"] == "0.1"
+    checks = sanity_checks(_result([0.4, 0.6], [0.3, 0.5]))
+    assert not checks["monotone_in_epsilon"]["passed"]
+    checks = sanity_checks(_result([0.6, 0.4], [0.5, 0.3], large=0.3))
+    assert not checks["large_epsilon_near_zero"]["passed"]
+
+
+def test_attack_settings_are_validated():
+    with pytest.raises(ValueError, match=r"`restarts` must be an integer >= 1. Received: restarts=0"):
+        Attack(restarts=0)
+    with pytest.raises(ValueError, match=r"FGSM \(steps=1\) starts from x and has nothing to restart"):
+        Attack(steps=1, restarts=3)
+    with pytest.raises(ValueError, match=r"Unknown norm"):
+        Attack(norm="l7")
+    with pytest.raises(ValueError, match=r"`epsilons` must be a non-empty list of values > 0"):
+        evaluate_robustness(linear_classifier(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(2), epsilons=[])

@@ -1,0 +1,166 @@
+"""The harden job end to end on a tiny budget, resume after a kill, the CLI's errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nsladv import cli
+from nsladv import data
+from nsladv import hardening
+from nsladv import load_pipeline
+
+HERE = pathlib.Path(__file__).parent
+TINY = str(HERE / "tiny_pipeline.py")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    data.load(data_dir=str(path))
+    return str(path)
+
+
+def test_harden_end_to_end(tmp_path, data_dir):
+    report = hardening.harden(
+        load_pipeline(TINY),
+        out_dir=tmp_path / "run",
+        saved_models=tmp_path / "saved_models",
+        data_dir=data_dir,
+        eval_examples=200,
+        verbose=0,
+        log=lambda *_: None,
+    )
+    written = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert written == json.loads(json.dumps(report))
+    assert set(written["evaluations"]) == {"hardened", "baseline"}
+    hardened = written["evaluations"]["hardened"]
+    assert hardened["examples"] == 200 and set(hardened["attacks"]) == {"fgsm", "pgd5"}
+    assert set(hardened["attacks"]["pgd5"]["accuracy"]) == {"0.1", "0.3"}
+    assert written["versions"]["tensorflow"].startswith("2.21")
+    assert written["pipeline"]["threat"]["epsilon"] == 0.1
+    assert {"train_hardened_seconds", "evaluate_hardened_seconds"} <= set(written["timings"])
+    assert (tmp_path / "run" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    export = pathlib.Path(written["export"])
+    assert export == tmp_path / "saved_models" / "tiny" / "1"
+    metadata = json.loads((export / "assets.extra" / "nsladv_metadata.json").read_text())
+    assert metadata["robustness"]["clean_accuracy"] == hardened["clean_accuracy"]
+    assert (tmp_path / "saved_models" / "models.config").exists()
+    assert list((tmp_path / "run" / "logs" / "hardened").rglob("events.out.tfevents.*"))
+
+
+def test_harden_a_users_saved_model(tmp_path, data_dir):
+    inputs = keras.Input((28, 28, 1))
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    path = tmp_path / "user.keras"
+    keras.Model(inputs, outputs).save(path)
+    report = hardening.harden(
+        load_pipeline(TINY), model_path=path, out_dir=tmp_path / "run", saved_models=tmp_path / "sm",
+        data_dir=data_dir, baseline=False, eval_examples=100, verbose=0, log=lambda *_: None,
+    )
+    assert report["model"] == str(path) and set(report["evaluations"]) == {"hardened"}
+    signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
+    probabilities = signature(image=tf.zeros((2, 28, 28, 1)))["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)  # softmax output kept as is
+
+
+RESUMABLE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from nsladv import hardening, load_pipeline, schedules
+
+    log = open(sys.argv[2], "a")
+    kill_after = int(sys.argv[3])
+
+    class Record(schedules.EpsilonWarmup):
+        def on_epoch_begin(self, epoch, logs=None):
+            log.write(f"{epoch}\\n"); log.flush()
+            super().on_epoch_begin(epoch, logs)
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if epoch == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    hardening.EpsilonWarmup = Record
+    hardening.harden(load_pipeline(sys.argv[1]), epochs=4, out_dir=sys.argv[4], baseline=False,
+                     export=False, eval_examples=50, data_dir=sys.argv[5], verbose=0)
+    """
+)
+
+
+def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, data_dir):
+    epochs = tmp_path / "epochs.txt"
+    args = [sys.executable, "-c", RESUMABLE, TINY, str(epochs)]
+    run = [str(tmp_path / "run"), data_dir]
+    killed = subprocess.run(args + ["2"] + run, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # Killed at the end of epoch 2, before its backup: epochs 0 and 1 are saved.
+    assert epochs.read_text().split() == ["0", "1", "2"]
+    finished = subprocess.run(args + ["-1"] + run, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert epochs.read_text().split() == ["0", "1", "2", "2", "3"]
+    assert (tmp_path / "run" / "report.json").exists()
+
+
+def run_cli(argv, capsys):
+    code = cli.main(argv)
+    return code, capsys.readouterr()
+
+
+def test_cli_unknown_pipeline(capsys):
+    code, out = run_cli(["harden", "nope"], capsys)
+    assert code == 2 and "nsladv: error: Unknown pipeline 'nope'. Available: fashion_mnist, mnist" in out.err
+
+
+def test_cli_missing_pipeline_file(capsys):
+    code, out = run_cli(["harden", "missing.py"], capsys)
+    assert code == 2 and "No pipeline file at missing.py" in out.err
+
+
+def test_cli_missing_model_file(capsys, tmp_path, data_dir):
+    code, out = run_cli(["harden", TINY, "--model", str(tmp_path / "none.keras"), "--data-dir", data_dir], capsys)
+    assert code == 2 and "Expected a saved Keras model file (.keras)" in out.err and "(no such file)" in out.err
+
+
+def test_cli_model_that_does_not_fit_the_data(capsys, tmp_path, data_dir):
+    inputs = keras.Input((32, 32, 3))
+    path = tmp_path / "cifar.keras"
+    keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs))).save(path)
+    code, out = run_cli(["harden", TINY, "--model", str(path), "--data-dir", data_dir], capsys)
+    assert code == 2 and "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)" in out.err
+
+
+def test_cli_model_with_the_wrong_number_of_classes(capsys, tmp_path, data_dir):
+    inputs = keras.Input((28, 28, 1))
+    path = tmp_path / "three.keras"
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(path)
+    code, out = run_cli(["harden", TINY, "--model", str(path), "--data-dir", data_dir], capsys)
+    assert code == 2 and "one score per class: shape (batch, 10). Received: output (2, 3)" in out.err
+
+
+def test_cli_dataset_that_cannot_be_had(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_network_available", lambda timeout=3.0: False)
+    code, out = run_cli(["harden", "fashion_mnist", "--data-dir", str(tmp_path)], capsys)
+    assert code == 2 and "Dataset 'fashion_mnist' is not prepared" in out.err and "'mnist_offline'" in out.err
+
+
+@pytest.mark.parametrize("argv, message", [(["harden", "--epochs", "0"], "expected a whole number >= 1, received '0'"), (["serve"], "invalid choice")])
+def test_cli_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_lists_pipelines(capsys):
+    code, out = run_cli(["pipelines"], capsys)
+    assert code == 0 and out.out.startswith("fashion_mnist") and "mnist " in out.out
