@@ -9,6 +9,7 @@ _EPILOG = """examples:
   nsladv harden fashion_mnist --epochs 5
   nsladv harden mnist --model my_model.keras --no-baseline
   nsladv harden path/to/my_pipeline.py
+  nsladv tune mnist --trials 6 --epochs 3    search the regularization for robustness
   nsladv pipelines                       list the pipelines
 """
 
@@ -34,6 +35,23 @@ def _parser():
     harden.add_argument("--no-export", action="store_true", help="do not export for TF Serving")
     harden.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
     harden.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    tune = commands.add_parser("tune", help="search the regularization with keras-tuner for robustness, export the best")
+    tune.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
+    tune.add_argument("--trials", type=_positive_int, default=6, help="trials (default: 6)")
+    tune.add_argument("--epochs", type=_positive_int, default=3, help="epochs a trial (default: 3)")
+    tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
+    tune.add_argument("--objective", choices=["robust", "tradeoff"], default="robust",
+                      help="val_robust_accuracy, or a clean/robust trade-off (default: robust)")
+    tune.add_argument("--tradeoff-weight", type=float, default=0.5, metavar="W", help="clean share of the trade-off")
+    tune.add_argument("--clean-floor", type=float, metavar="ACC", help="penalize trials under this clean accuracy")
+    tune.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
+    tune.add_argument("--eval-examples", type=_positive_int, metavar="N", help="evaluate the best on the first N test examples")
+    tune.add_argument("--out", metavar="DIR", help="search folder (default: runs/<pipeline>/tuning)")
+    tune.add_argument("--saved-models", default="saved_models", metavar="DIR")
+    tune.add_argument("--no-export", action="store_true")
+    tune.add_argument("--data-dir", metavar="DIR")
+    tune.add_argument("--quiet", action="store_true")
 
     commands.add_parser("pipelines", help="list the available pipelines")
     return parser
@@ -72,6 +90,26 @@ def main(argv=None):
                 print(f"{name:<16} {description}")
             return 0
         pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
+        if args.command == "tune":
+            from nsladv import tuning  # noqa: PLC0415
+
+            tuning.tune_pipeline(
+                pipeline,
+                trials=args.trials,
+                epochs=args.epochs,
+                tuner=args.tuner,
+                objective=args.objective,
+                tradeoff_weight=args.tradeoff_weight,
+                clean_floor=args.clean_floor,
+                out_dir=args.out,
+                overwrite=args.overwrite,
+                data_dir=args.data_dir,
+                saved_models=args.saved_models,
+                eval_examples=args.eval_examples,
+                export=not args.no_export,
+                verbose=0 if args.quiet else 1,
+            )
+            return 0
         harden_lib.harden(
             pipeline,
             model_path=args.model,

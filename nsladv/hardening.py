@@ -61,7 +61,10 @@ def harden(
     keras.utils.set_random_seed(pipeline.seed)
     splits = data_lib.load(pipeline.dataset, data_dir=data_dir, validation_fraction=pipeline.validation_fraction)
     log(f"data: {pipeline.dataset} {splits.image_shape}, {splits.num_classes} classes")
-    train = data_lib.pipeline(splits.train, batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
+    augment = data_lib.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
+    train = data_lib.pipeline(
+        splits.train, batch_size=pipeline.batch_size, training=True, seed=pipeline.seed, augment=augment
+    )
     validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
     test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
     test = data_lib.pipeline(test_split, batch_size=500, training=False)

@@ -41,6 +41,8 @@ class Pipeline:
         learning_rate: Adam's learning rate (cosine-decayed to 0 over training
             when `decay_learning_rate`).
         decay_learning_rate: cosine decay of the learning rate.
+        shift_augmentation: random shifts of up to this many pixels in
+            training (0: none).
         epsilon_warmup_epochs: epochs over which epsilon ramps from 0.
         multiplier_warmup_epochs: epochs over which the multiplier ramps.
         eval_epsilons: the evaluation grid.
@@ -61,6 +63,7 @@ class Pipeline:
     batch_size: int = 128
     learning_rate: float = 1e-3
     decay_learning_rate: bool = True
+    shift_augmentation: int = 0
     epsilon_warmup_epochs: int = 0
     multiplier_warmup_epochs: int = 0
     eval_epsilons: tuple = (0.1, 0.2, 0.3)
@@ -97,6 +100,7 @@ class Pipeline:
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "decay_learning_rate": self.decay_learning_rate,
+            "shift_augmentation": self.shift_augmentation,
             "epsilon_warmup_epochs": self.epsilon_warmup_epochs,
             "multiplier_warmup_epochs": self.multiplier_warmup_epochs,
             "eval_epsilons": list(self.eval_epsilons),

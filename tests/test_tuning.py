@@ -1,0 +1,182 @@
+"""keras-tuner searches against a robust objective: real trials, resume, divergence, export."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nsladv import FGSM
+from nsladv import data
+from nsladv import load_pipeline
+from nsladv import tuning
+from nsladv.attacks import BatchAttacker
+
+HERE = pathlib.Path(__file__).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    splits = data.load(data_dir=data_dir)
+    train = data.pipeline(splits.train.take(640), batch_size=128, training=True, seed=0)
+    validation = data.pipeline(splits.validation.take(200), batch_size=100, training=False)
+    return train, validation, data_dir
+
+
+def tiny_base():
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(h)))
+
+
+def small_space(hp):
+    return {
+        "multiplier": hp.Choice("multiplier", [0.5, 2.0]),
+        "distance": hp.Choice("distance", ["label", "kl"]),
+        "steps": hp.Fixed("steps", 1),
+        "step_fraction": hp.Fixed("step_fraction", 1.0),
+        "warmup_epochs": hp.Fixed("warmup_epochs", 0),
+    }
+
+
+def hypermodel(**kwargs):
+    return tuning.HardeningHyperModel(tiny_base, epsilon=0.1, attack=FGSM, search_space=small_space, **kwargs)
+
+
+def test_search_objective_matches_an_independent_evaluation(tmp_path, digits):
+    train, validation, _ = digits
+    search = keras_tuner.RandomSearch(
+        hypermodel(), objective=tuning.ROBUST_OBJECTIVE, max_trials=3, directory=str(tmp_path), seed=1
+    )
+    search.search(train, validation_data=validation, epochs=2, verbose=0)
+    trials = [t for t in search.oracle.trials.values() if t.status == "COMPLETED"]
+    assert len(trials) == 3
+    best_trial = search.oracle.get_best_trials(1)[0]
+    best = search.get_best_models(1)[0]
+    clean, robust, total = BatchAttacker(best.base_model, FGSM).accuracy(validation, 0.1)
+    assert total == 200
+    assert best_trial.score == pytest.approx(robust, abs=1e-9)
+    assert best_trial.metrics.get_last_value("val_clean_accuracy") == pytest.approx(clean, abs=1e-9)
+    table = tuning.results_table(search)
+    assert "COMPLETED" in table and "val_robust" in table and "%" in table
+
+
+def test_trials_reproduce_from_the_seed():
+    model = hypermodel()
+    hp = keras_tuner.HyperParameters()
+    first = model.build(hp).get_weights()
+    second = model.build(hp).get_weights()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path, digits):
+    train, validation, _ = digits
+
+    def space(hp):
+        return {
+            "multiplier": hp.Choice("multiplier", [1.0, 1e30]),
+            "distance": hp.Fixed("distance", "label"),
+            "steps": hp.Fixed("steps", 1),
+            "step_fraction": hp.Fixed("step_fraction", 1.0),
+            "warmup_epochs": hp.Fixed("warmup_epochs", 0),
+        }
+
+    model = tuning.HardeningHyperModel(tiny_base, epsilon=0.1, attack=FGSM, search_space=space, learning_rate=0.5)
+    search = keras_tuner.GridSearch(model, objective=tuning.ROBUST_OBJECTIVE, max_trials=2, directory=str(tmp_path))
+    search.search(train, validation_data=validation, epochs=1, verbose=0)
+    statuses = {t.hyperparameters.values["multiplier"]: t.status for t in search.oracle.trials.values()}
+    assert statuses == {1.0: "COMPLETED", 1e30: "FAILED"}
+
+
+def test_trade_off_objective():
+    assert tuning.tradeoff(0.9, 0.5, weight=0.5) == pytest.approx(0.7)
+    assert tuning.tradeoff(0.8, 0.5, clean_floor=0.9) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match=r"`weight` must be in \[0, 1\]"):
+        tuning.RobustAccuracy(None, attack=FGSM, epsilon=0.1, weight=2)
+    with pytest.raises(ValueError, match=r"Give exactly one of `build_base`"):
+        tuning.HardeningHyperModel()
+
+
+KILLED_SEARCH = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[4])
+    import keras, keras_tuner
+    from nsladv import data, tuning, FGSM
+    from test_tuning import tiny_base, small_space
+
+    log = open(sys.argv[2], "a")
+    kill_in_trial = int(sys.argv[3])
+
+    class Built(tuning.HardeningHyperModel):
+        count = 0
+        searching = False  # keras-tuner also builds once to learn the space
+        def build(self, hp):
+            if not Built.searching:
+                return super().build(hp)
+            Built.count += 1
+            log.write(f"build {hp.values['multiplier']} {hp.values['distance']}\\n"); log.flush()
+            if Built.count == kill_in_trial:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().build(hp)
+
+    splits = data.load(data_dir=sys.argv[5])
+    train = data.pipeline(splits.train.take(256), batch_size=128, training=True, seed=0)
+    val = data.pipeline(splits.validation.take(100), batch_size=100, training=False)
+    model = Built(tiny_base, epsilon=0.1, attack=FGSM, search_space=small_space)
+    search = keras_tuner.RandomSearch(model, objective=tuning.ROBUST_OBJECTIVE, max_trials=3,
+                                      directory=sys.argv[1], seed=3)
+    Built.searching = True
+    search.search(train, validation_data=val, epochs=1, verbose=0)
+    """
+)
+
+
+def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path, digits):
+    log = tmp_path / "builds.txt"
+    args = [sys.executable, "-c", KILLED_SEARCH, str(tmp_path / "search"), str(log)]
+    tail = [str(HERE), digits[2]]
+    killed = subprocess.run(args + ["2"] + tail, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    first = log.read_text().splitlines()
+    assert len(first) == 2  # trial 1 finished, trial 2 killed while building
+    resumed = subprocess.run(args + ["0"] + tail, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    builds = log.read_text().splitlines()[2:]
+    # The killed trial is redone, then one new trial; the finished one is not.
+    assert builds[0] == first[1] and len(builds) == 2
+    trial_files = list((tmp_path / "search" / "untitled_project").glob("trial_*/trial.json"))
+    statuses = sorted(json.loads(p.read_text())["status"] for p in trial_files)
+    assert statuses.count("COMPLETED") == 3
+
+
+def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):
+    report = tuning.tune_pipeline(
+        load_pipeline(str(HERE / "tiny_pipeline.py")),
+        trials=3,
+        epochs=1,
+        out_dir=tmp_path / "tuning",
+        saved_models=tmp_path / "saved_models",
+        data_dir=digits[2],
+        eval_examples=100,
+        verbose=0,
+        log=lambda *_: None,
+    )
+    assert len(report["tuning"]["trials"]) == 3
+    export = pathlib.Path(report["export"])
+    metadata = json.loads((export / "assets.extra" / "nsladv_metadata.json").read_text())
+    assert metadata["tuning"]["best_trial"] == report["tuning"]["best_trial"]
+    signature = tf.saved_model.load(str(export)).signatures["serving_default"]
+    assert signature(image=tf.zeros((3, 28, 28, 1)))["class_ids"].shape == (3,)
+    assert json.loads((tmp_path / "tuning" / "tuning_report.json").read_text())["export"] == str(export)
