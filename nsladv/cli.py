@@ -10,6 +10,7 @@ _EPILOG = """examples:
   nsladv harden mnist --model my_model.keras --no-baseline
   nsladv harden path/to/my_pipeline.py
   nsladv tune mnist --trials 6 --epochs 3    search the regularization for robustness
+  nsladv serve saved_models               TF Serving's REST (8501) and gRPC (8500) APIs, locally
   nsladv pipelines                       list the pipelines
 """
 
@@ -53,6 +54,14 @@ def _parser():
     tune.add_argument("--data-dir", metavar="DIR")
     tune.add_argument("--quiet", action="store_true")
 
+    serve = commands.add_parser("serve", help="serve exported models through TF Serving's REST and gRPC APIs")
+    serve.add_argument("path", nargs="?", default="saved_models", help="saved_models/ or one model folder (default: saved_models)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default: 8501)")
+    serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default: 8500)")
+    serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+
     commands.add_parser("pipelines", help="list the available pipelines")
     return parser
 
@@ -83,8 +92,25 @@ def main(argv=None):
         export.ExportError,
         FileNotFoundError,
         ValueError,
+        OSError,
     )
     try:
+        if args.command == "serve":
+            from nsladv.serving import Server  # noqa: PLC0415
+
+            server = Server(args.path, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
+                            poll_seconds=args.poll_seconds, verbose=args.verbose).start()
+            print(f"serving {', '.join(server.repository.names)} from {args.path}")
+            print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")
+            print(f"  gRPC  {server.grpc_target}  (tensorflow_serving PredictionService, ModelService)")
+            print("Ctrl-C to stop.", flush=True)
+            try:
+                server.wait()
+            except KeyboardInterrupt:
+                print("stopped.")
+                return 0
+            finally:
+                server.stop()
         if args.command == "pipelines":
             for name, description in pipeline_lib.available_pipelines().items():
                 print(f"{name:<16} {description}")

@@ -1,0 +1,137 @@
+"""Clients for TF Serving's REST and gRPC APIs (this server's or a real TF Serving's)."""
+
+import json
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from nsladv.serving.errors import HTTP_STATUS
+from nsladv.serving.errors import ServingError
+
+_CODE_OF_HTTP = {}
+for _code, _status in HTTP_STATUS.items():
+    _CODE_OF_HTTP.setdefault(_status, _code)
+
+
+def _model_path(name, version=None, label=None):
+    path = f"/v1/models/{name}"
+    if version is not None:
+        path += f"/versions/{int(version)}"
+    elif label is not None:
+        path += f"/labels/{label}"
+    return path
+
+
+class RestClient:
+    """TF Serving's REST API.
+
+    Example:
+
+    ```python
+    client = RestClient("http://127.0.0.1:8501")
+    client.predict("mnist", {"image": images})["class_ids"]
+    ```
+    """
+
+    def __init__(self, url="http://127.0.0.1:8501", *, timeout=30.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            try:
+                message = json.loads(error.read()).get("error", "")
+            except ValueError:
+                message = error.reason
+            raise ServingError(_CODE_OF_HTTP.get(error.code, "INTERNAL"), message) from None
+
+    def predict(self, name, inputs, *, version=None, label=None, signature_name=None, row_format=False):
+        """{output name: np.ndarray} for `inputs` ({input name: array}, batch first)."""
+        inputs = {k: np.asarray(v).tolist() for k, v in inputs.items()}
+        body = {"signature_name": signature_name} if signature_name else {}
+        if row_format:
+            batch = len(next(iter(inputs.values())))
+            body["instances"] = [{k: v[i] for k, v in inputs.items()} for i in range(batch)]
+            rows = self._call(_model_path(name, version, label) + ":predict", body)["predictions"]
+            if rows and isinstance(rows[0], dict):
+                return {k: np.asarray([row[k] for row in rows]) for k in rows[0]}
+            return {"outputs": np.asarray(rows)}
+        body["inputs"] = inputs
+        outputs = self._call(_model_path(name, version, label) + ":predict", body)["outputs"]
+        if isinstance(outputs, dict):
+            return {k: np.asarray(v) for k, v in outputs.items()}
+        return {"outputs": np.asarray(outputs)}
+
+    def status(self, name, *, version=None, label=None):
+        return self._call(_model_path(name, version, label))
+
+    def metadata(self, name, *, version=None, label=None):
+        return self._call(_model_path(name, version, label) + "/metadata")
+
+
+class GrpcClient:
+    """TF Serving's gRPC API through the `tensorflow-serving-api` stubs."""
+
+    def __init__(self, target="127.0.0.1:8500", *, timeout=30.0, max_message_bytes=64 * 1024 * 1024):
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_send_message_length", max_message_bytes),
+                             ("grpc.max_receive_message_length", max_message_bytes)]
+        )
+        self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.timeout = timeout
+
+    @staticmethod
+    def _spec(spec, name, version, label):
+        spec.name = name
+        if version is not None:
+            spec.version.value = int(version)
+        elif label is not None:
+            spec.version_label = label
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            code = error.code().name
+            raise ServingError(code if code in HTTP_STATUS else "INTERNAL", error.details()) from None
+
+    def predict(self, name, inputs, *, version=None, label=None, signature_name="serving_default"):
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, name, version, label)
+        request.model_spec.signature_name = signature_name
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+        response = self._call(self.prediction.Predict, request)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def status(self, name, *, version=None, label=None):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, name, version, label)
+        return self._call(self.models.GetModelStatus, request)
+
+    def metadata(self, name, *, version=None, label=None):
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        self._spec(request.model_spec, name, version, label)
+        request.metadata_field.append("signature_def")
+        response = self._call(self.prediction.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return signature_map
+
+    def close(self):
+        self.channel.close()

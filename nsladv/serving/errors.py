@@ -1,0 +1,42 @@
+"""Errors with TF Serving's status codes, and their HTTP and gRPC forms."""
+
+import grpc
+
+# tensorflow::error::Code -> HTTP status, as TF Serving's HTTP server maps them.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "INTERNAL": 500,
+}
+
+
+class ServingError(Exception):
+    """A request TF Serving would refuse, with its status code.
+
+    Attributes:
+        code: the TF Serving (gRPC) status name, e.g. `"NOT_FOUND"`.
+        message: what was expected and what was received.
+    """
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        if code not in HTTP_STATUS:
+            raise ValueError(f"Unknown status code {code!r}; expected one of {sorted(HTTP_STATUS)}")
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self):
+        return HTTP_STATUS[self.code]
+
+    @property
+    def grpc_status(self):
+        return getattr(grpc.StatusCode, self.code)
+
+    def __str__(self):
+        return f"{self.code}: {self.message}"

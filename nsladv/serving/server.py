@@ -1,0 +1,99 @@
+"""Runs the REST and gRPC servers over one repository, polling for new versions."""
+
+import concurrent.futures
+
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from nsladv.serving.grpc_service import ModelService
+from nsladv.serving.grpc_service import PredictionService
+from nsladv.serving.repository import ModelRepository
+from nsladv.serving.rest import RestServer
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class Server:
+    """TF Serving's REST (default 8501) and gRPC (default 8500) APIs, on loopback.
+
+    Args:
+        path: `saved_models/` (with or without models.config), or one model folder.
+        host: the address to bind (loopback unless told otherwise).
+        rest_port, grpc_port: ports (0 picks a free one; None disables that API).
+        poll_seconds: how often to look for new versions (None: never).
+        max_body_bytes: largest request accepted.
+        workers: gRPC worker threads.
+
+    Example:
+
+    ```python
+    with Server("saved_models", rest_port=0, grpc_port=0) as server:
+        print(server.rest_url, server.grpc_target)
+    ```
+    """
+
+    def __init__(self, path, *, host="127.0.0.1", rest_port=8501, grpc_port=8500, poll_seconds=2.0,
+                 max_body_bytes=DEFAULT_MAX_BODY_BYTES, workers=8, verbose=False):
+        self.repository = ModelRepository(path)
+        self.host = host
+        self.poll_seconds = poll_seconds
+        self._rest = None
+        self._grpc = None
+        if rest_port is not None:
+            self._rest = RestServer((host, rest_port), self.repository, max_body_bytes=max_body_bytes, verbose=verbose)
+        if grpc_port is not None:
+            self._grpc = grpc.server(
+                concurrent.futures.ThreadPoolExecutor(max_workers=workers),
+                options=[("grpc.max_receive_message_length", max_body_bytes),
+                         ("grpc.max_send_message_length", max_body_bytes)],
+            )
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+                PredictionService(self.repository), self._grpc
+            )
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.repository), self._grpc)
+            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+            if self.grpc_port == 0:
+                raise OSError(f"Could not bind gRPC to {host}:{grpc_port}")
+        self._rest_thread = None
+
+    @property
+    def rest_url(self):
+        return None if self._rest is None else f"http://{self.host}:{self._rest.server_address[1]}"
+
+    @property
+    def grpc_target(self):
+        return None if self._grpc is None else f"{self.host}:{self.grpc_port}"
+
+    def start(self):
+        import threading  # noqa: PLC0415
+
+        if self._rest is not None:
+            self._rest_thread = threading.Thread(target=self._rest.serve_forever, name="nsladv-rest", daemon=True)
+            self._rest_thread.start()
+        if self._grpc is not None:
+            self._grpc.start()
+        if self.poll_seconds:
+            self.repository.start_polling(self.poll_seconds)
+        return self
+
+    def stop(self):
+        self.repository.stop()
+        if self._rest is not None:
+            self._rest.shutdown()
+            self._rest.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=2).wait()
+
+    def wait(self):
+        """Blocks until interrupted."""
+        import time  # noqa: PLC0415
+
+        while True:
+            time.sleep(3600)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

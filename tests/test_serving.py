@@ -1,0 +1,235 @@
+"""The local TF Serving API: real gRPC stubs and plain HTTP against the in-process model."""
+
+import http.client
+import json
+import shutil
+import threading
+import time
+
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
+
+from nsladv import export
+from nsladv.serving import GrpcClient
+from nsladv.serving import RestClient
+from nsladv.serving import Server
+from nsladv.serving import ServingError
+
+SHAPE = (4, 4, 1)
+
+
+def classifier(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(SHAPE)
+    h = keras.layers.Dense(8, activation="relu")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    base = tmp_path_factory.mktemp("saved_models")
+    first, second = classifier(1), classifier(2)
+    export.export_model(first, base, "digits", input_shape=SHAPE)
+    export.export_model(second, base, "digits", input_shape=SHAPE, warmup_inputs=images(2, 9))
+    (base / "digits" / ".partial-3-1").mkdir()  # an export in progress: ignored
+    return base, {1: first, 2: second}
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    with Server(models[0], rest_port=0, grpc_port=0, poll_seconds=None, max_body_bytes=200_000) as running:
+        yield running
+
+
+def http_request(server, method, path, body=None, headers=None):
+    host, port = server.rest_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    return response.status, payload
+
+
+def test_rest_and_grpc_predictions_equal_the_model(server, models):
+    x = images(5)
+    expected = models[1][2].predict(x, verbose=0)
+    rest = RestClient(server.rest_url).predict("digits", {"image": x})
+    rows = RestClient(server.rest_url).predict("digits", {"image": x}, row_format=True)
+    stub = GrpcClient(server.grpc_target).predict("digits", {"image": x})
+    for outputs in (rest, rows, stub):
+        np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(outputs["class_ids"], np.argmax(expected, axis=1))
+    np.testing.assert_allclose(stub["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_plain_http_row_and_columnar_formats(server, models):
+    x = images(2, 3)
+    expected = models[1][2].predict(x, verbose=0)
+    status, body = http_request(server, "POST", "/v1/models/digits:predict", json.dumps({"instances": x.tolist()}))
+    assert status == 200 and len(body["predictions"]) == 2
+    assert sorted(body["predictions"][0]) == ["class_ids", "logits", "probabilities"]
+    np.testing.assert_allclose(body["predictions"][1]["logits"], expected[1], rtol=1e-5, atol=1e-6)
+    named = json.dumps({"signature_name": "serving_default", "instances": [{"image": r} for r in x.tolist()]})
+    status, body = http_request(server, "POST", "/v1/models/digits/versions/2:predict", named)
+    np.testing.assert_allclose(body["predictions"][0]["logits"], expected[0], rtol=1e-5, atol=1e-6)
+    # TF Serving's default policy serves the latest version only.
+    status, body = http_request(server, "POST", "/v1/models/digits/versions/1:predict", named)
+    assert status == 404 and "Specific(digits, 1)" in body["error"]
+    status, body = http_request(server, "POST", "/v1/models/digits:predict", json.dumps({"inputs": {"image": x.tolist()}}))
+    assert status == 200 and sorted(body["outputs"]) == ["class_ids", "logits", "probabilities"]
+    np.testing.assert_allclose(body["outputs"]["logits"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_real_grpc_stub(server, models):
+    channel = grpc.insecure_channel(server.grpc_target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.model_spec.version.value = 2
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images(3)))
+    request.output_filter.append("class_ids")
+    response = stub.Predict(request, timeout=30)
+    assert list(response.outputs) == ["class_ids"] and response.model_spec.version.value == 2
+    np.testing.assert_array_equal(
+        tf.make_ndarray(response.outputs["class_ids"]), np.argmax(models[1][2].predict(images(3), verbose=0), axis=1)
+    )
+    channel.close()
+
+
+def test_status_and_metadata(server):
+    status, body = http_request(server, "GET", "/v1/models/digits")
+    assert status == 200 and body == {
+        "model_version_status": [{"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    }
+    status, body = http_request(server, "GET", "/v1/models/digits/metadata")
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert body["model_spec"]["version"] == "2" and list(signature["inputs"]) == ["image"]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+    grpc_status = GrpcClient(server.grpc_target).status("digits")
+    assert [(s.version, s.state) for s in grpc_status.model_version_status] == [(2, 30)]  # 30: AVAILABLE
+    signatures = GrpcClient(server.grpc_target).metadata("digits")
+    assert isinstance(signatures, get_model_metadata_pb2.SignatureDefMap) and "serving_default" in signatures.signature_def
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, message",
+    [
+        ("POST", "/v1/models/digits:predict", "{not json", 400, "not valid JSON"),
+        ("POST", "/v1/models/digits:predict", json.dumps({"inputs": {"pixels": [[0.0]]}}), 400, "The signature takes inputs ['image']"),
+        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [[[0.1] * 4] * 4]}), 400, "must have shape (-1, 4, 4, 1)"),
+        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [[["a"]]]}), 400, "rectangular array of float32"),
+        ("POST", "/v1/models/digits:predict", '{"instances": [[[[NaN]]]]}', 400, "contains NaN or infinity"),
+        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [], "inputs": []}), 400, "exactly one of 'instances'"),
+        ("POST", "/v1/models/nope:predict", json.dumps({"instances": [[0]]}), 404, "Servable not found for request: Latest(nope)"),
+        ("POST", "/v1/models/digits/versions/7:predict", json.dumps({"instances": [[0]]}), 404, "Specific(digits, 7)"),
+        ("POST", "/v1/models/digits/labels/stable:predict", json.dumps({"instances": [[0]]}), 400, "Unrecognized servable version label: stable"),
+        ("POST", "/v1/models/digits:predict", json.dumps({"signature_name": "x", "instances": [[0]]}), 400, 'Serving signature key "x" not found'),
+        ("GET", "/v1/models/digits/versions/3", None, 404, "Specific(digits, 3)"),
+        ("GET", "/v2/whatever", None, 400, "Malformed request"),
+        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [[[[0.0]] * 4] * 4] * 2000}), 429, "takes at most 200000"),
+    ],
+)
+def test_rest_errors_and_the_server_keeps_serving(server, method, path, body, status, message):
+    got_status, payload = http_request(server, method, path, body, {"Content-Type": "application/json"})
+    assert got_status == status and message in payload["error"], payload
+    assert RestClient(server.rest_url).predict("digits", {"image": images(1)})["logits"].shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, code, message",
+    [
+        ({"name": "nope", "inputs": {"image": images(1)}}, "NOT_FOUND", "Latest(nope)"),
+        ({"name": "digits", "inputs": {"image": images(1).astype("float64")[:, :, :2]}}, "INVALID_ARGUMENT", "must have shape"),
+        ({"name": "digits", "inputs": {"image": images(1)}, "version": 5}, "NOT_FOUND", "Specific(digits, 5)"),
+        ({"name": "digits", "inputs": {"image": images(1)}, "signature_name": "nope"}, "FAILED_PRECONDITION", "not found"),
+        ({"name": "digits", "inputs": {"image": np.full((1, *SHAPE), np.nan, "float32")}}, "INVALID_ARGUMENT", "NaN"),
+    ],
+)
+def test_grpc_errors(server, kwargs, code, message):
+    with pytest.raises(ServingError) as error:
+        GrpcClient(server.grpc_target).predict(**kwargs)
+    assert error.value.code == code and message in error.value.message
+
+
+def test_warmup_records_replay_against_the_server(server, models):
+    path = models[0] / "digits" / "2" / "assets.extra" / "tf_serving_warmup_requests"
+    client = GrpcClient(server.grpc_target)
+    records = list(tf.data.TFRecordDataset(str(path)))
+    assert len(records) == 2
+    for record in records:
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        response = client.prediction.Predict(request, timeout=30)
+        x = tf.make_ndarray(request.inputs["image"])
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["logits"]), models[1][2].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_models_config_policy_and_labels(tmp_path, models):
+    shutil.copytree(models[0] / "digits", tmp_path / "digits")
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name, entry.base_path, entry.model_platform = "digits", "/models/digits", "tensorflow"
+    entry.model_version_policy.all.SetInParent()
+    entry.version_labels["stable"] = 1
+    entry.version_labels["canary"] = 2
+    (tmp_path / "models.config").write_text(text_format.MessageToString(config))
+    with Server(tmp_path, rest_port=0, grpc_port=None, poll_seconds=None) as local:
+        client = RestClient(local.rest_url)
+        assert [s["version"] for s in client.status("digits")["model_version_status"]] == ["2", "1"]
+        x = images(2)
+        np.testing.assert_allclose(client.predict("digits", {"image": x}, label="stable")["logits"], models[1][1].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(client.predict("digits", {"image": x}, label="canary")["logits"], models[1][2].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_version_lands_under_load_without_failed_requests(tmp_path):
+    export.export_model(classifier(1), tmp_path, "digits", input_shape=SHAPE)
+    with Server(tmp_path, rest_port=0, grpc_port=0, poll_seconds=0.2) as local:
+        failures, versions, stop = [], set(), threading.Event()
+
+        def hammer(kind):
+            client = RestClient(local.rest_url) if kind == "rest" else GrpcClient(local.grpc_target)
+            deadline = time.time() + 60
+            while not stop.is_set() and time.time() < deadline:
+                try:
+                    client.predict("digits", {"image": images(2)})
+                    status = client.status("digits")
+                    versions.add(status["model_version_status"][0]["version"] if kind == "rest" else str(status.model_version_status[0].version))
+                except Exception as error:  # noqa: BLE001 - counted
+                    failures.append(repr(error))
+
+        threads = [threading.Thread(target=hammer, args=(k,)) for k in ("rest", "grpc", "rest", "grpc")]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        export.export_model(classifier(2), tmp_path, "digits", input_shape=SHAPE)
+        deadline = time.time() + 30
+        while "2" not in versions and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == [] and {"1", "2"} <= versions
+
+
+def test_binds_loopback_by_default(models):
+    with Server(models[0], rest_port=0, grpc_port=0, poll_seconds=None) as local:
+        assert local.rest_url.startswith("http://127.0.0.1:") and local.grpc_target.startswith("127.0.0.1:")
+
+
+def test_no_models():
+    with pytest.raises(FileNotFoundError, match=r"No saved models at /nonexistent"):
+        Server("/nonexistent", rest_port=0, grpc_port=0)
