@@ -9,43 +9,48 @@ The public API:
 - `Attack`, `FGSM`, `pgd`, `evaluate_robustness`: white-box evaluation;
 - `export_model`: the TF Serving layout;
 - `Pipeline`, `load_pipeline`, `harden`: the end-to-end job;
-- `data`: TFDS datasets and tf.data pipelines.
+- `data`, `tuning`, `serving`: TFDS pipelines, keras-tuner search, the local TF Serving API.
+
+Names load on first use, so `import nsladv` (and `nsladv --help`) does not
+wait for TensorFlow.
 """
 
-from nsladv import data
-from nsladv.attacks import FGSM
-from nsladv.attacks import Attack
-from nsladv.attacks import pgd
-from nsladv.configs import Regularization
-from nsladv.configs import ThreatModel
-from nsladv.evaluation import evaluate_robustness
-from nsladv.export import export_model
-from nsladv.hardening import harden
-from nsladv.neighbors import NeighborBuilder
-from nsladv.pipeline import Pipeline
-from nsladv.pipeline import load_pipeline
-from nsladv.schedules import EpsilonWarmup
-from nsladv.schedules import MultiplierWarmup
-from nsladv.version import __version__
-from nsladv.wrapper import AdversarialModel
-from nsladv.wrapper import wrap
+import importlib
 
-__all__ = [
-    "FGSM",
-    "AdversarialModel",
-    "Attack",
-    "EpsilonWarmup",
-    "MultiplierWarmup",
-    "NeighborBuilder",
-    "Pipeline",
-    "Regularization",
-    "ThreatModel",
-    "__version__",
-    "data",
-    "evaluate_robustness",
-    "export_model",
-    "harden",
-    "load_pipeline",
-    "pgd",
-    "wrap",
-]
+from nsladv.version import __version__
+
+_EXPORTS = {
+    "AdversarialModel": "nsladv.wrapper",
+    "wrap": "nsladv.wrapper",
+    "ThreatModel": "nsladv.configs",
+    "Regularization": "nsladv.configs",
+    "NeighborBuilder": "nsladv.neighbors",
+    "EpsilonWarmup": "nsladv.schedules",
+    "MultiplierWarmup": "nsladv.schedules",
+    "Attack": "nsladv.attacks",
+    "FGSM": "nsladv.attacks",
+    "pgd": "nsladv.attacks",
+    "evaluate_robustness": "nsladv.evaluation",
+    "export_model": "nsladv.export",
+    "Pipeline": "nsladv.pipeline",
+    "load_pipeline": "nsladv.pipeline",
+    "harden": "nsladv.hardening",
+}
+_SUBMODULES = ("data", "tuning", "serving")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"nsladv.{name}")
+    else:
+        raise AttributeError(f"module 'nsladv' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

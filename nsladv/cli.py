@@ -79,7 +79,6 @@ def _positive_int(text):
 def main(argv=None):
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Imported after parsing: `nsladv --help` should not wait for TensorFlow.
     from nsladv import data  # noqa: PLC0415
     from nsladv import export  # noqa: PLC0415
     from nsladv import hardening as harden_lib  # noqa: PLC0415

@@ -154,7 +154,7 @@ def test_cli_dataset_that_cannot_be_had(capsys, tmp_path, monkeypatch):
     assert code == 2 and "Dataset 'fashion_mnist' is not prepared" in out.err and "'mnist_offline'" in out.err
 
 
-@pytest.mark.parametrize("argv, message", [(["harden", "--epochs", "0"], "expected a whole number >= 1, received '0'"), (["serve"], "invalid choice")])
+@pytest.mark.parametrize("argv, message", [(["harden", "--epochs", "0"], "expected a whole number >= 1, received '0'"), (["deploy"], "invalid choice")])
 def test_cli_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
@@ -164,3 +164,8 @@ def test_cli_bad_arguments(argv, message, capsys):
 def test_cli_lists_pipelines(capsys):
     code, out = run_cli(["pipelines"], capsys)
     assert code == 0 and out.out.startswith("fashion_mnist") and "mnist " in out.out
+
+
+def test_cli_serve_without_models(capsys, tmp_path):
+    code, out = run_cli(["serve", str(tmp_path / "none"), "--rest-port", "0", "--grpc-port", "0"], capsys)
+    assert code == 2 and "No saved models at" in out.err

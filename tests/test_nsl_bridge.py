@@ -12,13 +12,24 @@ PACKAGE = pathlib.Path(nsladv.__file__).parent
 
 def test_import_works_in_a_fresh_interpreter_with_nothing_set():
     code = (
-        "import sys, nsladv, tensorflow as tf;"
+        "import sys, nsladv, tensorflow as tf; nsladv.wrap;"
         "stub = sys.modules['neural_structured_learning.estimator'];"
         "print(tf.__version__, nsladv.__version__, 'nsladv' in (stub.__doc__ or ''))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     tf_version, _, stubbed = result.stdout.split()
     assert tf_version.startswith("2.21") and stubbed == "True"
+
+
+def test_import_nsladv_does_not_load_tensorflow():
+    code = "import sys, nsladv; print('tensorflow' in sys.modules, nsladv.__version__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[0] == "False"
+
+
+def test_the_public_api_resolves():
+    for name in nsladv.__all__:
+        assert getattr(nsladv, name) is not None, name
 
 
 def test_the_functions_are_nsl_own():
