@@ -26,19 +26,13 @@ def _parser():
     commands.required = True
 
     harden = commands.add_parser("harden", help="train, evaluate and export a hardened model")
-    harden.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
+    _add_job_arguments(harden)
     harden.add_argument("--model", metavar="FILE.keras", help="harden this saved Keras model instead of the pipeline's")
     harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
     harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
-    harden.add_argument("--eval-examples", type=_positive_int, metavar="N", help="evaluate on the first N test examples")
-    harden.add_argument("--out", metavar="DIR", help="run folder (default: runs/<pipeline>)")
-    harden.add_argument("--saved-models", default="saved_models", metavar="DIR", help="TF Serving base folder (default: saved_models)")
-    harden.add_argument("--no-export", action="store_true", help="do not export for TF Serving")
-    harden.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
-    harden.add_argument("--quiet", action="store_true", help="no progress bars")
 
     tune = commands.add_parser("tune", help="search the regularization with keras-tuner for robustness, export the best")
-    tune.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
+    _add_job_arguments(tune)
     tune.add_argument("--trials", type=_positive_int, default=6, help="trials (default: 6)")
     tune.add_argument("--epochs", type=_positive_int, default=3, help="epochs a trial (default: 3)")
     tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
@@ -47,12 +41,6 @@ def _parser():
     tune.add_argument("--tradeoff-weight", type=float, default=0.5, metavar="W", help="clean share of the trade-off")
     tune.add_argument("--clean-floor", type=float, metavar="ACC", help="penalize trials under this clean accuracy")
     tune.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
-    tune.add_argument("--eval-examples", type=_positive_int, metavar="N", help="evaluate the best on the first N test examples")
-    tune.add_argument("--out", metavar="DIR", help="search folder (default: runs/<pipeline>/tuning)")
-    tune.add_argument("--saved-models", default="saved_models", metavar="DIR")
-    tune.add_argument("--no-export", action="store_true")
-    tune.add_argument("--data-dir", metavar="DIR")
-    tune.add_argument("--quiet", action="store_true")
 
     serve = commands.add_parser("serve", help="serve exported models through TF Serving's REST and gRPC APIs")
     serve.add_argument("path", nargs="?", default="saved_models", help="saved_models/ or one model folder (default: saved_models)")
@@ -64,6 +52,28 @@ def _parser():
 
     commands.add_parser("pipelines", help="list the available pipelines")
     return parser
+
+
+def _add_job_arguments(parser):
+    """The arguments `harden` and `tune` share."""
+    parser.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
+    parser.add_argument("--eval-examples", type=_positive_int, metavar="N", help="evaluate on the first N test examples")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<pipeline>[/tuning])")
+    parser.add_argument("--saved-models", default="saved_models", metavar="DIR", help="TF Serving base folder (default: saved_models)")
+    parser.add_argument("--no-export", action="store_true", help="do not export for TF Serving")
+    parser.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _job_kwargs(args):
+    return {
+        "out_dir": args.out,
+        "saved_models": args.saved_models,
+        "data_dir": args.data_dir,
+        "eval_examples": args.eval_examples,
+        "export": not args.no_export,
+        "verbose": 0 if args.quiet else 1,
+    }
 
 
 def _positive_int(text):
@@ -126,26 +136,12 @@ def main(argv=None):
                 objective=args.objective,
                 tradeoff_weight=args.tradeoff_weight,
                 clean_floor=args.clean_floor,
-                out_dir=args.out,
                 overwrite=args.overwrite,
-                data_dir=args.data_dir,
-                saved_models=args.saved_models,
-                eval_examples=args.eval_examples,
-                export=not args.no_export,
-                verbose=0 if args.quiet else 1,
+                **_job_kwargs(args),
             )
             return 0
         harden_lib.harden(
-            pipeline,
-            model_path=args.model,
-            out_dir=args.out,
-            saved_models=args.saved_models,
-            data_dir=args.data_dir,
-            epochs=args.epochs,
-            baseline=not args.no_baseline,
-            eval_examples=args.eval_examples,
-            export=not args.no_export,
-            verbose=0 if args.quiet else 1,
+            pipeline, model_path=args.model, epochs=args.epochs, baseline=not args.no_baseline, **_job_kwargs(args)
         )
         return 0
     except expected_errors as error:

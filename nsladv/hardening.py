@@ -1,5 +1,6 @@
 """The main job: data -> hardened model -> honest robustness report -> TF Serving export."""
 
+import dataclasses
 import pathlib
 import time
 
@@ -17,6 +18,51 @@ from nsladv.wrapper import AdversarialModel
 
 class ModelMismatchError(ValueError):
     """A user's model does not fit the pipeline's data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineData:
+    """A pipeline's splits and its batched train / validation / test datasets."""
+
+    splits: data_lib.Splits
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+
+
+def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fraction=None):
+    """Loads a pipeline's dataset and builds its tf.data pipelines.
+
+    Args:
+        pipeline: an `nsladv.Pipeline`.
+        data_dir: the TFDS data folder.
+        eval_examples: keep only the first N test examples.
+        validation_fraction: overrides the pipeline's.
+    """
+    fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
+    splits = data_lib.load(pipeline.dataset, data_dir=data_dir, validation_fraction=fraction)
+    augment = data_lib.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
+    train = data_lib.pipeline(
+        splits.train, batch_size=pipeline.batch_size, training=True, seed=pipeline.seed, augment=augment
+    )
+    validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
+    test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
+    test = data_lib.pipeline(test_split, batch_size=500, training=False)
+    return PipelineData(splits, train, validation, test)
+
+
+def export_for_serving(base, pipeline, data, *, saved_models, metadata, from_logits=True):
+    """Exports `base` as the pipeline's next version, four test images as warmup."""
+    warmup = next(iter(data.test.unbatch().batch(4).take(1)))[0].numpy()
+    return export_lib.export_model(
+        base,
+        saved_models,
+        pipeline.name,
+        input_shape=data.splits.image_shape,
+        from_logits=from_logits,
+        metadata={**metadata, "pipeline": pipeline.get_config(), "versions": report_lib.package_versions()},
+        warmup_inputs=warmup,
+    )
 
 
 def harden(
@@ -59,15 +105,9 @@ def harden(
         pipeline = pipeline.replace(epochs=epochs)
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name)
     keras.utils.set_random_seed(pipeline.seed)
-    splits = data_lib.load(pipeline.dataset, data_dir=data_dir, validation_fraction=pipeline.validation_fraction)
+    data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=eval_examples)
+    splits, train, validation, test = data.splits, data.train, data.validation, data.test
     log(f"data: {pipeline.dataset} {splits.image_shape}, {splits.num_classes} classes")
-    augment = data_lib.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
-    train = data_lib.pipeline(
-        splits.train, batch_size=pipeline.batch_size, training=True, seed=pipeline.seed, augment=augment
-    )
-    validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
-    test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
-    test = data_lib.pipeline(test_split, batch_size=500, training=False)
     steps_per_epoch = int(train.cardinality())
 
     base, from_logits = _base_model(pipeline, model_path, splits)
@@ -136,21 +176,17 @@ def harden(
         "timings": timings,
     }
     if export:
-        warmup = next(iter(test.unbatch().batch(4).take(1)))[0].numpy()
-        path = export_lib.export_model(
+        path = export_for_serving(
             base,
-            saved_models,
-            pipeline.name,
-            input_shape=splits.image_shape,
+            pipeline,
+            data,
+            saved_models=saved_models,
             from_logits=from_logits,
             metadata={
                 "threat": pipeline.threat.get_config(),
                 "regularization": pipeline.regularization.get_config(),
                 "robustness": evaluations["hardened"],
-                "pipeline": pipeline.get_config(),
-                "versions": report["versions"],
             },
-            warmup_inputs=warmup,
         )
         report["export"] = str(path)
         log(f"exported for TF Serving: {path}")

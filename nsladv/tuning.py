@@ -299,8 +299,7 @@ def tune_pipeline(
     """
     import pathlib  # noqa: PLC0415
 
-    from nsladv import data as data_lib  # noqa: PLC0415
-    from nsladv import export as export_lib  # noqa: PLC0415
+    from nsladv import hardening  # noqa: PLC0415
     from nsladv import report as report_lib  # noqa: PLC0415
     from nsladv.evaluation import evaluate_robustness  # noqa: PLC0415
 
@@ -314,12 +313,11 @@ def tune_pipeline(
             f"Received: epsilon={dict(pipeline.threat.epsilon)!r}"
         )
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name / "tuning")
-    splits = data_lib.load(pipeline.dataset, data_dir=data_dir, validation_fraction=pipeline.validation_fraction or 0.1)
-    augment = data_lib.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
-    train = data_lib.pipeline(splits.train, batch_size=pipeline.batch_size, training=True, seed=pipeline.seed, augment=augment)
-    validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
-    test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
-    test = data_lib.pipeline(test_split, batch_size=500, training=False)
+    data = hardening.pipeline_data(
+        pipeline, data_dir=data_dir, eval_examples=eval_examples,
+        validation_fraction=pipeline.validation_fraction or 0.1,
+    )
+    splits, train, validation, test = data.splits, data.train, data.validation, data.test
 
     hypermodel = HardeningHyperModel(
         lambda: pipeline.build_model(splits.image_shape, splits.num_classes),
@@ -384,20 +382,18 @@ def tune_pipeline(
         "evaluation": evaluation,
     }
     if export:
-        path = export_lib.export_model(
+        path = hardening.export_for_serving(
             best.base_model,
-            saved_models,
-            pipeline.name,
-            input_shape=splits.image_shape,
+            pipeline,
+            data,
+            saved_models=saved_models,
             metadata={
                 "threat": threat.get_config(),
                 "regularization": regularization.get_config(),
                 "epsilon_warmup_epochs": warmup,
                 "robustness": evaluation,
                 "tuning": tuning,
-                "versions": report["versions"],
             },
-            warmup_inputs=next(iter(test.unbatch().batch(4).take(1)))[0].numpy(),
         )
         report["export"] = str(path)
         log(f"exported the best trial for TF Serving: {path}")
