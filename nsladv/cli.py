@@ -30,6 +30,8 @@ def _parser():
     harden.add_argument("--model", metavar="FILE.keras", help="harden this saved Keras model instead of the pipeline's")
     harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
     harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
+    harden.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "tpu"], default="default",
+                        help="tf.distribute strategy (default: default; auto picks from TF_CONFIG and the GPUs)")
 
     tune = commands.add_parser("tune", help="search the regularization with keras-tuner for robustness, export the best")
     _add_job_arguments(tune)
@@ -102,6 +104,7 @@ def main(argv=None):
         FileNotFoundError,
         ValueError,
         OSError,
+        RuntimeError,
     )
     try:
         if args.command == "serve":
@@ -141,7 +144,8 @@ def main(argv=None):
             )
             return 0
         harden_lib.harden(
-            pipeline, model_path=args.model, epochs=args.epochs, baseline=not args.no_baseline, **_job_kwargs(args)
+            pipeline, model_path=args.model, epochs=args.epochs, baseline=not args.no_baseline,
+            strategy=args.strategy, **_job_kwargs(args)
         )
         return 0
     except expected_errors as error:

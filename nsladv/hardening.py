@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from nsladv import data as data_lib
+from nsladv import distribute
 from nsladv import export as export_lib
 from nsladv import report as report_lib
 from nsladv.evaluation import evaluate_robustness
@@ -76,6 +77,7 @@ def harden(
     baseline=True,
     eval_examples=None,
     export=True,
+    strategy=None,
     verbose=1,
     log=print,
 ):
@@ -95,6 +97,9 @@ def harden(
         baseline: also train the undefended model, for comparison.
         eval_examples: evaluate on the first N test examples only.
         export: export the hardened base model for TF Serving.
+        strategy: a `tf.distribute.Strategy` (or a name for
+            `nsladv.distribute.make_strategy`); models are built and compiled
+            in its scope, and only the chief writes the report and export.
         verbose: Keras progress bars (1), one line per epoch (2), none (0).
         log: where progress messages go.
 
@@ -104,19 +109,23 @@ def harden(
     if epochs is not None:
         pipeline = pipeline.replace(epochs=epochs)
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name)
+    if strategy is None or isinstance(strategy, str):
+        strategy = distribute.make_strategy(strategy or "default")
+    chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(pipeline.seed)
     data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=eval_examples)
     splits, train, validation, test = data.splits, data.train, data.validation, data.test
     log(f"data: {pipeline.dataset} {splits.image_shape}, {splits.num_classes} classes")
     steps_per_epoch = int(train.cardinality())
 
-    base, from_logits = _base_model(pipeline, model_path, splits)
-    hardened = AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
-    hardened.compile(
-        optimizer=_optimizer(pipeline, steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        metrics=["accuracy"],
-    )
+    with strategy.scope():
+        base, from_logits = _base_model(pipeline, model_path, splits)
+        hardened = AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
+        hardened.compile(
+            optimizer=_optimizer(pipeline, steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+            metrics=["accuracy"],
+        )
     callbacks = [
         EpsilonWarmup(pipeline.epsilon_warmup_epochs),
         MultiplierWarmup(pipeline.multiplier_warmup_epochs),
@@ -131,12 +140,13 @@ def harden(
     models = {"hardened": base}
     if baseline:
         keras.utils.set_random_seed(pipeline.seed)
-        plain, _ = _base_model(pipeline, model_path, splits)
-        plain.compile(
-            optimizer=_optimizer(pipeline, steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-            metrics=["accuracy"],
-        )
+        with strategy.scope():
+            plain, _ = _base_model(pipeline, model_path, splits)
+            plain.compile(
+                optimizer=_optimizer(pipeline, steps_per_epoch),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+                metrics=["accuracy"],
+            )
         log(f"training the undefended baseline: {pipeline.epochs} epochs")
         start = time.perf_counter()
         plain.fit(
@@ -175,6 +185,8 @@ def harden(
         "evaluations": evaluations,
         "timings": timings,
     }
+    if not chief:
+        return report
     if export:
         path = export_for_serving(
             base,

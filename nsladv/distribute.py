@@ -1,0 +1,83 @@
+"""Choosing a `tf.distribute` strategy by name; nsladv adds no engine of its own.
+
+The wrapper is strategy-agnostic: build and compile it inside
+`strategy.scope()` and Keras runs its train step once per replica. Neighbors
+are built per replica from that replica's batch; Keras losses already scale
+by 1 / replicas and NSL's distances are scaled the same way, so gradients
+summed across replicas are those of the global batch.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+
+
+def _workers_in_tf_config():
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except ValueError:
+        raise ValueError(f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}") from None
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def make_strategy(name="auto", *, tpu=None):
+    """A `tf.distribute.Strategy` by name.
+
+    Args:
+        name: `"auto"` (multi-worker when TF_CONFIG lists several workers,
+            mirrored with several GPUs, else the default strategy),
+            `"default"`, `"mirrored"` (all local GPUs, or CPU),
+            `"multiworker"` (the cluster in TF_CONFIG) or `"tpu"`.
+        tpu: the TPU name or address for `"tpu"` (None: the local TPU or
+            the one the environment names).
+
+    Raises:
+        ValueError: unknown name, or `"multiworker"` without TF_CONFIG.
+        RuntimeError: `"tpu"` and no TPU could be reached.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy. Expected one of {list(STRATEGIES)}. Received: strategy={name!r}")
+    if name == "auto":
+        if _workers_in_tf_config() > 1:
+            name = "multiworker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if _workers_in_tf_config() == 0:
+            raise ValueError(
+                "strategy='multiworker' reads the cluster from TF_CONFIG, which lists no workers. Set TF_CONFIG to "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}} on '
+                f"each machine. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except Exception as error:  # noqa: BLE001 - every failure means: no TPU here
+        raise RuntimeError(
+            "strategy='tpu' found no TPU to connect to. Run on a TPU VM, or name the TPU with tpu=... "
+            f"(--tpu). Received: tpu={tpu!r} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """Whether this process writes checkpoints, reports and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief

@@ -1,0 +1,141 @@
+"""tf.distribute: MirroredStrategy over two logical CPUs equals one device; strategy choice."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nsladv import distribute
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np, nsladv
+
+    def run(strategy, settings):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+            model = nsladv.wrap(base, **settings)
+            model.compile(optimizer=keras.optimizers.SGD(0.1),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        rng = np.random.default_rng(0)
+        x, y = rng.random((64, 6)).astype("float32"), rng.integers(0, 3, 64)
+        w = np.where(y == 0, 2.0, 1.0).astype("float32")
+        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=2, verbose=0, shuffle=False)
+        return [v.numpy() for v in base.weights], history.history
+
+    results = {}
+    for name, settings in json.loads(sys.argv[1]).items():
+        one, h1 = run(tf.distribute.get_strategy(), settings)
+        two, h2 = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), settings)
+        results[name] = {
+            "weights": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
+            "logs": {k: [h1[k][-1], h2[k][-1]] for k in ("loss", "clean_loss", "neighbor_loss", "accuracy")},
+        }
+    print(json.dumps(results))
+    """
+)
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_devices_equals_one_device():
+    settings = {
+        "fgsm": {"epsilon": 0.1},
+        "pgd": {"epsilon": 0.1, "steps": 3},
+        "kl_random_start": {"epsilon": 0.1, "steps": 2, "distance": "kl"},
+    }
+    output = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(settings)], capture_output=True, text=True)
+    assert output.returncode == 0, output.stderr[-3000:]
+    results = json.loads(output.stdout.strip().splitlines()[-1])
+    for name in ("fgsm", "pgd"):  # deterministic: the same global batch gives the same weights
+        assert results[name]["weights"] < 1e-6, results[name]
+        for key, (one, two) in results[name]["logs"].items():
+            assert one == pytest.approx(two, rel=1e-5), (name, key)
+    # Random starts draw different noise per replica: close, not equal.
+    kl = results["kl_random_start"]
+    assert kl["weights"] < 1e-2
+    assert kl["logs"]["clean_loss"][0] == pytest.approx(kl["logs"]["clean_loss"][1], rel=1e-2)
+
+
+def test_strategy_names(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    import tensorflow as tf
+
+    assert distribute.make_strategy("auto") is tf.distribute.get_strategy()
+    assert distribute.make_strategy("default") is tf.distribute.get_strategy()
+    assert distribute.is_chief(tf.distribute.get_strategy())
+    with pytest.raises(ValueError, match=r"Unknown strategy. Expected one of \['auto', .*Received: strategy='gpu'"):
+        distribute.make_strategy("gpu")
+    with pytest.raises(ValueError, match=r"strategy='multiworker' reads the cluster from TF_CONFIG, which lists no workers"):
+        distribute.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match=r"TF_CONFIG is not valid JSON"):
+        distribute.make_strategy("auto")
+
+
+def test_tpu_without_a_tpu_is_a_clear_error():
+    with pytest.raises(RuntimeError, match=r"strategy='tpu' found no TPU to connect to.*Received: tpu=None"):
+        distribute.make_strategy("tpu")
+
+
+class _Resolver:
+    def __init__(self, task_type, task_id, cluster):
+        self.task_type, self.task_id, self._cluster = task_type, task_id, cluster
+
+    def cluster_spec(self):
+        import tensorflow as tf
+
+        return tf.train.ClusterSpec(self._cluster)
+
+
+class _Strategy:
+    def __init__(self, resolver):
+        self.cluster_resolver = resolver
+
+
+@pytest.mark.parametrize(
+    "task_type, task_id, cluster, chief",
+    [
+        ("worker", 0, {"worker": ["a:1", "b:2"]}, True),
+        ("worker", 1, {"worker": ["a:1", "b:2"]}, False),
+        ("chief", 0, {"chief": ["a:1"], "worker": ["b:2"]}, True),
+        ("worker", 0, {"chief": ["a:1"], "worker": ["b:2"]}, False),
+    ],
+)
+def test_only_the_chief_writes(task_type, task_id, cluster, chief):
+    assert distribute.is_chief(_Strategy(_Resolver(task_type, task_id, cluster))) is chief
+
+
+HARDEN_MIRRORED = textwrap.dedent(
+    """
+    import sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from nsladv import hardening, load_pipeline
+    report = hardening.harden(load_pipeline(sys.argv[1]), strategy="mirrored", out_dir=sys.argv[2],
+                              saved_models=sys.argv[3], data_dir=sys.argv[4], eval_examples=100, verbose=0)
+    print(report["export"])
+    """
+)
+
+
+@pytest.mark.slow
+def test_harden_under_mirrored_strategy(tmp_path):
+    import pathlib
+
+    from nsladv import data
+
+    data.load(data_dir=str(tmp_path / "tfds"))
+    pipeline = str(pathlib.Path(__file__).parent / "tiny_pipeline.py")
+    args = [pipeline, str(tmp_path / "run"), str(tmp_path / "saved_models"), str(tmp_path / "tfds")]
+    result = subprocess.run([sys.executable, "-c", HARDEN_MIRRORED, *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].endswith("saved_models/tiny/1")
+    assert (tmp_path / "run" / "report.json").exists()
