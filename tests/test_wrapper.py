@@ -351,17 +351,16 @@ def test_data_without_labels():
         model.fit(x, epochs=1, verbose=0)
 
 
-def test_non_float_feature_asked_to_be_perturbed():
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        ({"ids": True}, r"Cannot perturb input 'ids': it is of dtype int32"),
+        ({"image": True}, r"`feature_mask` names features the inputs do not have: \['image'\]"),
+    ],
+)
+def test_bad_feature_masks_fail_in_fit(mask, message):
     x, y = toy_data(32)
-    model = nsladv.wrap(MODEL_KINDS["dict"](), feature_mask={"ids": True})
+    model = nsladv.wrap(MODEL_KINDS["dict"](), feature_mask=mask)
     model.compile(optimizer="adam", loss=SCCE)
-    with pytest.raises(ValueError, match=r"Cannot perturb input 'ids': it is of dtype int32"):
-        model.fit(as_inputs("dict", x), y, epochs=1, verbose=0)
-
-
-def test_mask_structure_mismatch_in_fit():
-    x, y = toy_data(32)
-    model = nsladv.wrap(MODEL_KINDS["dict"](), feature_mask={"image": True})
-    model.compile(optimizer="adam", loss=SCCE)
-    with pytest.raises(ValueError, match=r"`feature_mask` names features the inputs do not have: \['image'\]"):
+    with pytest.raises(ValueError, match=message):
         model.fit(as_inputs("dict", x), y, epochs=1, verbose=0)

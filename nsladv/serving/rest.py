@@ -166,6 +166,9 @@ def _json_default(value):
 
 class RestServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # The default backlog (5) drops connections under a burst of clients, which
+    # then wait a second for TCP to retry.
+    request_queue_size = 128
 
     def __init__(self, address, repository, *, max_body_bytes, verbose=False):
         super().__init__(address, RestHandler)
