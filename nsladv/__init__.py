@@ -9,7 +9,8 @@ The public API:
 - `Attack`, `FGSM`, `pgd`, `evaluate_robustness`: white-box evaluation;
 - `export_model`: the TF Serving layout;
 - `Pipeline`, `load_pipeline`, `harden`: the end-to-end job;
-- `data`, `tuning`, `serving`: TFDS pipelines, keras-tuner search, the local TF Serving API.
+- `data`, `distribute`, `tuning`, `serving`: TFDS pipelines, strategy choice, keras-tuner search,
+  the local TF Serving API.
 
 Names load on first use, so `import nsladv` (and `nsladv --help`) does not
 wait for TensorFlow.
@@ -36,7 +37,7 @@ _EXPORTS = {
     "load_pipeline": "nsladv.pipeline",
     "harden": "nsladv.hardening",
 }
-_SUBMODULES = ("data", "tuning", "serving")
+_SUBMODULES = ("data", "distribute", "tuning", "serving")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
