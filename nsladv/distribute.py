@@ -10,6 +10,7 @@ summed across replicas are those of the global batch.
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
@@ -81,3 +82,48 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def is_multi_worker(strategy):
+    """Whether `strategy` spans several worker processes."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    cluster = resolver.cluster_spec().as_dict()
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", [])) > 1
+
+
+class ClusterBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` for a cluster: every worker restores the chief's backup, only the chief writes it.
+
+    With one backup per worker, a worker killed between two epoch ends leaves
+    backups one epoch apart and the restarted cluster deadlocks; restoring
+    everyone from the chief's keeps them in step. On one process it is
+    Keras' `BackupAndRestore`.
+
+    Args:
+        backup_dir: the shared backup folder.
+        chief: whether this process writes (see `is_chief`).
+        **kwargs: for `keras.callbacks.BackupAndRestore`.
+    """
+
+    def __init__(self, backup_dir, *, chief=True, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.chief = chief
+
+    def _save_model(self):
+        if self.chief:
+            super()._save_model()
+
+    def on_train_end(self, logs=None):
+        if self.chief:
+            super().on_train_end(logs)
+
+
+if not hasattr(keras.callbacks.BackupAndRestore, "_save_model"):  # pragma: no cover - depends on Keras
+    raise ImportError(
+        "nsladv.distribute.ClusterBackupAndRestore overrides BackupAndRestore._save_model "
+        f"(Keras 3.x, tested with 3.15). Installed: keras {keras.__version__}"
+    )

@@ -129,15 +129,21 @@ def harden(
     callbacks = [
         EpsilonWarmup(pipeline.epsilon_warmup_epochs),
         MultiplierWarmup(pipeline.multiplier_warmup_epochs),
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup" / "hardened")),
-        keras.callbacks.TensorBoard(str(out_dir / "logs" / "hardened")),
+        distribute.ClusterBackupAndRestore(str(out_dir / "backup" / "hardened"), chief=chief),
     ]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / "hardened")))
     log(f"training the hardened model: {pipeline.epochs} epochs, {_describe(pipeline)}")
     start = time.perf_counter()
     hardened.fit(train, validation_data=_or_none(validation), epochs=pipeline.epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
     timings = {"train_hardened_seconds": round(time.perf_counter() - start, 1)}
 
     models = {"hardened": base}
+    if baseline and distribute.is_multi_worker(strategy):
+        # Keras 3.15's own fit cannot train a plain model across workers
+        # (keras-team/keras#20585); the wrapper works around it for itself.
+        log("baseline skipped: Keras 3.15 cannot fit a plain model under MultiWorkerMirroredStrategy")
+        baseline = False
     if baseline:
         keras.utils.set_random_seed(pipeline.seed)
         with strategy.scope():
@@ -155,9 +161,9 @@ def harden(
             epochs=pipeline.epochs,
             shuffle=False,  # The pipeline shuffles.
             callbacks=[
-                keras.callbacks.BackupAndRestore(str(out_dir / "backup" / "baseline")),
-                keras.callbacks.TensorBoard(str(out_dir / "logs" / "baseline")),
-            ],
+                distribute.ClusterBackupAndRestore(str(out_dir / "backup" / "baseline"), chief=chief),
+            ]
+            + ([keras.callbacks.TensorBoard(str(out_dir / "logs" / "baseline"))] if chief else []),
             verbose=verbose,
         )
         timings["train_baseline_seconds"] = round(time.perf_counter() - start, 1)

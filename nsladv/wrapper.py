@@ -3,12 +3,19 @@
 import keras
 import tensorflow as tf
 
+from nsladv import distribute
 from nsladv import losses as losses_lib
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.configs import check_compatible
 from nsladv.neighbors import NeighborBuilder
 from nsladv.neighbors import as_tensors
+
+if not hasattr(keras.Model, "_maybe_symbolic_build"):  # pragma: no cover - depends on the Keras release
+    raise ImportError(
+        "nsladv overrides keras.Model._maybe_symbolic_build for multi-worker training (Keras 3.x, tested "
+        f"with 3.15). Installed: keras {keras.__version__}"
+    )
 
 try:  # A private Keras class, guarded: tests/test_wrapper.py pins its use.
     from keras.src.trainers.compile_utils import CompileLoss as _CompileLoss
@@ -170,11 +177,39 @@ class AdversarialModel(keras.Model):
         else:
             y_pred, clean_loss, neighbor_loss, gradients = self._joint_step(x, y, sample_weight)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self._update_trackers(x, y, y_pred, sample_weight, clean_loss, neighbor_loss)
+        return self._for_reduction(self._update_trackers(x, y, y_pred, sample_weight, clean_loss, neighbor_loss))
 
     def test_step(self, data):
         logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if k not in _NEIGHBOR_TRACKERS}
+        return self._for_reduction({k: v for k, v in logs.items() if k not in _NEIGHBOR_TRACKERS})
+
+    def _for_reduction(self, logs):
+        # Keras 3.15's fit reduces logs across workers with
+        # strategy.reduce("MEAN", v, axis=0), which rejects scalars
+        # (keras-team/keras#20585): give it rank-1 values to average.
+        if distribute.is_multi_worker(self.distribute_strategy):
+            return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 learns input shapes by reducing the first distributed
+        # batch across workers, which fails under MultiWorkerMirroredStrategy
+        # (keras-team/keras#20585); this replica's own batch has the shapes.
+        # tests/test_distribute.py runs two real workers and fails if Keras
+        # changes this hook.
+        if iterator is None or not distribute.is_multi_worker(self.distribute_strategy):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            batch = next(batches)
+            break
+        local = keras.tree.map_structure(
+            lambda v: self.distribute_strategy.experimental_local_results(v)[0]
+            if isinstance(v, tf.distribute.DistributedValues)
+            else v,
+            batch,
+        )
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=local)
 
     def predict(self, *args, **kwargs):
         return self.base_model.predict(*args, **kwargs)
