@@ -32,6 +32,8 @@ def _parser():
     harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
     harden.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "tpu"], default="default",
                         help="tf.distribute strategy (default: default; auto picks from TF_CONFIG and the GPUs)")
+    harden.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
+                        help="Keras mixed-precision policy (float16 on GPUs, bfloat16 on TPUs)")
 
     tune = commands.add_parser("tune", help="search the regularization with keras-tuner for robustness, export the best")
     _add_job_arguments(tune)
@@ -145,7 +147,7 @@ def main(argv=None):
             return 0
         harden_lib.harden(
             pipeline, model_path=args.model, epochs=args.epochs, baseline=not args.no_baseline,
-            strategy=args.strategy, **_job_kwargs(args)
+            strategy=args.strategy, mixed_precision=args.mixed_precision, **_job_kwargs(args)
         )
         return 0
     except expected_errors as error:

@@ -78,6 +78,7 @@ def harden(
     eval_examples=None,
     export=True,
     strategy=None,
+    mixed_precision=None,
     verbose=1,
     log=print,
 ):
@@ -100,6 +101,9 @@ def harden(
         strategy: a `tf.distribute.Strategy` (or a name for
             `nsladv.distribute.make_strategy`); models are built and compiled
             in its scope, and only the chief writes the report and export.
+        mixed_precision: a Keras dtype policy for training, e.g.
+            `"mixed_float16"` (GPU) or `"mixed_bfloat16"` (TPU); the
+            perturbation maths and losses stay float32.
         verbose: Keras progress bars (1), one line per epoch (2), none (0).
         log: where progress messages go.
 
@@ -108,6 +112,17 @@ def harden(
     """
     if epochs is not None:
         pipeline = pipeline.replace(epochs=epochs)
+    if mixed_precision is not None:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(mixed_precision)
+        try:
+            return harden(
+                pipeline, model_path=model_path, out_dir=out_dir, saved_models=saved_models, data_dir=data_dir,
+                baseline=baseline, eval_examples=eval_examples, export=export, strategy=strategy,
+                verbose=verbose, log=log,
+            )
+        finally:
+            keras.config.set_dtype_policy(previous)
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name)
     if strategy is None or isinstance(strategy, str):
         strategy = distribute.make_strategy(strategy or "default")

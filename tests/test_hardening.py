@@ -168,3 +168,15 @@ def test_cli_lists_pipelines(capsys):
 def test_cli_serve_without_models(capsys, tmp_path):
     code, out = run_cli(["serve", str(tmp_path / "none"), "--rest-port", "0", "--grpc-port", "0"], capsys)
     assert code == 2 and "No saved models at" in out.err
+
+
+def test_harden_in_mixed_precision(tmp_path, data_dir):
+    report = hardening.harden(
+        load_pipeline(TINY), mixed_precision="mixed_float16", out_dir=tmp_path / "run",
+        saved_models=tmp_path / "sm", data_dir=data_dir, baseline=False, eval_examples=100,
+        verbose=0, log=lambda *_: None,
+    )
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    assert 0.0 <= report["evaluations"]["hardened"]["clean_accuracy"] <= 1.0
+    signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
+    assert signature(image=tf.zeros((2, 28, 28, 1)))["logits"].dtype == tf.float32
