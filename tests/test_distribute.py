@@ -143,14 +143,15 @@ def test_harden_under_mirrored_strategy(tmp_path):
 
 WORKER = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import json, os, sys
     index, ports, mode, out = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3], sys.argv[4]
-    os.environ["TF_CONFIG"] = json.dumps(
-        {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-    )
-    if mode == "fit":
+    if mode != "fit_one_device":
+        os.environ["TF_CONFIG"] = json.dumps(
+            {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        )
+    if mode.startswith("fit"):
         import tensorflow as tf
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.get_strategy() if mode == "fit_one_device" else tf.distribute.MultiWorkerMirroredStrategy()
         import keras, numpy as np, nsladv
         with strategy.scope():
             keras.utils.set_random_seed(0)
@@ -161,23 +162,13 @@ WORKER = textwrap.dedent(
         rng = np.random.default_rng(0)
         x, y = rng.random((64, 6)).astype("float32"), rng.integers(0, 3, 64)
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-        history = model.fit(dataset, epochs=2, verbose=0, validation_data=dataset)
+        history = model.fit(dataset, epochs=2, verbose=0, validation_data=dataset, shuffle=False)
         print(json.dumps(history.history))
     else:
-        from nsladv import hardening, load_pipeline, schedules
-        log = open(os.path.join(out, f"epochs_{index}.txt"), "a")
-        kill_after = int(sys.argv[7])
-
-        class Record(schedules.EpsilonWarmup):
-            def on_epoch_begin(self, epoch, logs=None):
-                log.write(f"{epoch}\\n"); log.flush()
-                super().on_epoch_begin(epoch, logs)
-            def on_epoch_end(self, epoch, logs=None):
-                super().on_epoch_end(epoch, logs)
-                if epoch == kill_after and index == 1:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        hardening.EpsilonWarmup = Record
+        sys.path.insert(0, sys.argv[8])
+        import epoch_recorder
+        from nsladv import hardening, load_pipeline
+        epoch_recorder.install(os.path.join(out, f"epochs_{index}.txt"), int(sys.argv[7]) if index == 1 else -1)
         report = hardening.harden(load_pipeline(sys.argv[5]), strategy="multiworker", epochs=4,
                                   out_dir=os.path.join(out, "run"), saved_models=os.path.join(out, "saved_models"),
                                   data_dir=sys.argv[6], eval_examples=50, verbose=0)
@@ -224,23 +215,12 @@ def test_two_workers_train_like_one_device(tmp_path):
     histories = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert histories[0] == histories[1]
     # One process, one device, the same global batches of 16.
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    import nsladv
-
-    keras.utils.set_random_seed(0)
-    base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
-    model = nsladv.wrap(base, epsilon=0.1, steps=2)
-    model.compile(optimizer=keras.optimizers.SGD(0.1),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    rng = np.random.default_rng(0)
-    x, y = rng.random((64, 6)).astype("float32"), rng.integers(0, 3, 64)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    single = model.fit(dataset, epochs=2, verbose=0, validation_data=dataset, shuffle=False).history
+    single = subprocess.run([sys.executable, "-c", WORKER, "0", "0", "fit_one_device", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one_device = json.loads(single.stdout.strip().splitlines()[-1])
     for key in ("loss", "clean_loss", "neighbor_loss", "val_loss"):
-        np.testing.assert_allclose(histories[0][key], single[key], rtol=1e-4, err_msg=key)
+        assert histories[0][key] == pytest.approx(one_device[key], rel=1e-4), key
 
 
 @pytest.mark.slow
@@ -252,8 +232,7 @@ def test_a_killed_worker_is_recovered_from_the_last_backup_and_only_the_chief_ex
 
     data.load(data_dir=str(tmp_path / "tfds"))
     pipeline = str(pathlib.Path(__file__).parent / "tiny_pipeline.py")
-    extra = [pipeline, str(tmp_path / "tfds")]
-    workers = launch("harden", tmp_path, *extra, "1")
+    workers = launch("harden", tmp_path, pipeline, str(tmp_path / "tfds"), "1", str(pathlib.Path(__file__).parent))
     workers[1].wait(timeout=300)
     assert workers[1].returncode == -9
     time.sleep(2)
@@ -261,7 +240,7 @@ def test_a_killed_worker_is_recovered_from_the_last_backup_and_only_the_chief_ex
     assert (tmp_path / "epochs_0.txt").read_text().split() in (["0", "1"], ["0", "1", "2"])
     workers[0].wait(timeout=60)
     assert (tmp_path / "epochs_1.txt").read_text().split() == ["0", "1"]
-    workers = launch("harden", tmp_path, *extra, "-1")
+    workers = launch("harden", tmp_path, pipeline, str(tmp_path / "tfds"), "-1", str(pathlib.Path(__file__).parent))
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), _errors(outputs)
     # Worker 1 died at the end of epoch 1, after the validation pass both

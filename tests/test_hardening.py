@@ -76,22 +76,12 @@ def test_harden_a_users_saved_model(tmp_path, data_dir):
 
 RESUMABLE = textwrap.dedent(
     """
-    import os, signal, sys
-    from nsladv import hardening, load_pipeline, schedules
+    import sys
+    sys.path.insert(0, sys.argv[6])
+    import epoch_recorder
+    from nsladv import hardening, load_pipeline
 
-    log = open(sys.argv[2], "a")
-    kill_after = int(sys.argv[3])
-
-    class Record(schedules.EpsilonWarmup):
-        def on_epoch_begin(self, epoch, logs=None):
-            log.write(f"{epoch}\\n"); log.flush()
-            super().on_epoch_begin(epoch, logs)
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            if epoch == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    hardening.EpsilonWarmup = Record
+    epoch_recorder.install(sys.argv[2], int(sys.argv[3]))
     hardening.harden(load_pipeline(sys.argv[1]), epochs=4, out_dir=sys.argv[4], baseline=False,
                      export=False, eval_examples=50, data_dir=sys.argv[5], verbose=0)
     """
@@ -101,7 +91,7 @@ RESUMABLE = textwrap.dedent(
 def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, data_dir):
     epochs = tmp_path / "epochs.txt"
     args = [sys.executable, "-c", RESUMABLE, TINY, str(epochs)]
-    run = [str(tmp_path / "run"), data_dir]
+    run = [str(tmp_path / "run"), data_dir, str(HERE)]
     killed = subprocess.run(args + ["2"] + run, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     # Killed at the end of epoch 2, before its backup: epochs 0 and 1 are saved.
