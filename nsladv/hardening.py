@@ -1,5 +1,6 @@
 """The main job: data -> hardened model -> honest robustness report -> TF Serving export."""
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -112,17 +113,25 @@ def harden(
     """
     if epochs is not None:
         pipeline = pipeline.replace(epochs=epochs)
-    if mixed_precision is not None:
-        previous = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(mixed_precision)
-        try:
-            return harden(
-                pipeline, model_path=model_path, out_dir=out_dir, saved_models=saved_models, data_dir=data_dir,
-                baseline=baseline, eval_examples=eval_examples, export=export, strategy=strategy,
-                verbose=verbose, log=log,
-            )
-        finally:
-            keras.config.set_dtype_policy(previous)
+    with _dtype_policy(mixed_precision):
+        return _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eval_examples, export,
+                       strategy, verbose, log)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    """Sets the Keras dtype policy for the block (nothing when `name` is None)."""
+    previous = keras.config.dtype_policy()
+    if name is not None:
+        keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eval_examples, export, strategy,
+            verbose, log):
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name)
     if strategy is None or isinstance(strategy, str):
         strategy = distribute.make_strategy(strategy or "default")
@@ -136,18 +145,12 @@ def harden(
     with strategy.scope():
         base, from_logits = _base_model(pipeline, model_path, splits)
         hardened = AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
-        hardened.compile(
-            optimizer=_optimizer(pipeline, steps_per_epoch),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-            metrics=["accuracy"],
-        )
+        _compile(hardened, pipeline, steps_per_epoch, from_logits)
     callbacks = [
         EpsilonWarmup(pipeline.epsilon_warmup_epochs),
         MultiplierWarmup(pipeline.multiplier_warmup_epochs),
-        distribute.ClusterBackupAndRestore(str(out_dir / "backup" / "hardened"), chief=chief),
+        *_run_callbacks(out_dir, "hardened", chief),
     ]
-    if chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / "hardened")))
     log(f"training the hardened model: {pipeline.epochs} epochs, {_describe(pipeline)}")
     start = time.perf_counter()
     hardened.fit(train, validation_data=_or_none(validation), epochs=pipeline.epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
@@ -163,11 +166,7 @@ def harden(
         keras.utils.set_random_seed(pipeline.seed)
         with strategy.scope():
             plain, _ = _base_model(pipeline, model_path, splits)
-            plain.compile(
-                optimizer=_optimizer(pipeline, steps_per_epoch),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-                metrics=["accuracy"],
-            )
+            _compile(plain, pipeline, steps_per_epoch, from_logits)
         log(f"training the undefended baseline: {pipeline.epochs} epochs")
         start = time.perf_counter()
         plain.fit(
@@ -175,10 +174,7 @@ def harden(
             validation_data=_or_none(validation),
             epochs=pipeline.epochs,
             shuffle=False,  # The pipeline shuffles.
-            callbacks=[
-                distribute.ClusterBackupAndRestore(str(out_dir / "backup" / "baseline"), chief=chief),
-            ]
-            + ([keras.callbacks.TensorBoard(str(out_dir / "logs" / "baseline"))] if chief else []),
+            callbacks=_run_callbacks(out_dir, "baseline", chief),
             verbose=verbose,
         )
         timings["train_baseline_seconds"] = round(time.perf_counter() - start, 1)
@@ -239,6 +235,22 @@ def _describe(pipeline):
 
 def _or_none(dataset):
     return dataset if int(dataset.cardinality()) != 0 else None
+
+
+def _compile(model, pipeline, steps_per_epoch, from_logits):
+    model.compile(
+        optimizer=_optimizer(pipeline, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=["accuracy"],
+    )
+
+
+def _run_callbacks(out_dir, label, chief):
+    """The resumable backup (all workers read the chief's) and, on the chief, TensorBoard logs."""
+    callbacks = [distribute.ClusterBackupAndRestore(str(out_dir / "backup" / label), chief=chief)]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / label)))
+    return callbacks
 
 
 def _optimizer(pipeline, steps_per_epoch):
