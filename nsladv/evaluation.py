@@ -56,10 +56,8 @@ def evaluate_robustness(
         results["attacks"][attack.name] = {"config": attack.get_config(), "accuracy": accuracy}
         results["seconds"][attack.name] = round(time.perf_counter() - start, 3)
         results["clean_accuracy"], results["examples"] = clean, total
-    strongest = attacks[-1]
-    if large_epsilon is not None:
-        attacker = BatchAttacker(model, strongest, from_logits=from_logits)
-        results["large_epsilon"] = {"epsilon": large_epsilon, "attack": strongest.name,
+    if large_epsilon is not None:  # The last attacker is the strongest attack's, already compiled.
+        results["large_epsilon"] = {"epsilon": large_epsilon, "attack": attacks[-1].name,
                                     "accuracy": attacker.accuracy(dataset, large_epsilon)[1]}
     results["sanity"] = sanity_checks(results, near_zero=near_zero)
     return results
