@@ -13,6 +13,7 @@ tuner.search(train, validation_data=validation, epochs=5)
 ```
 """
 
+import inspect
 import math
 import time
 
@@ -195,10 +196,11 @@ class HardeningHyperModel(keras_tuner.HyperModel):
     def _fresh_base(self, hp):
         if self.base_model is not None:
             return keras.models.clone_model(self.base_model)
-        try:
+        # A builder may take the hyperparameters or nothing; a TypeError raised
+        # inside it must not be mistaken for the wrong arity.
+        if inspect.signature(self.build_base).parameters:
             return self.build_base(hp)
-        except TypeError:
-            return self.build_base()
+        return self.build_base()
 
     def fit(self, hp, model, *args, validation_data=None, callbacks=None, **kwargs):
         if validation_data is None:
