@@ -10,6 +10,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from nsladv.serving import predict as predict_lib
+from nsladv.serving.repository import DEFAULT_SIGNATURE
 from nsladv.serving.errors import ServingError
 
 
@@ -31,7 +32,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             version, label = _version_and_label(request.model_spec)
             loaded = self.repository.resolve(request.model_spec.name, version, label)
-            signature_name = request.model_spec.signature_name or "serving_default"
+            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
             signature, _ = loaded.signature(signature_name)
             try:
                 inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}

@@ -18,10 +18,11 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from nsladv.export import MODELS_CONFIG
+from nsladv.export import SIGNATURE as DEFAULT_SIGNATURE
+from nsladv.export import versions as version_folders
 from nsladv.serving.errors import ServingError
 
-MODELS_CONFIG = "models.config"
-DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +60,6 @@ def _signature_defs(path):
     return dict(proto.meta_graphs[0].signature_def)
 
 
-def _numeric_versions(base_path):
-    if not base_path.is_dir():
-        return []
-    return sorted(int(p.name) for p in base_path.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 class ModelRepository:
     """The models a server serves, from a `saved_models/` folder or a models.config.
 
@@ -95,10 +90,10 @@ class ModelRepository:
             return self._from_config(config_file)
         if not self.path.is_dir():
             raise FileNotFoundError(f"No saved models at {self.path}: expected a folder or a models.config file.")
-        if _numeric_versions(self.path):
+        if version_folders(self.path):
             return {self.path.name: self._model(self.path.name, self.path)}
         models = {
-            p.name: self._model(p.name, p) for p in sorted(self.path.iterdir()) if p.is_dir() and _numeric_versions(p)
+            p.name: self._model(p.name, p) for p in sorted(self.path.iterdir()) if p.is_dir() and version_folders(p)
         }
         if not models:
             raise FileNotFoundError(
@@ -129,7 +124,7 @@ class ModelRepository:
         return models
 
     def _wanted(self, model):
-        available = _numeric_versions(model.base_path)
+        available = version_folders(model.base_path)
         choice = model.policy.WhichOneof("policy_choice")
         if choice == "all":
             return available
