@@ -104,3 +104,73 @@ def distance_config(distance, *, from_logits):
         sum_over_axis=-1,
         transform_fn=transform,
     )
+
+
+# Graph regularization ---------------------------------------------------------
+
+GRAPH_REDUCTION = "weighted_sum_by_nonzero_weights"
+
+
+def graph_neighbor_config(*, max_neighbors, prefix, weight_suffix):
+    """An `nsl.configs.GraphNeighborConfig`: how neighbor features are named."""
+    return nsl.configs.GraphNeighborConfig(
+        prefix=prefix, weight_suffix=weight_suffix, max_neighbors=max_neighbors
+    )
+
+
+def unpack_neighbor_features(features, neighbor_config):
+    """`nsl.lib.unpack_neighbor_features`: sample, neighbor features and weights."""
+    return nsl.lib.unpack_neighbor_features(features, neighbor_config)
+
+
+def replicate_embeddings(embeddings, times):
+    """`nsl.lib.replicate_embeddings`: each row repeated `times` times in a row."""
+    return nsl.lib.replicate_embeddings(embeddings, times)
+
+
+def graph_distance_config(distance, *, from_logits):
+    """NSL's graph-regularization distance: summed over the class axis and
+    divided by the number of edges with a non-zero weight (NSL's default for
+    `GraphRegularization`), so that missing neighbors (weight 0) count for
+    nothing."""
+    transform = "softmax" if from_logits and distance in ("kl", "js") else "none"
+    return nsl.configs.DistanceConfig(
+        distance_type=DISTANCES[distance],
+        reduction=GRAPH_REDUCTION,
+        sum_over_axis=-1,
+        transform_fn=transform,
+    )
+
+
+def build_graph_from_config(embedding_files, output_graph_path, *, similarity_threshold, lsh_splits, lsh_rounds,
+                            random_seed, id_feature_name="id", embedding_feature_name="embedding"):
+    """`nsl.tools.build_graph_from_config`: a cosine-similarity graph as TSV."""
+    import neural_structured_learning.tools  # noqa: PLC0415 - loads only for graph building
+
+    config = nsl.configs.GraphBuilderConfig(
+        id_feature_name=id_feature_name,
+        embedding_feature_name=embedding_feature_name,
+        similarity_threshold=similarity_threshold,
+        lsh_splits=lsh_splits,
+        lsh_rounds=lsh_rounds,
+        random_seed=random_seed,
+    )
+    nsl.tools.build_graph_from_config(list(embedding_files), output_graph_path, config)
+
+
+def read_tsv_graph(path):
+    """NSL's `read_tsv_graph`: {source id: {target id: weight}}.
+
+    NSL 1.4.0's own function opens the file with mode "rU", which Python 3.11
+    removed; this reads the lines and lets NSL's `add_edge` combine them (an
+    absent weight is 1.0; a repeated edge keeps its largest weight).
+    """
+    import neural_structured_learning.tools  # noqa: PLC0415
+
+    graph = {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line:
+                nsl.tools.add_edge(graph, line.split("\t"))
+    return graph

@@ -364,3 +364,85 @@ def check_compatible(threat, regularization):
             "would equal x. Use random_start=True (or leave it None). "
             "Received: random_start=False"
         )
+
+
+@keyword_only
+@dataclasses.dataclass(frozen=True, eq=False)
+class GraphRegularization:
+    """The graph term: agreement along the edges to natural neighbors.
+
+    total = ... + multiplier * G, with
+
+        G = sum_ij w_ij D(f(x_i), f(n_ij)) / #{(i, j): w_ij != 0}
+
+    over each sample x_i of the batch and its neighbors n_ij with edge
+    weights w_ij (NSL's graph reduction: missing neighbors, weight 0, count
+    for nothing; a batch without edges adds 0). `distance` takes the same
+    values as `Regularization`'s: the divergences compare f(x_i) with
+    f(n_ij), both with gradients, as NSL's `GraphRegularization` does, and
+    ignore sample weights as NSL does (so an unlabelled sample with weight 0
+    still pulls its neighbors); `"label"` is the compiled loss of the
+    neighbor's prediction against the sample's label (label propagation),
+    and there w_ij is multiplied by the sample's weight s_i, since the label
+    is what the edge carries.
+
+    Neighbors arrive inside the features in NSL's format (`nsl.tools.pack_nbrs`,
+    or `nsladv.graph.NeighborTable` in memory): `{prefix}{j}_{feature}` and
+    `{prefix}{j}{weight_suffix}` (shape `[batch, 1]`).
+
+    Args:
+        multiplier: weight of the graph term, >= 0 (NSL's default 0.01).
+        distance: `"label"`, `"kl"`, `"js"`, `"l2"` (NSL's default) or `"cosine"`.
+        max_neighbors: neighbors used per sample; `None` uses every neighbor
+            slot the features carry.
+        from_logits: whether the model outputs logits (for `kl`/`js`); `None`
+            infers it from the compiled loss.
+        prefix: the neighbor feature prefix (NSL's `"NL_nbr_"`).
+        weight_suffix: the neighbor weight suffix (NSL's `"_weight"`).
+
+    Example:
+
+    >>> GraphRegularization(multiplier=0.1, distance="kl", max_neighbors=3).max_neighbors
+    3
+    """
+
+    multiplier: float = 0.01
+    distance: str = "l2"
+    max_neighbors: object = None
+    from_logits: object = None
+    prefix: str = "NL_nbr_"
+    weight_suffix: str = "_weight"
+
+    def __post_init__(self):
+        # The multiplier, distance and from_logits rules are Regularization's.
+        checked = Regularization(multiplier=self.multiplier, distance=self.distance, from_logits=self.from_logits)
+        object.__setattr__(self, "multiplier", checked.multiplier)
+        object.__setattr__(self, "distance", checked.distance)
+        k = self.max_neighbors
+        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
+            raise ValueError(
+                f"`max_neighbors` must be an integer >= 1 or None (every neighbor the features carry). "
+                f"Received: max_neighbors={k!r}"
+            )
+        for name in ("prefix", "weight_suffix"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"`{name}` must be a non-empty string. Received: {name}={value!r}")
+        if k is not None:
+            object.__setattr__(self, "max_neighbors", int(k))
+
+    def replace(self, **changes):
+        """A copy with some settings changed (validated again)."""
+        return GraphRegularization(**{**self.get_config(), **changes})
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, GraphRegularization) and self.get_config() == other.get_config()
+
+    __hash__ = None

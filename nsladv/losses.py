@@ -56,3 +56,32 @@ def divergence(distance, clean, neighbor, *, from_logits, sample_weight=None):
             weights = tf.reshape(tf.cast(sample_weight, tf.float32), [-1] + [1] * (c.shape.rank - 1))
         total.append(_nsl.pairwise_distance(c, n, weights, config))
     return scale_for_distribution(tf.add_n(total))
+
+
+def graph_divergence(distance, samples, neighbors, weights, count, *, from_logits):
+    """NSL's graph term: edge-weighted D(f(x_i), f(n_ij)), summed over outputs.
+
+    Args:
+        distance: `"kl"`, `"js"`, `"l2"` or `"cosine"`.
+        samples: the samples' predictions f(x), `[batch, ...]` (or a structure).
+        neighbors: the neighbors' predictions, `[batch * count, ...]`,
+            sample-major (the neighbors of sample 0 first).
+        weights: edge weights (times sample weights), `[batch * count]`.
+        count: neighbors per sample.
+        from_logits: whether predictions are logits.
+
+    Returns:
+        A float32 scalar: per output, `sum_ij w_ij D(f(x_i), f(n_ij)) /
+        #{w_ij != 0}` (0 when no edge has weight), computed by NSL's
+        `pairwise_distance_wrapper` on `replicate_embeddings(f(x), count)`,
+        as NSL's `GraphRegularization` does.
+    """
+    config = _nsl.graph_distance_config(distance, from_logits=from_logits)
+    keras.tree.assert_same_structure(samples, neighbors)
+    total = []
+    for s, n in zip(keras.tree.flatten(samples), keras.tree.flatten(neighbors)):
+        s = _nsl.replicate_embeddings(tf.cast(s, tf.float32), count)
+        n = tf.cast(n, tf.float32)
+        w = tf.reshape(tf.cast(weights, tf.float32), [-1] + [1] * (s.shape.rank - 1))
+        total.append(_nsl.pairwise_distance(s, n, w, config))
+    return scale_for_distribution(tf.add_n(total))

@@ -1,10 +1,14 @@
 """The wrapper: a `keras.Model` that trains a base model with adversarial neighbors."""
 
+import re
+
 import keras
 import tensorflow as tf
 
+from nsladv import _nsl
 from nsladv import distribute
 from nsladv import losses as losses_lib
+from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.configs import check_compatible
@@ -25,7 +29,7 @@ except ImportError as error:  # pragma: no cover - depends on the Keras release
         f"tested with 3.15). Installed: keras {keras.__version__}"
     ) from error
 
-_NEIGHBOR_TRACKERS = ("clean_loss", "neighbor_loss")
+_NEIGHBOR_TRACKERS = ("clean_loss", "neighbor_loss", "graph_loss")
 
 
 class _Knobs:
@@ -48,12 +52,20 @@ class AdversarialModel(keras.Model):
 
     For each batch (x, y, w) the train step computes
 
-        total = L(y, f(x); w) + multiplier * D
+        total = L(y, f(x); w) + multiplier * D [+ graph.multiplier * G]
 
     where x' is the adversarial neighbor of x under `threat`, built by NSL's
     `nsl.lib.gen_adv_neighbor`, and D is `L(y, f(x'); w)` for the `label`
     distance or a divergence between f(x) and f(x') (see `Regularization`).
-    The neighbor is a constant for the weights' gradient.
+    The neighbor is a constant for the weights' gradient. A regularization
+    multiplier of 0 turns the adversarial term off (no neighbor is built).
+
+    With `graph` (a `GraphRegularization`), G is the graph term over the
+    natural neighbors that ride in the features in NSL's packed format
+    (`NL_nbr_<j>_<feature>`, `NL_nbr_<j>_weight`; see `nsladv.graph`): the
+    edge-weighted distance between each sample's outputs and its neighbors'
+    (NSL's `GraphRegularization` objective), in the same step as the
+    adversarial term. Neighbors with weight 0 (missing) count for nothing.
 
     Cost per step: for the `label` distance without a random start, the clean
     pass's one backward pass gives both the weights' gradient and the input
@@ -77,6 +89,7 @@ class AdversarialModel(keras.Model):
         threat: a `ThreatModel` (default: `ThreatModel()`).
         regularization: a `Regularization` (default: `Regularization()`).
         name: the wrapper's name.
+        graph: a `GraphRegularization`, or None for no graph term.
         **kwargs: passed to `keras.Model`.
 
     Example:
@@ -92,7 +105,7 @@ class AdversarialModel(keras.Model):
     ```
     """
 
-    def __init__(self, base_model, *args, threat=None, regularization=None, name=None, **kwargs):
+    def __init__(self, base_model, *args, threat=None, regularization=None, graph=None, name=None, **kwargs):
         if args:
             raise TypeError(
                 "AdversarialModel takes the base model positionally and every "
@@ -106,12 +119,15 @@ class AdversarialModel(keras.Model):
         _validate_config("threat", threat, ThreatModel)
         _validate_config("regularization", regularization, Regularization)
         check_compatible(threat, regularization)
+        if graph is not None:
+            _validate_config("graph", graph, GraphRegularization)
         super().__init__(name=name or f"adversarial_{base_model.name}", **kwargs)
         self.base_model = base_model
         if base_model.built:
             self.built = True  # No weights of its own: built when the base is.
         self.threat = threat
         self.regularization = regularization
+        self.graph = graph
         if getattr(base_model, "output_names", None):
             self.output_names = list(base_model.output_names)
         self._neighbors = NeighborBuilder(
@@ -119,8 +135,10 @@ class AdversarialModel(keras.Model):
         )
         self._knobs = _Knobs()
         self._from_logits = regularization.from_logits
+        self._graph_from_logits = graph.from_logits if graph is not None else None
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
         self.neighbor_loss_tracker = keras.metrics.Mean(name="neighbor_loss")
+        self.graph_loss_tracker = keras.metrics.Mean(name="graph_loss") if graph is not None else None
 
     # Strengths, for warm-up schedules ---------------------------------------
 
@@ -154,6 +172,8 @@ class AdversarialModel(keras.Model):
             )
         if self.regularization.distance in ("kl", "js"):
             self._from_logits = _resolve_from_logits(self.regularization.from_logits, loss)
+        if self.graph is not None and self.graph.distance in ("kl", "js"):
+            self._graph_from_logits = _resolve_from_logits(self.graph.from_logits, loss)
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
         # A second loss object for neighbor and attack losses, so that the
         # per-output loss metrics of the compiled loss see clean inputs only.
@@ -166,20 +186,28 @@ class AdversarialModel(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
 
     def call(self, inputs, training=None):
-        return self.base_model(inputs, training=training)
+        return self.base_model(self._without_graph_neighbors(inputs), training=training)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         _check_labels(y)
-        x = as_tensors(x)
-        if self.regularization.distance == "label" and not self._neighbors.random_start:
-            y_pred, clean_loss, neighbor_loss, gradients = self._label_step(x, y, sample_weight)
+        x, graph_neighbors = self._graph_neighbors(as_tensors(x))
+        adversarial = self.regularization.multiplier > 0
+        if (
+            adversarial
+            and self.regularization.distance == "label"
+            and not self._neighbors.random_start
+            and (graph_neighbors is None or self.graph.distance == "label")
+        ):
+            y_pred, terms, gradients = self._label_step(x, y, sample_weight, graph_neighbors)
         else:
-            y_pred, clean_loss, neighbor_loss, gradients = self._joint_step(x, y, sample_weight)
+            y_pred, terms, gradients = self._joint_step(x, y, sample_weight, graph_neighbors, adversarial)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self._for_reduction(self._update_trackers(x, y, y_pred, sample_weight, clean_loss, neighbor_loss))
+        return self._for_reduction(self._update_trackers(x, y, y_pred, sample_weight, terms))
 
     def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        data = (self._without_graph_neighbors(x), y, sample_weight)
         logs = super().test_step(data)
         return self._for_reduction({k: v for k, v in logs.items() if k not in _NEIGHBOR_TRACKERS})
 
@@ -228,6 +256,7 @@ class AdversarialModel(keras.Model):
             "base_model": keras.saving.serialize_keras_object(self.base_model),
             "threat": self.threat.get_config(),
             "regularization": self.regularization.get_config(),
+            "graph": None if self.graph is None else self.graph.get_config(),
         }
 
     @classmethod
@@ -236,16 +265,18 @@ class AdversarialModel(keras.Model):
         base_model = keras.saving.deserialize_keras_object(
             config.pop("base_model"), custom_objects=custom_objects
         )
+        graph = config.pop("graph", None)
         return cls(
             base_model,
             threat=ThreatModel.from_config(config.pop("threat")),
             regularization=Regularization.from_config(config.pop("regularization")),
+            graph=None if graph is None else GraphRegularization.from_config(graph),
             **config,
         )
 
     # Steps -----------------------------------------------------------------
 
-    def _label_step(self, x, y, sample_weight):
+    def _label_step(self, x, y, sample_weight, graph_neighbors):
         """Label distance, no random start: one backward gives both gradients."""
         inputs = self._neighbors.select(x)
         with tf.GradientTape() as tape:
@@ -264,38 +295,119 @@ class AdversarialModel(keras.Model):
             first_gradient=input_grads,
             scale=self._knobs.epsilon_scale,
         )
+        terms = {"clean_loss": clean_loss}
         with tf.GradientTape() as tape:
-            neighbor_loss = self._label_loss(y, self.base_model(x_adv, training=True), sample_weight)
-            scaled = self.optimizer.scale_loss(self._multiplier() * neighbor_loss)
+            terms["neighbor_loss"] = self._label_loss(y, self.base_model(x_adv, training=True), sample_weight)
+            total = self._multiplier() * terms["neighbor_loss"]
+            if graph_neighbors is not None:  # The label distance needs no gradient through f(x).
+                terms["graph_loss"] = self._graph_loss(y, y_pred, graph_neighbors, sample_weight)
+                total += self.graph.multiplier * terms["graph_loss"]
+            scaled = self.optimizer.scale_loss(total)
         neighbor_grads = tape.gradient(scaled, weights)
-        return y_pred, clean_loss, neighbor_loss, [_add(a, b) for a, b in zip(clean_grads, neighbor_grads)]
+        return y_pred, terms, [_add(a, b) for a, b in zip(clean_grads, neighbor_grads)]
 
-    def _joint_step(self, x, y, sample_weight):
-        """Random start or divergence: the neighbor pass shares the backward."""
+    def _joint_step(self, x, y, sample_weight, graph_neighbors, adversarial):
+        """Random start, divergence or no adversarial term: one shared backward."""
         distance = self.regularization.distance
         with tf.GradientTape() as tape:
             y_pred = self.base_model(x, training=True)
             clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
-            with tape.stop_recording():
+            terms = {"clean_loss": clean_loss, "neighbor_loss": tf.constant(0.0)}
+            total = clean_loss
+            if adversarial:
+                with tape.stop_recording():
+                    if distance == "label":
+                        attack_loss = lambda pred: self._label_loss(y, pred)  # noqa: E731
+                    else:
+                        target = keras.tree.map_structure(tf.stop_gradient, y_pred)
+                        attack_loss = lambda pred: self._divergence(target, pred)  # noqa: E731
+                    x_adv = self._neighbors(
+                        x,
+                        model_fn=self._attack_model_fn,
+                        loss_fn=attack_loss,
+                        scale=self._knobs.epsilon_scale,
+                    )
+                y_adv = self.base_model(x_adv, training=True)
                 if distance == "label":
-                    attack_loss = lambda pred: self._label_loss(y, pred)  # noqa: E731
+                    terms["neighbor_loss"] = self._label_loss(y, y_adv, sample_weight)
                 else:
-                    target = keras.tree.map_structure(tf.stop_gradient, y_pred)
-                    attack_loss = lambda pred: self._divergence(target, pred)  # noqa: E731
-                x_adv = self._neighbors(
-                    x,
-                    model_fn=self._attack_model_fn,
-                    loss_fn=attack_loss,
-                    scale=self._knobs.epsilon_scale,
-                )
-            y_adv = self.base_model(x_adv, training=True)
-            if distance == "label":
-                neighbor_loss = self._label_loss(y, y_adv, sample_weight)
-            else:
-                neighbor_loss = self._divergence(y_pred, y_adv, sample_weight)
-            total = clean_loss + self._multiplier() * neighbor_loss
+                    terms["neighbor_loss"] = self._divergence(y_pred, y_adv, sample_weight)
+                total += self._multiplier() * terms["neighbor_loss"]
+            if graph_neighbors is not None:
+                terms["graph_loss"] = self._graph_loss(y, y_pred, graph_neighbors, sample_weight)
+                total += self.graph.multiplier * terms["graph_loss"]
             scaled = self.optimizer.scale_loss(total)
-        return y_pred, clean_loss, neighbor_loss, tape.gradient(scaled, self.trainable_weights)
+        return y_pred, terms, tape.gradient(scaled, self.trainable_weights)
+
+    # Graph neighbors ----------------------------------------------------------
+
+    def _graph_neighbors(self, x):
+        """(sample inputs, graph neighbors or None) of a training batch.
+
+        The neighbors are `(inputs, weights, count)`: the base model's inputs
+        for every sample's `count` neighbors, sample-major (NSL's
+        `unpack_neighbor_features`), and their edge weights, shape
+        `[batch * count]`.
+        """
+        if self.graph is None:
+            return x, None
+        features = _packed_features(x, self.graph)
+        count = _neighbor_count(features, self.graph)
+        wanted = {
+            k: v for k, v in features.items()
+            if not k.startswith(self.graph.prefix) or _slot(k, self.graph) < count
+        }
+        for key, value in list(wanted.items()):
+            if key.endswith(self.graph.weight_suffix) and key.startswith(self.graph.prefix) and value.shape.rank == 1:
+                wanted[key] = tf.expand_dims(value, -1)  # [batch] -> [batch, 1], as NSL expects
+        config = _nsl.graph_neighbor_config(
+            max_neighbors=count, prefix=self.graph.prefix, weight_suffix=self.graph.weight_suffix
+        )
+        try:
+            samples, neighbors, weights = _nsl.unpack_neighbor_features(wanted, config)
+        except KeyError as error:
+            raise ValueError(
+                f"Every sample feature needs its {count} neighbor feature(s) "
+                f"{self.graph.prefix}<j>_<feature>. Missing: {error}. Received features: {sorted(features)}"
+            ) from None
+        neighbors = self._as_model_inputs(neighbors)
+        return self._as_model_inputs(samples), (neighbors, tf.reshape(tf.cast(weights, tf.float32), [-1]), count)
+
+    def _without_graph_neighbors(self, x):
+        """The base model's inputs from features that may carry neighbors."""
+        if self.graph is None or not isinstance(x, dict) or not any(k.startswith(self.graph.prefix) for k in x):
+            return x
+        return self._as_model_inputs({k: v for k, v in x.items() if not k.startswith(self.graph.prefix)})
+
+    def _as_model_inputs(self, features):
+        """A dict of sample features in the structure the base model takes."""
+        struct = _inputs_struct(self.base_model)
+        if isinstance(struct, dict):
+            return features
+        if len(features) == 1:
+            return next(iter(features.values()))
+        if isinstance(struct, (list, tuple)):
+            names = [t.name for t in struct]
+            if set(names) == set(features):
+                return [features[n] for n in names]
+        return features
+
+    def _graph_loss(self, y, y_pred, graph_neighbors, sample_weight):
+        inputs, weights, count = graph_neighbors
+        neighbor_pred = self.base_model(inputs, training=True)
+        if self.graph.distance == "label":
+            # The sample's label is what the edge carries, so its weight counts.
+            if sample_weight is not None:
+                weights *= _nsl.replicate_embeddings(tf.reshape(tf.cast(sample_weight, tf.float32), [-1]), count)
+            labels = keras.tree.map_structure(lambda t: _nsl.replicate_embeddings(t, count), y)
+            # The compiled loss divides by every edge; NSL's graph reduction
+            # by the edges of non-zero weight.
+            loss = self._label_loss(labels, neighbor_pred, weights)
+            present = tf.reduce_mean(tf.cast(tf.not_equal(weights, 0.0), tf.float32))
+            return tf.math.divide_no_nan(loss, present)
+        return losses_lib.graph_divergence(
+            self.graph.distance, y_pred, neighbor_pred, weights, count, from_logits=bool(self._graph_from_logits)
+        )
 
     def _attack_model_fn(self, inputs):
         return self.base_model(inputs, training=False)
@@ -315,14 +427,19 @@ class AdversarialModel(keras.Model):
     def _multiplier(self):
         return self.regularization.multiplier * self._knobs.multiplier_scale
 
-    def _update_trackers(self, x, y, y_pred, sample_weight, clean_loss, neighbor_loss):
+    def _update_trackers(self, x, y, y_pred, sample_weight, terms):
         batch = tf.shape(next(v for v in keras.tree.flatten(x) if v is not None))[0]
         unscale = losses_lib.unscale_for_distribution
-        clean = unscale(tf.cast(clean_loss, tf.float32))
-        neighbor = unscale(neighbor_loss)
-        self._loss_tracker.update_state(clean + self._multiplier() * neighbor, sample_weight=batch)
+        clean = unscale(tf.cast(terms["clean_loss"], tf.float32))
+        neighbor = unscale(terms["neighbor_loss"])
+        total = clean + self._multiplier() * neighbor
         self.clean_loss_tracker.update_state(clean, sample_weight=batch)
         self.neighbor_loss_tracker.update_state(neighbor, sample_weight=batch)
+        if self.graph_loss_tracker is not None:
+            graph = unscale(terms.get("graph_loss", tf.constant(0.0)))
+            total += self.graph.multiplier * graph
+            self.graph_loss_tracker.update_state(graph, sample_weight=batch)
+        self._loss_tracker.update_state(total, sample_weight=batch)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
@@ -337,6 +454,51 @@ def _add(a, b):
             tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0), a.dense_shape
         )
     return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
+
+
+def _packed_features(x, graph):
+    if not isinstance(x, dict) or not any(k.startswith(graph.prefix) for k in x):
+        received = sorted(x) if isinstance(x, dict) else f"features of type {type(x).__name__}"
+        raise ValueError(
+            "Graph regularization needs each sample's neighbors in the features, NSL's packed format: a dict "
+            f"with {graph.prefix}<j>_<feature> and {graph.prefix}<j>{graph.weight_suffix} entries "
+            "(nsladv.graph.NeighborTable or nsl.tools.pack_nbrs make them). Pass graph=None to train "
+            f"without the graph term. Received: {received}"
+        )
+    return x
+
+
+def _slot(key, graph):
+    """The neighbor index j of a `{prefix}{j}...` feature name (None if not one)."""
+    match = re.match(r"(\d+)", key[len(graph.prefix) :])
+    return int(match.group(1)) if match else None
+
+
+def _neighbor_count(features, graph):
+    """How many neighbors per sample to use: `max_neighbors`, or every weight slot carried."""
+    slots = sorted(
+        j for j in (_slot(k, graph) for k in features if k.startswith(graph.prefix) and k.endswith(graph.weight_suffix))
+        if j is not None
+    )
+    carried = 0
+    while carried in slots:
+        carried += 1
+    wanted = graph.max_neighbors if graph.max_neighbors is not None else carried
+    if carried < wanted or carried == 0:
+        raise ValueError(
+            f"The graph term uses {wanted or 'at least 1'} neighbor(s) per sample, with weights "
+            f"{graph.prefix}0{graph.weight_suffix} ... {graph.prefix}{max(wanted, 1) - 1}{graph.weight_suffix}. "
+            f"Received: weights for {carried} neighbor(s) among features {sorted(features)}"
+        )
+    return wanted
+
+
+def _inputs_struct(model):
+    """The input structure of a functional or sequential model (None if subclassed)."""
+    struct = getattr(model, "_inputs_struct", None)
+    if struct is None:
+        struct = getattr(getattr(model, "_functional", None), "_inputs_struct", None)
+    return struct
 
 
 def _fraction(name, value):
@@ -407,7 +569,7 @@ _THREAT_FIELDS = ("epsilon", "norm", "steps", "step_size", "random_start", "clip
 _REGULARIZATION_FIELDS = ("multiplier", "distance", "from_logits")
 
 
-def wrap(base_model, *args, threat=None, regularization=None, name=None, **settings):
+def wrap(base_model, *args, threat=None, regularization=None, graph=None, name=None, **settings):
     """Wraps `base_model` for adversarial training; the two-line change.
 
     Args:
@@ -417,6 +579,8 @@ def wrap(base_model, *args, threat=None, regularization=None, name=None, **setti
             `clip_range`, `feature_mask`.
         regularization: a `Regularization`, or give its settings as keywords:
             `multiplier`, `distance`, `from_logits`.
+        graph: a `GraphRegularization` to add the graph term over natural
+            neighbors (None: none).
         name: the wrapper's name.
 
     Returns:
@@ -450,7 +614,7 @@ def wrap(base_model, *args, threat=None, regularization=None, name=None, **setti
     regularization = _merge(
         "regularization", regularization, Regularization, _REGULARIZATION_FIELDS, settings
     )
-    return AdversarialModel(base_model, threat=threat, regularization=regularization, name=name)
+    return AdversarialModel(base_model, threat=threat, regularization=regularization, graph=graph, name=name)
 
 
 def _merge(name, config, cls, fields, settings):
