@@ -3,14 +3,15 @@
 The public API:
 
 - `wrap(model, **settings)` -> `AdversarialModel`, the training wrapper;
-- `ThreatModel`, `Regularization`: the settings, frozen and serializable;
+- `ThreatModel`, `Regularization`, `GraphRegularization`: the settings,
+  frozen and serializable;
 - `NeighborBuilder`: adversarial neighbors of a batch, through NSL;
 - `EpsilonWarmup`, `MultiplierWarmup`: warm-up callbacks;
 - `Attack`, `FGSM`, `pgd`, `evaluate_robustness`: white-box evaluation;
 - `export_model`: the TF Serving layout;
-- `Pipeline`, `load_pipeline`, `harden`: the end-to-end job;
-- `data`, `distribute`, `tuning`, `serving`: TFDS pipelines, strategy choice, keras-tuner search,
-  the local TF Serving API.
+- `Pipeline`, `GraphSetup`, `load_pipeline`, `harden`: the end-to-end job;
+- `data`, `distribute`, `graph`, `tuning`, `serving`: TFDS pipelines, strategy choice, natural
+  graph neighbors, keras-tuner search, the local TF Serving API.
 
 Names load on first use, so `import nsladv` (and `nsladv --help`) does not
 wait for TensorFlow.
@@ -25,6 +26,7 @@ _EXPORTS = {
     "wrap": "nsladv.wrapper",
     "ThreatModel": "nsladv.configs",
     "Regularization": "nsladv.configs",
+    "GraphRegularization": "nsladv.configs",
     "NeighborBuilder": "nsladv.neighbors",
     "EpsilonWarmup": "nsladv.schedules",
     "MultiplierWarmup": "nsladv.schedules",
@@ -34,10 +36,11 @@ _EXPORTS = {
     "evaluate_robustness": "nsladv.evaluation",
     "export_model": "nsladv.export",
     "Pipeline": "nsladv.pipeline",
+    "GraphSetup": "nsladv.pipeline",
     "load_pipeline": "nsladv.pipeline",
     "harden": "nsladv.hardening",
 }
-_SUBMODULES = ("data", "distribute", "tuning", "serving")
+_SUBMODULES = ("data", "distribute", "graph", "tuning", "serving")
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 

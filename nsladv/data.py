@@ -96,7 +96,7 @@ def random_shift(pixels):
     return shift
 
 
-def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, cache=True, shuffle_buffer=10_000, drop_remainder=False, augment=None):
+def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, cache=True, shuffle_buffer=10_000, drop_remainder=False, augment=None, batch_map=None):
     """The tf.data pipeline: cache, shuffle and augment (training), batch, prefetch.
 
     Auto-sharding is by data, so `strategy.experimental_distribute_dataset`
@@ -114,6 +114,8 @@ def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, c
             e.g. for TPUs).
         augment: an `(image, label) -> (image, label)` map applied after
             the cache when training (e.g. `random_shift(2)`).
+        batch_map: a map applied to each batch (e.g. gathering features
+            and graph neighbors for a batch of row indices).
     """
     if cache:
         dataset = dataset.cache()
@@ -122,10 +124,31 @@ def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, c
         if augment is not None:
             dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    if batch_map is not None:
+        dataset = dataset.map(batch_map, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def few_labels(labels, per_class, *, seed=0):
+    """Row indices of `per_class` examples of each class, chosen at random with `seed`.
+
+    The rows come back sorted (dataset order). Raises a ValueError naming
+    the classes that have fewer examples than asked for.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    short = {int(c): int(n) for c, n in zip(classes, counts) if n < per_class}
+    if short:
+        raise ValueError(
+            f"`labels_per_class` is {per_class}, but some classes have fewer examples. "
+            f"Received: {{class: examples}} = {short}"
+        )
+    rows = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(rows))
 
 
 def as_arrays(dataset):
