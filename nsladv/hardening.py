@@ -6,11 +6,13 @@ import pathlib
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from nsladv import data as data_lib
 from nsladv import distribute
 from nsladv import export as export_lib
+from nsladv import graph as graph_lib
 from nsladv import report as report_lib
 from nsladv.evaluation import evaluate_robustness
 from nsladv.schedules import EpsilonWarmup
@@ -24,12 +26,19 @@ class ModelMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PipelineData:
-    """A pipeline's splits and its batched train / validation / test datasets."""
+    """A pipeline's splits and its batched train / validation / test datasets.
+
+    For a graph pipeline `train` carries each example's graph neighbors
+    and `plain_train` the same labelled examples without them; otherwise
+    they are the same dataset. `graph` describes the graph (or is None).
+    """
 
     splits: data_lib.Splits
     train: tf.data.Dataset
     validation: tf.data.Dataset
     test: tf.data.Dataset
+    plain_train: tf.data.Dataset = None
+    graph: dict = None
 
 
 def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fraction=None):
@@ -44,13 +53,67 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
     fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
     splits = data_lib.load(pipeline.dataset, data_dir=data_dir, validation_fraction=fraction)
     augment = data_lib.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
-    train = data_lib.pipeline(
-        splits.train, batch_size=pipeline.batch_size, training=True, seed=pipeline.seed, augment=augment
-    )
+    batches = dict(batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
+    graph_info = None
+    if pipeline.labels_per_class is None and pipeline.graph is None:
+        train = plain_train = data_lib.pipeline(splits.train, augment=augment, **batches)
+    else:
+        images, labels = data_lib.as_arrays(splits.train)
+        labelled = np.arange(len(labels))
+        if pipeline.labels_per_class is not None:
+            labelled = data_lib.few_labels(labels, pipeline.labels_per_class, seed=pipeline.seed)
+        if pipeline.graph is None:
+            examples = tf.data.Dataset.from_tensor_slices((images[labelled], labels[labelled]))
+            train = plain_train = data_lib.pipeline(examples, augment=augment, **batches)
+        else:
+            table, graph_info = _neighbor_table(pipeline, images, labels, labelled)
+            rows, weights = labelled, None
+            if pipeline.graph.train_on_all and len(labelled) < len(labels):
+                rows, known, weights = graph_lib.semi_supervised_rows(
+                    len(labels), labelled, labelled_share=pipeline.graph.labelled_share
+                )
+                targets = np.where(known, labels[rows], 0)  # Unlabelled rows: weight 0, placeholder 0.
+            else:
+                targets = labels[rows]
+            graph_info["training_rows"] = int(len(rows))
+            train, plain_train = (
+                table.dataset(rows, targets, sample_weights=weights, neighbors=n, **batches) for n in (True, False)
+            )
     validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
     test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
     test = data_lib.pipeline(test_split, batch_size=500, training=False)
-    return PipelineData(splits, train, validation, test)
+    return PipelineData(splits, train, validation, test, plain_train, graph_info)
+
+
+def _neighbor_table(pipeline, images, labels, rows):
+    """The graph over every training image, and the neighbors of the labelled `rows`."""
+    setup = pipeline.graph
+    start = time.perf_counter()
+    embeddings = graph_lib.embed(images) if setup.embed is None else np.asarray(setup.embed(images), np.float32)
+    graph = graph_lib.build_graph(
+        embeddings, similarity_threshold=setup.similarity_threshold, lsh_splits=setup.lsh_splits,
+        lsh_rounds=setup.lsh_rounds, seed=pipeline.seed,
+    )
+    k = setup.regularization.max_neighbors
+    table = graph_lib.NeighborTable(graph, images, max_neighbors=k, feature_name="image")
+    counts = table.neighbor_counts[rows]
+    # All labels are known here, so the report can say how often an edge
+    # joins equal digits; training sees only the labels of `rows`.
+    indices, weights = graph.top_neighbors(k)
+    real = weights[rows] > 0
+    agree = (labels[indices[rows]] == labels[rows][:, None]) & real
+    info = {
+        "nodes": graph.num_nodes,
+        "edges": graph.num_edges,
+        "nodes_with_neighbors": int((table.neighbor_counts > 0).sum()),
+        "labelled": int(len(rows)),
+        "labelled_with_neighbors": int((counts > 0).sum()),
+        "mean_neighbors_of_labelled": round(float(counts.mean()), 2),
+        "neighbor_label_agreement": round(float(agree.sum() / max(real.sum(), 1)), 4),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        **setup.get_config(),
+    }
+    return table, info
 
 
 def export_for_serving(base, pipeline, data, *, saved_models, metadata, from_logits=True):
@@ -138,47 +201,58 @@ def _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eva
     chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(pipeline.seed)
     data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=eval_examples)
-    splits, train, validation, test = data.splits, data.train, data.validation, data.test
+    splits, validation, test = data.splits, data.validation, data.test
     log(f"data: {pipeline.dataset} {splits.image_shape}, {splits.num_classes} classes")
-    steps_per_epoch = int(train.cardinality())
+    if data.graph is not None:
+        g = data.graph
+        log(f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
+            f"{g['nodes_with_neighbors']} of them with neighbors; "
+            f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
+            f"({g['mean_neighbors_of_labelled']} on average, {100 * g['neighbor_label_agreement']:.1f}% same digit)")
+    steps_per_epoch = int(data.train.cardinality())
+    graph = pipeline.graph.regularization if pipeline.graph is not None else None
 
-    with strategy.scope():
-        base, from_logits = _base_model(pipeline, model_path, splits)
-        hardened = AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
-        _compile(hardened, pipeline, steps_per_epoch, from_logits)
-    callbacks = [
-        EpsilonWarmup(pipeline.epsilon_warmup_epochs),
-        MultiplierWarmup(pipeline.multiplier_warmup_epochs),
-        *_run_callbacks(out_dir, "hardened", chief),
-    ]
-    log(f"training the hardened model: {pipeline.epochs} epochs, {_describe(pipeline)}")
-    start = time.perf_counter()
-    hardened.fit(train, validation_data=_or_none(validation), epochs=pipeline.epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
-    timings = {"train_hardened_seconds": round(time.perf_counter() - start, 1)}
-
-    models = {"hardened": base}
+    # (label, graph term, adversarial) of each model to train, all from the same initial weights.
+    contenders = [("hardened", graph, True)]
+    if graph is not None:
+        contenders.append(("without_graph", None, True))
     if baseline and distribute.is_multi_worker(strategy):
         # Keras 3.15's own fit cannot train a plain model across workers
         # (keras-team/keras#20585); the wrapper works around it for itself.
         log("baseline skipped: Keras 3.15 cannot fit a plain model under MultiWorkerMirroredStrategy")
         baseline = False
     if baseline:
+        contenders.append(("baseline", None, False))
+
+    models, timings = {}, {}
+    for label, graph_term, adversarial in contenders:
         keras.utils.set_random_seed(pipeline.seed)
         with strategy.scope():
-            plain, _ = _base_model(pipeline, model_path, splits)
-            _compile(plain, pipeline, steps_per_epoch, from_logits)
-        log(f"training the undefended baseline: {pipeline.epochs} epochs")
+            base, from_logits = _base_model(pipeline, model_path, splits)
+            model = base
+            if adversarial:
+                model = AdversarialModel(
+                    base, threat=pipeline.threat, regularization=pipeline.regularization, graph=graph_term
+                )
+            _compile(model, pipeline, steps_per_epoch, from_logits)
+        callbacks = _run_callbacks(out_dir, label, chief)
+        if adversarial:
+            callbacks = [EpsilonWarmup(pipeline.epsilon_warmup_epochs),
+                         MultiplierWarmup(pipeline.multiplier_warmup_epochs), *callbacks]
+        log(f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
+            + (f", {_describe(pipeline, graph_term)}" if adversarial else ""))
         start = time.perf_counter()
-        plain.fit(
-            train,
+        model.fit(
+            data.train if graph_term is not None else data.plain_train,
             validation_data=_or_none(validation),
             epochs=pipeline.epochs,
+            callbacks=callbacks,
             shuffle=False,  # The pipeline shuffles.
-            callbacks=_run_callbacks(out_dir, "baseline", chief),
             verbose=verbose,
         )
-        timings["train_baseline_seconds"] = round(time.perf_counter() - start, 1)
-        models["baseline"] = plain
+        timings[f"train_{label}_seconds"] = round(time.perf_counter() - start, 1)
+        models[label] = base
+    base = models["hardened"]
 
     evaluations = {}
     for label, model in models.items():
@@ -202,6 +276,8 @@ def _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eva
         "evaluations": evaluations,
         "timings": timings,
     }
+    if data.graph is not None:
+        report["graph"] = data.graph
     if not chief:
         return report
     if export:
@@ -227,10 +303,21 @@ def _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eva
     return report
 
 
-def _describe(pipeline):
+_TITLES = {
+    "hardened": "hardened model",
+    "without_graph": "same model without the graph term",
+    "baseline": "undefended baseline",
+}
+
+
+def _describe(pipeline, graph=None):
     t, r = pipeline.threat, pipeline.regularization
     attack = "FGSM" if t.steps == 1 else f"PGD-{t.steps}"
-    return f"{attack} neighbors, {t.norm} epsilon={t.epsilon}, {r.distance} distance, multiplier={r.multiplier}"
+    text = f"{attack} neighbors, {t.norm} epsilon={t.epsilon}, {r.distance} distance, multiplier={r.multiplier}"
+    if graph is not None:
+        text += (f"; graph term: {graph.max_neighbors} neighbors, {graph.distance} distance, "
+                 f"multiplier={graph.multiplier}")
+    return text
 
 
 def _or_none(dataset):

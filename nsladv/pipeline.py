@@ -15,6 +15,7 @@ from collections.abc import Callable
 from nsladv.attacks import FGSM
 from nsladv.attacks import Attack
 from nsladv.attacks import pgd
+from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.configs import keyword_only
@@ -22,6 +23,57 @@ from nsladv.configs import keyword_only
 
 class PipelineNotFoundError(LookupError):
     """No pipeline by that name or path."""
+
+
+@keyword_only
+@dataclasses.dataclass(frozen=True)
+class GraphSetup:
+    """A pipeline's natural graph: built over every training image, labelled or not.
+
+    Args:
+        regularization: the `GraphRegularization` (its `max_neighbors` is
+            how many neighbors each sample gets; required here).
+        similarity_threshold: the smallest cosine similarity of an edge.
+        lsh_splits, lsh_rounds: NSL's LSH settings (0 splits: all pairs).
+        embed: `images -> [num_images, dim]` embeddings; `None` for the raw
+            pixels. A pretrained encoder goes here.
+        train_on_all: with `labels_per_class`, train on every image: the
+            unlabelled ones (sample weight 0) act through the graph term
+            only, so agreement spreads along the whole graph (see
+            `nsladv.graph.semi_supervised_rows`). False trains on the
+            labelled images and their neighbors only, as `nsl.tools.pack_nbrs`
+            packs them. The `without_graph` model sees the same batches.
+        labelled_share: with `train_on_all`, the share of each epoch the
+            (repeated) labelled images make.
+    """
+
+    regularization: GraphRegularization = None
+    similarity_threshold: float = 0.8
+    lsh_splits: int = 0
+    lsh_rounds: int = 1
+    embed: Callable = None
+    train_on_all: bool = True
+    labelled_share: float = 0.25
+
+    def __post_init__(self):
+        if not isinstance(self.regularization, GraphRegularization) or self.regularization.max_neighbors is None:
+            raise ValueError(
+                "GraphSetup needs `regularization=nsladv.GraphRegularization(..., max_neighbors=K)`. "
+                f"Received: regularization={self.regularization!r}"
+            )
+        if self.embed is not None and not callable(self.embed):
+            raise ValueError(f"`embed` must be callable or None. Received: embed={self.embed!r}")
+
+    def get_config(self):
+        return {
+            "regularization": self.regularization.get_config(),
+            "similarity_threshold": self.similarity_threshold,
+            "lsh_splits": self.lsh_splits,
+            "lsh_rounds": self.lsh_rounds,
+            "train_on_all": self.train_on_all,
+            "labelled_share": self.labelled_share,
+            "embedding": "raw pixels" if self.embed is None else getattr(self.embed, "__name__", repr(self.embed)),
+        }
 
 
 @keyword_only
@@ -50,6 +102,11 @@ class Pipeline:
             3 restarts, L-inf).
         large_epsilon: a destroying radius for the gradient-masking check.
         validation_fraction: share of train held out for validation.
+        labels_per_class: train on only this many labelled images per class
+            (chosen with `seed`; None: all).
+        graph: a `GraphSetup` to add the graph term; the job then also
+            trains the same model without it (`without_graph`) and reports
+            both.
         seed: the random seed.
         description: one line for listings.
     """
@@ -70,6 +127,8 @@ class Pipeline:
     eval_attacks: tuple = (FGSM, pgd(40, 3))
     large_epsilon: float = 0.5
     validation_fraction: float = 0.1
+    labels_per_class: int = None
+    graph: GraphSetup = None
     seed: int = 0
     description: str = ""
 
@@ -83,6 +142,19 @@ class Pipeline:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+        if self.labels_per_class is not None and (
+            not isinstance(self.labels_per_class, int) or isinstance(self.labels_per_class, bool) or self.labels_per_class < 1
+        ):
+            raise ValueError(
+                f"`labels_per_class` must be an integer >= 1 or None. Received: labels_per_class={self.labels_per_class!r}"
+            )
+        if self.graph is not None and not isinstance(self.graph, GraphSetup):
+            raise ValueError(f"`graph` must be an nsladv.pipeline.GraphSetup or None. Received: graph={self.graph!r}")
+        if self.graph is not None and self.shift_augmentation:
+            raise ValueError(
+                "Graph pipelines gather images per batch and have no shift augmentation yet. "
+                f"Received: shift_augmentation={self.shift_augmentation!r} with a graph"
+            )
         if not all(isinstance(a, Attack) for a in self.eval_attacks):
             raise ValueError(f"`eval_attacks` must be nsladv Attacks. Received: {self.eval_attacks!r}")
 
@@ -107,6 +179,8 @@ class Pipeline:
             "eval_attacks": [a.get_config() for a in self.eval_attacks],
             "large_epsilon": self.large_epsilon,
             "validation_fraction": self.validation_fraction,
+            "labels_per_class": self.labels_per_class,
+            "graph": None if self.graph is None else self.graph.get_config(),
             "seed": self.seed,
         }
 

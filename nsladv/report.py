@@ -44,7 +44,7 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    colors = {"hardened": "#1f77b4", "baseline": "#d62728"}
+    colors = {"hardened": "#1f77b4", "without_graph": "#2ca02c", "baseline": "#d62728"}
     styles = ["-", "--", ":", "-."]
     for i, (label, result) in enumerate(evaluations.items()):
         color = colors.get(label, f"C{i + 2}")
@@ -75,12 +75,13 @@ def summary_table(evaluations):
     """A plain-text table: one row per model and attack, one column per epsilon."""
     first = next(iter(evaluations.values()))
     keys = [f"{e:g}" for e in first["epsilons"]]
-    header = f"{'model':<10} {'attack':<8} {'clean':>7} " + " ".join(f"{'eps=' + k:>9}" for k in keys)
+    width = max(10, *(len(label) for label in evaluations))
+    header = f"{'model':<{width}} {'attack':<8} {'clean':>7} " + " ".join(f"{'eps=' + k:>9}" for k in keys)
     lines = [header, "-" * len(header)]
     for label, result in evaluations.items():
         for name, attack in result["attacks"].items():
             cells = " ".join(f"{100 * attack['accuracy'][k]:>8.1f}%" for k in keys)
-            lines.append(f"{label:<10} {name:<8} {100 * result['clean_accuracy']:>6.1f}% {cells}")
+            lines.append(f"{label:<{width}} {name:<8} {100 * result['clean_accuracy']:>6.1f}% {cells}")
     for label, result in evaluations.items():
         failed = [name for name, check in result.get("sanity", {}).items() if not check["passed"]]
         status = "all passed" if not failed else "FAILED: " + ", ".join(failed)

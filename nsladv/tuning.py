@@ -309,6 +309,11 @@ def tune_pipeline(
         raise ValueError(f"Unknown tuner. Expected one of {sorted(TUNERS)}. Received: tuner={tuner!r}")
     if objective not in ("robust", "tradeoff"):
         raise ValueError(f"`objective` must be 'robust' or 'tradeoff'. Received: objective={objective!r}")
+    if pipeline.graph is not None:
+        raise ValueError(
+            "Tuning searches the adversarial settings of pipelines without a graph; graph pipelines are not "
+            f"supported yet. Received: pipeline {pipeline.name!r} with a graph"
+        )
     if not isinstance(pipeline.threat.epsilon, float):
         raise ValueError(
             "Tuning needs a single epsilon in the pipeline's threat model. "
