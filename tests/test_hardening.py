@@ -170,3 +170,56 @@ def test_harden_in_mixed_precision(tmp_path, data_dir):
     assert 0.0 <= report["evaluations"]["hardened"]["clean_accuracy"] <= 1.0
     signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
     assert signature(image=tf.zeros((2, 28, 28, 1)))["logits"].dtype == tf.float32
+
+
+def test_graph_pipeline_end_to_end(tmp_path, data_dir):
+    """Few labels + a graph: the graph model, the same model without it, the baseline, side by side."""
+    report = hardening.harden(
+        load_pipeline(str(HERE / "tiny_graph_pipeline.py")),
+        out_dir=tmp_path / "run",
+        saved_models=tmp_path / "saved_models",
+        data_dir=data_dir,
+        eval_examples=100,
+        verbose=0,
+        log=lambda *_: None,
+    )
+    assert list(report["evaluations"]) == ["hardened", "without_graph", "baseline"]
+    graph = report["graph"]
+    assert graph["nodes"] == 3600 and graph["labelled"] == 50 and graph["edges"] > 0
+    assert graph["training_rows"] > graph["nodes"]  # every image, the labelled ones repeated
+    assert 0.5 < graph["neighbor_label_agreement"] <= 1.0
+    assert report["pipeline"]["labels_per_class"] == 5 and report["pipeline"]["graph"]["regularization"]["distance"] == "kl"
+    assert {"train_hardened_seconds", "train_without_graph_seconds", "train_baseline_seconds"} <= set(report["timings"])
+    table = hardening.report_lib.summary_table(report["evaluations"])
+    assert "without_graph" in table
+    reloaded = tf.saved_model.load(report["export"])
+    images = next(iter(data.load(data_dir=data_dir).test.batch(3)))[0]
+    assert reloaded.signatures["serving_default"](image=images)["logits"].shape == (3, 10)
+
+
+def test_graph_pipeline_data_gives_both_models_the_same_batches(data_dir):
+    pipeline = load_pipeline(str(HERE / "tiny_graph_pipeline.py"))
+    found = hardening.pipeline_data(pipeline, data_dir=data_dir)
+    with_neighbors, (images, labels, weights) = next(iter(found.train)), next(iter(found.plain_train))
+    np.testing.assert_array_equal(with_neighbors[0]["image"], images)
+    np.testing.assert_array_equal(with_neighbors[1], labels)
+    np.testing.assert_array_equal(with_neighbors[2], weights)
+    assert "NL_nbr_1_image" in with_neighbors[0] and with_neighbors[0]["NL_nbr_1_weight"].shape == (256, 1)
+    assert set(np.unique(weights.numpy() > 0)) == {True, False}  # labelled and unlabelled rows
+
+
+def test_graph_pipeline_settings_are_checked():
+    import nsladv  # noqa: PLC0415
+
+    build = load_pipeline(TINY).build_model
+    graph = nsladv.GraphSetup(regularization=nsladv.GraphRegularization(max_neighbors=2))
+    with pytest.raises(ValueError, match=r"no shift augmentation yet. Received: shift_augmentation=2"):
+        nsladv.Pipeline(build_model=build, graph=graph, shift_augmentation=2)
+    with pytest.raises(ValueError, match=r"`labels_per_class` must be an integer >= 1 or None. Received: labels_per_class=0"):
+        nsladv.Pipeline(build_model=build, labels_per_class=0)
+    with pytest.raises(ValueError, match=r"needs `regularization=nsladv.GraphRegularization\(..., max_neighbors=K\)`"):
+        nsladv.GraphSetup(regularization=nsladv.GraphRegularization())
+    from nsladv import tuning  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=r"graph pipelines are not supported yet"):
+        tuning.tune_pipeline(nsladv.Pipeline(build_model=build, graph=graph))
