@@ -174,3 +174,25 @@ def read_tsv_graph(path):
             if line:
                 nsl.tools.add_edge(graph, line.split("\t"))
     return graph
+
+
+def pack_nbrs(labeled_examples_path, unlabeled_examples_path, graph_path, output_path, *, max_nbrs,
+              add_undirected_edges=False, id_feature_name="id"):
+    """`nsl.tools.pack_nbrs`, with the TSV reader above.
+
+    NSL's pack_nbrs reads its graph with `graph_utils.read_tsv_graph`, whose
+    mode "rU" Python 3.11 rejects; for the call, that one name points at
+    `read_tsv_graph` here (same result), and is restored afterwards.
+    """
+    import neural_structured_learning.tools  # noqa: PLC0415
+    from neural_structured_learning.tools import graph_utils  # noqa: PLC0415
+
+    original = graph_utils.read_tsv_graph
+    graph_utils.read_tsv_graph = read_tsv_graph
+    try:
+        nsl.tools.pack_nbrs(
+            str(labeled_examples_path), str(unlabeled_examples_path or ""), str(graph_path), str(output_path),
+            add_undirected_edges=add_undirected_edges, max_nbrs=max_nbrs, id_feature_name=id_feature_name,
+        )
+    finally:
+        graph_utils.read_tsv_graph = original

@@ -174,7 +174,8 @@ class Graph:
             `(indices, weights)`, both `[num_nodes, max_neighbors]`; a node
             with fewer neighbors has its remaining slots pointing at itself
             with weight 0 (a missing neighbor, which the graph term ignores).
-            Ties in weight go to the lower node index.
+            Ties in weight go to the lower node index (NSL's pack_nbrs
+            prefers the larger id string).
         """
         if not isinstance(max_neighbors, (int, np.integer)) or isinstance(max_neighbors, bool) or max_neighbors < 1:
             raise ValueError(f"`max_neighbors` must be an integer >= 1. Received: max_neighbors={max_neighbors!r}")
@@ -285,7 +286,8 @@ class NeighborTable:
         {feature: x, "NL_nbr_<j>_<feature>": neighbor j, "NL_nbr_<j>_weight": [batch, 1]}
 
     which `AdversarialModel` with a `GraphRegularization` unpacks. Missing
-    neighbors (a node with fewer edges) have weight 0.
+    neighbors (a node with fewer edges) are zeros with weight 0, as parsed
+    `pack_nbrs` output has them.
 
     Args:
         graph: a `Graph` over the rows of `features`.
@@ -331,8 +333,12 @@ class NeighborTable:
         neighbors = tf.gather(self._indices, rows)
         weights = tf.gather(self._weights, rows)
         for j in range(self.max_neighbors):
+            present = weights[..., j] > 0
             for name, pool in self._pool.items():
-                packed[f"{self.prefix}{j}_{name}"] = tf.gather(pool, neighbors[..., j])
+                found = tf.gather(pool, neighbors[..., j])
+                # A missing neighbor is zeros, as in parsed pack_nbrs output.
+                mask = tf.reshape(present, tf.concat([tf.shape(present), tf.ones([found.shape.rank - present.shape.rank], tf.int32)], 0))
+                packed[f"{self.prefix}{j}_{name}"] = tf.where(mask, found, tf.zeros_like(found))
             packed[f"{self.prefix}{j}{self.weight_suffix}"] = weights[..., j : j + 1]
         return packed
 
@@ -379,6 +385,72 @@ class NeighborTable:
             drop_remainder=drop_remainder,
             batch_map=lambda r, *rest: (self.pack(r) if neighbors else self.features(r), *rest),
         )
+
+
+def pack_nbrs(labeled_examples_path, unlabeled_examples_path, graph_path, output_path, *, max_neighbors,
+              add_undirected_edges=False, id_feature_name="id"):
+    """NSL's `nsl.tools.pack_nbrs`: labelled examples with their neighbors merged in, as TFRecords.
+
+    For data that does not fit in memory (`NeighborTable` holds the features
+    once in memory): each labelled `tf.train.Example` gets the features of its
+    `max_neighbors` heaviest out-edge neighbors as `NL_nbr_<j>_<feature>` and
+    their weights as `NL_nbr_<j>_weight`. Read the output with
+    `packed_dataset`.
+
+    Args:
+        labeled_examples_path: a TFRecord file of labelled `tf.train.Example`s,
+            each with a bytes `id_feature_name` feature.
+        unlabeled_examples_path: the same for unlabelled examples, or None.
+        graph_path: an NSL TSV graph over those ids (`Graph.write_tsv`).
+        output_path: the TFRecord file to write.
+        max_neighbors: neighbors merged per example.
+        add_undirected_edges: treat every edge as bi-directional.
+        id_feature_name: the id feature's name.
+    """
+    for name, path in (("labeled_examples_path", labeled_examples_path), ("graph_path", graph_path),
+                       ("unlabeled_examples_path", unlabeled_examples_path)):
+        if path is not None and not pathlib.Path(path).is_file():
+            raise FileNotFoundError(f"No file at {path}. Received: {name}={str(path)!r}")
+    _nsl.pack_nbrs(
+        labeled_examples_path, unlabeled_examples_path, graph_path, output_path, max_nbrs=max_neighbors,
+        add_undirected_edges=add_undirected_edges, id_feature_name=id_feature_name,
+    )
+
+
+def packed_dataset(paths, feature_spec, *, label_key, max_neighbors, batch_size, training, seed=None,
+                   prefix="NL_nbr_", weight_suffix="_weight"):
+    """A batched tf.data pipeline of `(packed features, label)` from `pack_nbrs` TFRecords.
+
+    Args:
+        paths: the TFRecord file(s) `pack_nbrs` wrote.
+        feature_spec: `{name: tf.io.FixedLenFeature}` of the sample features
+            to keep, including the label.
+        label_key: the label's name in `feature_spec`.
+        max_neighbors: neighbor slots to parse; an example with fewer gets
+            zeros and weight 0 (a missing neighbor).
+        batch_size, training, seed: as for `nsladv.data.pipeline`.
+    """
+    if label_key not in feature_spec:
+        raise ValueError(f"`label_key` must be one of the feature_spec's keys {sorted(feature_spec)}. "
+                         f"Received: label_key={label_key!r}")
+    spec = dict(feature_spec)
+    for j in range(max_neighbors):
+        for name, feature in feature_spec.items():
+            if name == label_key:
+                continue
+            if not isinstance(feature, tf.io.FixedLenFeature):
+                raise ValueError(f"Neighbor features need fixed shapes (tf.io.FixedLenFeature). Received: {name!r}: {feature!r}")
+            spec[f"{prefix}{j}_{name}"] = tf.io.FixedLenFeature(
+                feature.shape, feature.dtype, default_value=tf.zeros(feature.shape, feature.dtype)
+            )
+        spec[f"{prefix}{j}{weight_suffix}"] = tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0])
+
+    def parse(serialized):
+        features = tf.io.parse_example(serialized, spec)
+        return features, features.pop(label_key)
+
+    records = tf.data.TFRecordDataset([str(p) for p in ([paths] if isinstance(paths, (str, pathlib.Path)) else paths)])
+    return data_lib.pipeline(records, batch_size=batch_size, training=training, seed=seed, batch_map=parse)
 
 
 def semi_supervised_rows(num_nodes, labelled, *, labelled_share=0.25):

@@ -201,7 +201,7 @@ def test_graph_term_with_dict_inputs_and_a_dataset():
     dataset = table.dataset(np.arange(32), np.arange(32) % 2, batch_size=8, training=True, seed=0)
     model = nsladv.wrap(base, epsilon=0.05, graph=GraphRegularization(multiplier=1.0, distance="js"))
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    logs = model.fit(dataset, epochs=1, verbose=0).history
+    logs = model.fit(dataset, epochs=1, shuffle=False, verbose=0).history
     assert np.isfinite(logs["graph_loss"][0]) and logs["graph_loss"][0] > 0
 
 
@@ -287,7 +287,7 @@ def test_top_neighbors_and_the_packed_format():
     samples, neighbors, edge_weights = _nsl.unpack_neighbor_features(
         batch, _nsl.graph_neighbor_config(max_neighbors=2, prefix="NL_nbr_", weight_suffix="_weight")
     )
-    np.testing.assert_array_equal(neighbors["f"].numpy()[:, 0], [2, 1, 0, 2])
+    np.testing.assert_array_equal(neighbors["f"].numpy()[:, 0], [2, 1, 0, 0])  # node 2's missing neighbor: zeros
     np.testing.assert_allclose(edge_weights.numpy().ravel(), [0.9, 0.5, 0.9, 0.0])
     np.testing.assert_array_equal(table.neighbor_counts, [2, 0, 1, 0])
 
@@ -361,3 +361,43 @@ def test_embeddings():
     model = keras.Model(inputs, keras.layers.Dense(2)(h))
     encoder = graph_lib.penultimate(model)
     np.testing.assert_allclose(graph_lib.embed(images, encoder), model.get_layer("hidden")(images.reshape(5, 16)), rtol=1e-5)
+
+
+def test_nsl_pack_nbrs_output_trains_like_the_neighbor_table(tmp_path):
+    """NSL's on-disk packed format and the in-memory table give the same graph term."""
+    rng = np.random.default_rng(4)
+    x = rng.random((8, 2)).astype("float32")
+    labels = np.arange(8) % 2
+    graph = graph_lib.Graph.from_edges(
+        [(0, 5, 0.9), (0, 6, 0.4), (1, 7, 0.8), (2, 4, 0.7), (2, 5, 0.3), (2, 6, 0.2)], num_nodes=8
+    )
+
+    def write(path, rows):
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for i in rows:
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(i).encode()])),
+                    "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[labels[i]])),
+                })).SerializeToString())
+
+    write(tmp_path / "labeled.tfr", range(4))
+    write(tmp_path / "unlabeled.tfr", range(4, 8))
+    graph.write_tsv(tmp_path / "graph.tsv")
+    graph_lib.pack_nbrs(tmp_path / "labeled.tfr", tmp_path / "unlabeled.tfr", tmp_path / "graph.tsv",
+                        tmp_path / "packed.tfr", max_neighbors=2)
+    spec = {"x": tf.io.FixedLenFeature([2], tf.float32), "label": tf.io.FixedLenFeature([1], tf.int64)}
+    from_disk = graph_lib.packed_dataset(tmp_path / "packed.tfr", spec, label_key="label", max_neighbors=2,
+                                         batch_size=4, training=False)
+    table = graph_lib.NeighborTable(graph, x, max_neighbors=2, feature_name="x")
+    in_memory = table.dataset(np.arange(4), labels[:4, None], batch_size=4, training=False)
+    disk_batch, memory_batch = next(iter(from_disk)), next(iter(in_memory))
+    assert sorted(disk_batch[0]) == sorted(memory_batch[0])
+    for key in memory_batch[0]:
+        np.testing.assert_allclose(disk_batch[0][key], memory_batch[0][key], rtol=1e-6, err_msg=key)
+    losses = []
+    for dataset in (from_disk, in_memory):
+        model = nsladv.wrap(linear_model(), multiplier=0.0, graph=GraphRegularization(multiplier=1.0, distance="l2"))
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        losses.append(model.fit(dataset, epochs=1, shuffle=False, verbose=0).history["graph_loss"][0])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0] > 0
