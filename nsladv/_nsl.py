@@ -91,16 +91,16 @@ def adv_neighbor_config(
     )
 
 
-def distance_config(distance, *, from_logits):
+def distance_config(distance, *, from_logits, reduction="weighted_sum_over_batch_size"):
     """An `nsl.configs.DistanceConfig` for a divergence between predictions.
 
-    The distance is summed over the last (class) axis and averaged over the
-    batch, the reduction Keras losses use by default.
+    The distance is summed over the last (class) axis and, by default,
+    averaged over the batch, the reduction Keras losses use by default.
     """
     transform = "softmax" if from_logits and distance in ("kl", "js") else "none"
     return nsl.configs.DistanceConfig(
         distance_type=DISTANCES[distance],
-        reduction="weighted_sum_over_batch_size",
+        reduction=reduction,
         sum_over_axis=-1,
         transform_fn=transform,
     )
@@ -133,13 +133,7 @@ def graph_distance_config(distance, *, from_logits):
     divided by the number of edges with a non-zero weight (NSL's default for
     `GraphRegularization`), so that missing neighbors (weight 0) count for
     nothing."""
-    transform = "softmax" if from_logits and distance in ("kl", "js") else "none"
-    return nsl.configs.DistanceConfig(
-        distance_type=DISTANCES[distance],
-        reduction=GRAPH_REDUCTION,
-        sum_over_axis=-1,
-        transform_fn=transform,
-    )
+    return distance_config(distance, from_logits=from_logits, reduction=GRAPH_REDUCTION)
 
 
 def build_graph_from_config(embedding_files, output_graph_path, *, similarity_threshold, lsh_splits, lsh_rounds,

@@ -283,9 +283,29 @@ class ThreatModel:
     __hash__ = None
 
 
+class _PlainSettings:
+    """replace / get_config / from_config / == for settings made of plain values."""
+
+    def replace(self, **changes):
+        """A copy with some settings changed (validated again)."""
+        return type(self)(**{**self.get_config(), **changes})
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.get_config() == other.get_config()
+
+    __hash__ = None
+
+
 @keyword_only
 @dataclasses.dataclass(frozen=True, eq=False)
-class Regularization:
+class Regularization(_PlainSettings):
     """How neighbors enter the training loss.
 
     total = L(y, f(x)) + multiplier * D
@@ -338,21 +358,6 @@ class Regularization:
                 f"Received: from_logits={self.from_logits!r}"
             )
 
-    def replace(self, **changes):
-        """A copy with some settings changed (validated again)."""
-        return Regularization(**{**self.get_config(), **changes})
-
-    def get_config(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, Regularization) and self.get_config() == other.get_config()
-
-    __hash__ = None
 
 
 def check_compatible(threat, regularization):
@@ -368,7 +373,7 @@ def check_compatible(threat, regularization):
 
 @keyword_only
 @dataclasses.dataclass(frozen=True, eq=False)
-class GraphRegularization:
+class GraphRegularization(_PlainSettings):
     """The graph term: agreement along the edges to natural neighbors.
 
     total = ... + multiplier * G, with
@@ -430,19 +435,3 @@ class GraphRegularization:
                 raise ValueError(f"`{name}` must be a non-empty string. Received: {name}={value!r}")
         if k is not None:
             object.__setattr__(self, "max_neighbors", int(k))
-
-    def replace(self, **changes):
-        """A copy with some settings changed (validated again)."""
-        return GraphRegularization(**{**self.get_config(), **changes})
-
-    def get_config(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, GraphRegularization) and self.get_config() == other.get_config()
-
-    __hash__ = None
