@@ -401,3 +401,20 @@ def test_nsl_pack_nbrs_output_trains_like_the_neighbor_table(tmp_path):
         model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         losses.append(model.fit(dataset, epochs=1, shuffle=False, verbose=0).history["graph_loss"][0])
     assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0] > 0
+
+
+def test_graph_term_under_xla_and_mixed_precision():
+    rng = np.random.default_rng(1)
+    x = rng.random((64, 2)).astype("float32")
+    labels = (x[:, 0] > x[:, 1]).astype("int32")
+    features = packed(x, rng.random((64, 3, 2)).astype("float32"), np.ones((64, 3), "float32"))
+    found = {}
+    for policy, jit in [("float32", False), ("float32", True), ("mixed_float16", False)]:
+        keras.config.set_dtype_policy(policy)
+        model = nsladv.wrap(linear_model(), epsilon=0.05, multiplier=0.3, graph=GraphRegularization(multiplier=0.5, distance="kl"))
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+        found[(policy, jit)] = model.fit(features, labels, batch_size=16, epochs=2, shuffle=False, verbose=0).history["graph_loss"][-1]
+    reference = found[("float32", False)]
+    assert np.isfinite(list(found.values())).all() and reference > 0
+    assert found[("float32", True)] == pytest.approx(reference, rel=1e-4)
+    assert found[("mixed_float16", False)] == pytest.approx(reference, rel=0.02)
