@@ -18,16 +18,25 @@ MIRRORED = textwrap.dedent(
     import keras, numpy as np, nsladv
 
     def run(strategy, settings):
+        settings = dict(settings)
+        graph = settings.pop("graph", None)
         with strategy.scope():
             keras.utils.set_random_seed(0)
             base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
-            model = nsladv.wrap(base, **settings)
+            model = nsladv.wrap(base, graph=graph and nsladv.GraphRegularization(**graph), **settings)
             model.compile(optimizer=keras.optimizers.SGD(0.1),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         rng = np.random.default_rng(0)
         x, y = rng.random((64, 6)).astype("float32"), rng.integers(0, 3, 64)
         w = np.where(y == 0, 2.0, 1.0).astype("float32")
-        history = model.fit(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16), epochs=2, verbose=0, shuffle=False)
+        features = x
+        if graph:  # Two neighbors each, every edge weighted: each replica counts the same edges.
+            features = {"f": x}
+            for j in range(2):
+                features[f"NL_nbr_{j}_f"] = rng.random((64, 6)).astype("float32")
+                features[f"NL_nbr_{j}_weight"] = rng.uniform(0.5, 1.0, (64, 1)).astype("float32")
+        dataset = tf.data.Dataset.from_tensor_slices((features, y, w)).batch(16)
+        history = model.fit(dataset, epochs=2, verbose=0, shuffle=False)
         return [v.numpy() for v in base.weights], history.history
 
     results = {}
@@ -36,7 +45,7 @@ MIRRORED = textwrap.dedent(
         two, h2 = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), settings)
         results[name] = {
             "weights": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
-            "logs": {k: [h1[k][-1], h2[k][-1]] for k in ("loss", "clean_loss", "neighbor_loss", "accuracy")},
+            "logs": {k: [h1[k][-1], h2[k][-1]] for k in ("loss", "clean_loss", "neighbor_loss", "graph_loss", "accuracy") if k in h1},
         }
     print(json.dumps(results))
     """
@@ -49,14 +58,17 @@ def test_mirrored_over_two_devices_equals_one_device():
         "fgsm": {"epsilon": 0.1},
         "pgd": {"epsilon": 0.1, "steps": 3},
         "kl_random_start": {"epsilon": 0.1, "steps": 2, "distance": "kl"},
+        "fgsm_and_graph": {"epsilon": 0.1, "graph": {"multiplier": 0.5, "distance": "kl", "from_logits": True}},
+        "graph_label": {"epsilon": 0.1, "multiplier": 0.0, "graph": {"multiplier": 0.5, "distance": "label"}},
     }
     output = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(settings)], capture_output=True, text=True)
     assert output.returncode == 0, output.stderr[-3000:]
     results = json.loads(output.stdout.strip().splitlines()[-1])
-    for name in ("fgsm", "pgd"):  # deterministic: the same global batch gives the same weights
+    for name in ("fgsm", "pgd", "fgsm_and_graph", "graph_label"):  # deterministic: same global batch, same weights
         assert results[name]["weights"] < 1e-6, results[name]
         for key, (one, two) in results[name]["logs"].items():
             assert one == pytest.approx(two, rel=1e-5), (name, key)
+    assert all(results[name]["logs"]["graph_loss"][0] > 0 for name in ("fgsm_and_graph", "graph_label"))
     # Random starts draw different noise per replica: close, not equal.
     kl = results["kl_random_start"]
     assert kl["weights"] < 1e-2
