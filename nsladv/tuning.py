@@ -1,7 +1,8 @@
 """Tune the regularization with keras-tuner, against a robust objective.
 
 `HardeningHyperModel` searches the multiplier, the consistency distance, the
-PGD steps and step size and the epsilon warm-up; its `fit` adds a callback
+PGD steps and step size and the epsilon warm-up (and, with a graph, the graph
+term's multiplier); its `fit` adds a callback
 that measures white-box robust accuracy on the validation data once per epoch
 (`val_robust_accuracy`) and a clean/robust trade-off (`val_tradeoff`). Any
 keras-tuner tuner takes it unchanged:
@@ -22,6 +23,7 @@ import keras_tuner
 
 from nsladv.attacks import BatchAttacker
 from nsladv.attacks import pgd
+from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.schedules import EpsilonWarmup
@@ -129,6 +131,10 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         search_space: `hp -> dict` of settings (default `default_search_space`).
         seed: every trial starts from this seed, so a trial's settings
             reproduce its result.
+        graph: a `GraphRegularization` to add the graph term (the training
+            data must then carry neighbors, e.g. `NeighborTable.dataset`); its
+            multiplier is searched as `graph_multiplier` (log-uniform, 0.1 to
+            10, the given one first) unless the search space fixes it.
     """
 
     def __init__(
@@ -146,6 +152,7 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         learning_rate=1e-3,
         search_space=default_search_space,
         seed=0,
+        graph=None,
         name="nsladv_hardening",
         tunable=True,
     ):
@@ -167,6 +174,9 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         self.learning_rate = learning_rate
         self.search_space = search_space
         self.seed = seed
+        if graph is not None and not isinstance(graph, GraphRegularization):
+            raise TypeError(f"`graph` must be a nsladv.GraphRegularization or None. Received: graph={graph!r}")
+        self.graph = graph
 
     def settings(self, hp):
         """(ThreatModel, Regularization, warm-up epochs) for these hyperparameters."""
@@ -181,11 +191,22 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         )
         return threat, Regularization(multiplier=space["multiplier"], distance=space["distance"]), space["warmup_epochs"]
 
+    def graph_settings(self, hp):
+        """The `GraphRegularization` for these hyperparameters (None without a graph)."""
+        if self.graph is None:
+            return None
+        if self.graph.multiplier == 0:
+            return self.graph
+        low, high = min(0.1, self.graph.multiplier), max(10.0, self.graph.multiplier)
+        return self.graph.replace(
+            multiplier=hp.Float("graph_multiplier", low, high, sampling="log", default=self.graph.multiplier)
+        )
+
     def build(self, hp):
         keras.utils.set_random_seed(self.seed)
         threat, regularization, _ = self.settings(hp)
         base = self._fresh_base(hp)
-        model = AdversarialModel(base, threat=threat, regularization=regularization)
+        model = AdversarialModel(base, threat=threat, regularization=regularization, graph=self.graph_settings(hp))
         model.compile(
             optimizer=keras.optimizers.Adam(self.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -235,6 +256,8 @@ def results_table(tuner, num_trials=None):
     if num_trials:
         trials = trials[:num_trials]
     names = ["multiplier", "distance", "steps", "step_fraction", "warmup_epochs"]
+    if any("graph_multiplier" in t.hyperparameters.values for t in trials):
+        names.append("graph_multiplier")
     header = f"{'trial':>5} {'status':<10} " + " ".join(f"{n:>13}" for n in names) + f" {'val_clean':>9} {'val_robust':>10} {'seconds':>8}"
     lines = [header, "-" * len(header)]
     for trial in trials:
@@ -309,11 +332,6 @@ def tune_pipeline(
         raise ValueError(f"Unknown tuner. Expected one of {sorted(TUNERS)}. Received: tuner={tuner!r}")
     if objective not in ("robust", "tradeoff"):
         raise ValueError(f"`objective` must be 'robust' or 'tradeoff'. Received: objective={objective!r}")
-    if pipeline.graph is not None:
-        raise ValueError(
-            "Tuning searches the adversarial settings of pipelines without a graph; graph pipelines are not "
-            f"supported yet. Received: pipeline {pipeline.name!r} with a graph"
-        )
     if not isinstance(pipeline.threat.epsilon, float):
         raise ValueError(
             "Tuning needs a single epsilon in the pipeline's threat model. "
@@ -335,6 +353,7 @@ def tune_pipeline(
         clean_floor=clean_floor,
         learning_rate=pipeline.learning_rate,
         seed=pipeline.seed,
+        graph=None if pipeline.graph is None else pipeline.graph.regularization,
     )
     search_objective = ROBUST_OBJECTIVE if objective == "robust" else TRADEOFF_OBJECTIVE
     kwargs = {"max_epochs": epochs} if tuner == "hyperband" else {"max_trials": trials}
@@ -397,6 +416,7 @@ def tune_pipeline(
             metadata={
                 "threat": threat.get_config(),
                 "regularization": regularization.get_config(),
+                "graph": None if hypermodel.graph is None else hypermodel.graph_settings(best_trial.hyperparameters).get_config(),
                 "epsilon_warmup_epochs": warmup,
                 "robustness": evaluation,
                 "tuning": tuning,

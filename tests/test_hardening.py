@@ -219,7 +219,3 @@ def test_graph_pipeline_settings_are_checked():
         nsladv.Pipeline(build_model=build, labels_per_class=0)
     with pytest.raises(ValueError, match=r"needs `regularization=nsladv.GraphRegularization\(..., max_neighbors=K\)`"):
         nsladv.GraphSetup(regularization=nsladv.GraphRegularization())
-    from nsladv import tuning  # noqa: PLC0415
-
-    with pytest.raises(ValueError, match=r"graph pipelines are not supported yet"):
-        tuning.tune_pipeline(nsladv.Pipeline(build_model=build, graph=graph))

@@ -180,3 +180,24 @@ def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):
     signature = tf.saved_model.load(str(export)).signatures["serving_default"]
     assert signature(image=tf.zeros((3, 28, 28, 1)))["class_ids"].shape == (3,)
     assert json.loads((tmp_path / "tuning" / "tuning_report.json").read_text())["export"] == str(export)
+
+
+def test_tune_a_graph_pipeline_searches_the_graph_multiplier(tmp_path, digits):
+    report = tuning.tune_pipeline(
+        load_pipeline(str(HERE / "tiny_graph_pipeline.py")),
+        trials=2,
+        epochs=1,
+        out_dir=tmp_path / "tuning",
+        saved_models=tmp_path / "saved_models",
+        data_dir=digits[2],
+        eval_examples=100,
+        verbose=0,
+        log=lambda *_: None,
+    )
+    trials = report["tuning"]["trials"]
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
+    multipliers = [t["hyperparameters"]["graph_multiplier"] for t in trials]
+    assert all(0.1 <= m <= 10.0 for m in multipliers) and multipliers[0] != multipliers[1]
+    metadata = json.loads((pathlib.Path(report["export"]) / "assets.extra" / "nsladv_metadata.json").read_text())
+    best = report["tuning"]["best_hyperparameters"]["graph_multiplier"]
+    assert metadata["graph"]["multiplier"] == best and metadata["graph"]["distance"] == "kl"
