@@ -14,6 +14,8 @@ tests can observe (or replace) exactly what NSL is asked to do.
 import sys
 import types
 
+import numpy as np
+
 _ESTIMATOR_MODULE = "neural_structured_learning.estimator"
 
 
@@ -149,7 +151,13 @@ def build_graph_from_config(embedding_files, output_graph_path, *, similarity_th
         lsh_rounds=lsh_rounds,
         random_seed=random_seed,
     )
-    nsl.tools.build_graph_from_config(list(embedding_files), output_graph_path, config)
+    # NSL seeds NumPy's global generator (np.random.seed(random_seed), fresh
+    # entropy for None); the caller's generator state is put back afterwards.
+    state = np.random.get_state()
+    try:
+        nsl.tools.build_graph_from_config(list(embedding_files), output_graph_path, config)
+    finally:
+        np.random.set_state(state)
 
 
 def read_tsv_graph(path):

@@ -239,8 +239,8 @@ class AdversarialModel(keras.Model):
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=local)
 
-    def predict(self, *args, **kwargs):
-        return self.base_model.predict(*args, **kwargs)
+    def predict(self, x, *args, **kwargs):
+        return self.base_model.predict(self._without_graph_neighbors(x), *args, **kwargs)
 
     def save(self, *args, **kwargs):
         """Saves the base model (the wrapper adds no weights)."""

@@ -185,6 +185,7 @@ def test_graph_training_lowers_the_loss_and_evaluates_clean(tmp_path):
     plain = model.evaluate(x, labels, verbose=0, return_dict=True)
     with_neighbors = model.evaluate(packed(x, neighbors, np.ones((64, 3), "float32")), labels, verbose=0, return_dict=True)
     assert plain == with_neighbors and set(plain) == {"loss", "accuracy"}
+    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(packed(x, neighbors, np.ones((64, 3), "float32")), verbose=0))
     restored = nsladv.AdversarialModel.from_config(json.loads(json.dumps(model.get_config())))
     assert restored.graph == model.graph
 
@@ -260,6 +261,14 @@ def test_build_graph_gives_the_expected_edges():
     edges = {(int(s), int(t)): float(w) for s, t, w in zip(graph.sources, graph.targets, graph.weights)}
     assert set(edges) == {(0, 1), (1, 0), (1, 2), (2, 1)}
     assert edges[(0, 1)] == pytest.approx(0.8, abs=1e-6) and edges[(1, 2)] == pytest.approx(0.96, abs=1e-6)
+
+
+def test_build_graph_leaves_numpys_generator_alone():
+    np.random.seed(5)
+    expected = np.random.rand(3)
+    np.random.seed(5)
+    graph_lib.build_graph(np.eye(3, dtype=np.float32) + 0.5, similarity_threshold=0.5, lsh_splits=2, seed=9)
+    np.testing.assert_array_equal(np.random.rand(3), expected)
 
 
 def test_build_graph_matches_all_pairs_and_calls_nsl(monkeypatch):
