@@ -161,10 +161,10 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path,
     assert statuses.count("COMPLETED") == 3
 
 
-def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):
-    report = tuning.tune_pipeline(
-        load_pipeline(str(HERE / "tiny_pipeline.py")),
-        trials=3,
+def _tune_one_epoch(pipeline_file, trials, tmp_path, digits):
+    return tuning.tune_pipeline(
+        load_pipeline(str(HERE / pipeline_file)),
+        trials=trials,
         epochs=1,
         out_dir=tmp_path / "tuning",
         saved_models=tmp_path / "saved_models",
@@ -173,6 +173,10 @@ def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):
         verbose=0,
         log=lambda *_: None,
     )
+
+
+def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):
+    report = _tune_one_epoch("tiny_pipeline.py", 3, tmp_path, digits)
     assert len(report["tuning"]["trials"]) == 3
     export = pathlib.Path(report["export"])
     metadata = json.loads((export / "assets.extra" / "nsladv_metadata.json").read_text())
@@ -183,17 +187,7 @@ def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):
 
 
 def test_tune_a_graph_pipeline_searches_the_graph_multiplier(tmp_path, digits):
-    report = tuning.tune_pipeline(
-        load_pipeline(str(HERE / "tiny_graph_pipeline.py")),
-        trials=2,
-        epochs=1,
-        out_dir=tmp_path / "tuning",
-        saved_models=tmp_path / "saved_models",
-        data_dir=digits[2],
-        eval_examples=100,
-        verbose=0,
-        log=lambda *_: None,
-    )
+    report = _tune_one_epoch("tiny_graph_pipeline.py", 2, tmp_path, digits)
     trials = report["tuning"]["trials"]
     assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
     multipliers = [t["hyperparameters"]["graph_multiplier"] for t in trials]
