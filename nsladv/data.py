@@ -96,6 +96,27 @@ def random_shift(pixels):
     return shift
 
 
+def random_shift_batch(pixels):
+    """`random_shift` for a batch: each image shifted by its own random offset (zero fill).
+
+    For pipelines that gather images after batching (graph neighbors).
+    """
+
+    def shift(images):
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        padded = tf.pad(images, [[0, 0], [pixels, pixels], [pixels, pixels], [0, 0]])
+        offsets = tf.cast(tf.random.uniform([batch, 2], 0, 2 * pixels + 1, dtype=tf.int32), tf.float32)
+        size = tf.cast(tf.stack([height, width]), tf.float32)
+        span = size + 2 * pixels - 1
+        # Boxes on the pixel grid of the padded images: nearest sampling copies pixels exactly.
+        boxes = tf.concat([offsets / span, (offsets + size - 1) / span], axis=1)  # [y1, x1, y2, x2]
+        crops = tf.image.crop_and_resize(padded, boxes, tf.range(batch), tf.stack([height, width]), method="nearest")
+        return tf.cast(crops, images.dtype)
+
+    return shift
+
+
 def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, cache=True, shuffle_buffer=10_000, drop_remainder=False, augment=None, batch_map=None):
     """The tf.data pipeline: cache, shuffle and augment (training), batch, prefetch.
 

@@ -349,7 +349,7 @@ class NeighborTable:
         return next(iter(found.values())) if len(found) == 1 else found
 
     def dataset(self, rows, labels, *, batch_size, training, seed=None, sample_weights=None, drop_remainder=False,
-                neighbors=True):
+                neighbors=True, augment=None):
         """A batched tf.data pipeline of `(packed features, label[, weight])`.
 
         Rows (not features) are shuffled and batched; each batch's features
@@ -366,6 +366,9 @@ class NeighborTable:
             drop_remainder: drop the last partial batch.
             neighbors: False gives the same batches (same seed) with the
                 samples' own features only, for a model without the graph term.
+            augment: a map applied, when training, to every gathered feature
+                batch, sample and neighbor alike (not to the weights), e.g.
+                `nsladv.data.random_shift_batch(2)`.
         """
         rows = np.asarray(rows, np.int64)
         if len(rows) != len(labels) or (sample_weights is not None and len(sample_weights) != len(rows)):
@@ -383,8 +386,17 @@ class NeighborTable:
             training=training,
             seed=seed,
             drop_remainder=drop_remainder,
-            batch_map=lambda r, *rest: (self.pack(r) if neighbors else self.features(r), *rest),
+            batch_map=lambda r, *rest: (self._augmented(self.pack(r) if neighbors else self.features(r),
+                                                         augment if training else None), *rest),
         )
+
+    def _augmented(self, features, augment):
+        if augment is None:
+            return features
+        if not isinstance(features, dict):
+            return augment(features)
+        return {k: v if k.startswith(self.prefix) and k.endswith(self.weight_suffix) else augment(v)
+                for k, v in features.items()}
 
 
 def pack_nbrs(labeled_examples_path, unlabeled_examples_path, graph_path, output_path, *, max_neighbors,

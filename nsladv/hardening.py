@@ -67,6 +67,7 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
             train = plain_train = data_lib.pipeline(examples, augment=augment, **batches)
         else:
             table, graph_info = _neighbor_table(pipeline, images, labels, labelled)
+            batch_augment = data_lib.random_shift_batch(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
             rows, weights = labelled, None
             if pipeline.graph.train_on_all and len(labelled) < len(labels):
                 rows, known, weights = graph_lib.semi_supervised_rows(
@@ -77,7 +78,8 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
                 targets = labels[rows]
             graph_info["training_rows"] = int(len(rows))
             train, plain_train = (
-                table.dataset(rows, targets, sample_weights=weights, neighbors=n, **batches) for n in (True, False)
+                table.dataset(rows, targets, sample_weights=weights, neighbors=n, augment=batch_augment, **batches)
+                for n in (True, False)
             )
     validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
     test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)

@@ -150,11 +150,6 @@ class Pipeline:
             )
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.pipeline.GraphSetup or None. Received: graph={self.graph!r}")
-        if self.graph is not None and self.shift_augmentation:
-            raise ValueError(
-                "Graph pipelines gather images per batch and have no shift augmentation yet. "
-                f"Received: shift_augmentation={self.shift_augmentation!r} with a graph"
-            )
         if not all(isinstance(a, Attack) for a in self.eval_attacks):
             raise ValueError(f"`eval_attacks` must be nsladv Attacks. Received: {self.eval_attacks!r}")
 

@@ -427,3 +427,29 @@ def test_graph_term_under_xla_and_mixed_precision():
     assert np.isfinite(list(found.values())).all() and reference > 0
     assert found[("float32", True)] == pytest.approx(reference, rel=1e-4)
     assert found[("mixed_float16", False)] == pytest.approx(reference, rel=0.02)
+
+
+def test_random_shift_batch_shifts_each_image_by_its_own_whole_pixels():
+    from nsladv import data
+
+    images = np.random.default_rng(5).random((16, 6, 5, 1)).astype("float32")
+    shifted = data.random_shift_batch(1)(tf.constant(images)).numpy()
+    padded = np.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    offsets = []
+    for i in range(16):
+        found = [(dy, dx) for dy in range(3) for dx in range(3)
+                 if np.array_equal(shifted[i], padded[i, dy : dy + 6, dx : dx + 5])]
+        assert found, i  # an exact whole-pixel shift with zero fill
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1  # drawn per image
+
+
+def test_neighbor_table_augments_samples_and_neighbors_when_training_only():
+    graph = graph_lib.Graph.from_edges([(0, 1, 0.5), (1, 0, 0.5)], num_nodes=2)
+    table = graph_lib.NeighborTable(graph, np.zeros((2, 3), np.float32), max_neighbors=1, feature_name="f")
+    plus_one = lambda t: t + 1.0  # noqa: E731
+    trained = next(iter(table.dataset([0, 1], [0, 1], batch_size=2, training=True, augment=plus_one)))[0]
+    assert (trained["f"].numpy() == 1).all() and (trained["NL_nbr_0_f"].numpy() == 1).all()
+    np.testing.assert_allclose(trained["NL_nbr_0_weight"], [[0.5], [0.5]])
+    evaluated = next(iter(table.dataset([0, 1], [0, 1], batch_size=2, training=False, augment=plus_one)))[0]
+    assert (evaluated["f"].numpy() == 0).all()

@@ -198,7 +198,8 @@ def test_graph_pipeline_end_to_end(tmp_path, data_dir):
 
 
 def test_graph_pipeline_data_gives_both_models_the_same_batches(data_dir):
-    pipeline = load_pipeline(str(HERE / "tiny_graph_pipeline.py"))
+    # Random shifts are drawn independently in the two pipelines; the rows, labels and weights are the same.
+    pipeline = load_pipeline(str(HERE / "tiny_graph_pipeline.py")).replace(shift_augmentation=0)
     found = hardening.pipeline_data(pipeline, data_dir=data_dir)
     with_neighbors, (images, labels, weights) = next(iter(found.train)), next(iter(found.plain_train))
     np.testing.assert_array_equal(with_neighbors[0]["image"], images)
@@ -212,9 +213,6 @@ def test_graph_pipeline_settings_are_checked():
     import nsladv  # noqa: PLC0415
 
     build = load_pipeline(TINY).build_model
-    graph = nsladv.GraphSetup(regularization=nsladv.GraphRegularization(max_neighbors=2))
-    with pytest.raises(ValueError, match=r"no shift augmentation yet. Received: shift_augmentation=2"):
-        nsladv.Pipeline(build_model=build, graph=graph, shift_augmentation=2)
     with pytest.raises(ValueError, match=r"`labels_per_class` must be an integer >= 1 or None. Received: labels_per_class=0"):
         nsladv.Pipeline(build_model=build, labels_per_class=0)
     with pytest.raises(ValueError, match=r"needs `regularization=nsladv.GraphRegularization\(..., max_neighbors=K\)`"):

@@ -18,6 +18,7 @@ PIPELINE = nsladv.Pipeline(
         lsh_rounds=2,
     ),
     threat=nsladv.ThreatModel(epsilon=0.1, clip_range=(0.0, 1.0)),
+    shift_augmentation=1,
     epochs=1,
     batch_size=256,
     eval_epsilons=(0.1,),
