@@ -73,15 +73,20 @@ class AdversarialModel(keras.Model):
     backward pass, and each further PGD step one forward and one backward
     pass to the input. With a random start, or a divergence, every PGD step
     needs its own pass; the clean and neighbor passes then share one backward.
-    Neighbor-building passes call the base model with `training=False`
-    (dropout off, BatchNorm statistics untouched); the clean and neighbor
-    training passes use `training=True`.
+    The graph term adds one forward and one backward pass over the batch's
+    `batch * max_neighbors` neighbors (with a graph divergence, the label
+    step above gives way to the shared-backward one). Neighbor-building
+    passes call the base model with `training=False` (dropout off, BatchNorm
+    statistics untouched); the clean, neighbor and graph-neighbor training
+    passes use `training=True`. `MultiplierWarmup` ramps the adversarial
+    multiplier only; the graph multiplier is constant.
 
     The wrapper owns no weights: `call`, `predict`, `save` and `export` go to
     the base model, which is what you keep, evaluate and ship.
 
-    Logs `loss` (the total), `clean_loss`, `neighbor_loss` and the compiled
-    metrics on clean inputs; `evaluate` reports the clean loss and metrics.
+    Logs `loss` (the total), `clean_loss`, `neighbor_loss` (and `graph_loss`)
+    and the compiled metrics on clean inputs; `evaluate` reports the clean
+    loss and metrics.
 
     Args:
         base_model: the `keras.Model` to harden (sequential, functional or
