@@ -499,13 +499,25 @@ def semi_supervised_rows(num_nodes, labelled, *, labelled_share=0.25):
     return rows, mask, weights
 
 
-def neighbor_purity(graph, labels, max_neighbors=None):
-    """Share of edges (or of each node's top neighbors) that join equal labels."""
+def neighbor_purity(graph, labels, max_neighbors=None, *, rows=None):
+    """Share of edges (or of each node's top neighbors) that join equal labels.
+
+    Args:
+        graph: a `Graph`.
+        labels: every node's label.
+        max_neighbors: count only each node's top neighbors (as
+            `NeighborTable` packs them); None counts every edge.
+        rows: with `max_neighbors`, only these nodes' neighbors.
+
+    Returns:
+        The share in [0, 1], NaN when there is no edge to count.
+    """
     labels = np.asarray(labels)
     if max_neighbors is None:
         same, total = labels[graph.sources] == labels[graph.targets], graph.num_edges
         return float(same.sum() / total) if total else math.nan
     indices, weights = graph.top_neighbors(max_neighbors)
-    real = weights > 0
-    same = (labels[indices] == labels[:, None]) & real
+    nodes = np.arange(graph.num_nodes) if rows is None else np.asarray(rows)
+    real = weights[nodes] > 0
+    same = (labels[indices[nodes]] == labels[nodes][:, None]) & real
     return float(same.sum() / real.sum()) if real.any() else math.nan

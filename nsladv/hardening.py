@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import math
 import pathlib
 import time
 
@@ -101,9 +102,7 @@ def _neighbor_table(pipeline, images, labels, rows):
     counts = table.neighbor_counts[rows]
     # All labels are known here, so the report can say how often an edge
     # joins equal digits; training sees only the labels of `rows`.
-    indices, weights = graph.top_neighbors(k)
-    real = weights[rows] > 0
-    agree = (labels[indices[rows]] == labels[rows][:, None]) & real
+    agreement = graph_lib.neighbor_purity(graph, labels, k, rows=rows)
     info = {
         "nodes": graph.num_nodes,
         "edges": graph.num_edges,
@@ -111,7 +110,7 @@ def _neighbor_table(pipeline, images, labels, rows):
         "labelled": int(len(rows)),
         "labelled_with_neighbors": int((counts > 0).sum()),
         "mean_neighbors_of_labelled": round(float(counts.mean()), 2),
-        "neighbor_label_agreement": round(float(agree.sum() / max(real.sum(), 1)), 4),
+        "neighbor_label_agreement": None if math.isnan(agreement) else round(agreement, 4),
         "build_seconds": round(time.perf_counter() - start, 1),
         **setup.get_config(),
     }
@@ -207,10 +206,11 @@ def _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eva
     log(f"data: {pipeline.dataset} {splits.image_shape}, {splits.num_classes} classes")
     if data.graph is not None:
         g = data.graph
+        agreement = "none" if g["neighbor_label_agreement"] is None else f"{100 * g['neighbor_label_agreement']:.1f}%"
         log(f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
             f"{g['nodes_with_neighbors']} of them with neighbors; "
             f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
-            f"({g['mean_neighbors_of_labelled']} on average, {100 * g['neighbor_label_agreement']:.1f}% same digit)")
+            f"({g['mean_neighbors_of_labelled']} on average, {agreement} same digit)")
     steps_per_epoch = int(data.train.cardinality())
     graph = pipeline.graph.regularization if pipeline.graph is not None else None
 

@@ -453,3 +453,12 @@ def test_neighbor_table_augments_samples_and_neighbors_when_training_only():
     np.testing.assert_allclose(trained["NL_nbr_0_weight"], [[0.5], [0.5]])
     evaluated = next(iter(table.dataset([0, 1], [0, 1], batch_size=2, training=False, augment=plus_one)))[0]
     assert (evaluated["f"].numpy() == 0).all()
+
+
+def test_neighbor_purity_counts_equal_labels_along_edges():
+    graph = graph_lib.Graph.from_edges([(0, 1, 0.9), (0, 2, 0.5), (1, 0, 0.9), (2, 3, 0.4)], num_nodes=4)
+    labels = [0, 0, 1, 1]
+    assert graph_lib.neighbor_purity(graph, labels) == 0.75  # 3 of 4 edges join equal labels
+    assert graph_lib.neighbor_purity(graph, labels, 1) == 1.0  # top neighbors: 0->1, 1->0, 2->3
+    assert graph_lib.neighbor_purity(graph, labels, 2, rows=[0]) == 0.5  # 0->1 yes, 0->2 no
+    assert np.isnan(graph_lib.neighbor_purity(graph, labels, 2, rows=[3]))  # node 3 has no edge
