@@ -1,5 +1,6 @@
 """The wrapper: a `keras.Model` that trains a base model with adversarial neighbors."""
 
+import math
 import re
 
 import keras
@@ -358,12 +359,11 @@ class AdversarialModel(keras.Model):
             return x, None
         features = _packed_features(x, self.graph)
         count = _neighbor_count(features, self.graph)
-        wanted = {
-            k: v for k, v in features.items()
-            if not k.startswith(self.graph.prefix) or _slot(k, self.graph) < count
-        }
+        # Sample features, and neighbor features of the slots in use (NSL,
+        # too, ignores prefixed names without a slot number).
+        wanted = {k: v for k, v in features.items() if not k.startswith(self.graph.prefix) or _slot(k, self.graph) < count}
         for key, value in list(wanted.items()):
-            if key.endswith(self.graph.weight_suffix) and key.startswith(self.graph.prefix) and value.shape.rank == 1:
+            if _is_weight(key, self.graph) and value.shape.rank == 1:
                 wanted[key] = tf.expand_dims(value, -1)  # [batch] -> [batch, 1], as NSL expects
         config = _nsl.graph_neighbor_config(
             max_neighbors=count, prefix=self.graph.prefix, weight_suffix=self.graph.weight_suffix
@@ -474,17 +474,18 @@ def _packed_features(x, graph):
 
 
 def _slot(key, graph):
-    """The neighbor index j of a `{prefix}{j}...` feature name (None if not one)."""
+    """The neighbor index j of a `{prefix}{j}...` feature name (infinity if it has none)."""
     match = re.match(r"(\d+)", key[len(graph.prefix) :])
-    return int(match.group(1)) if match else None
+    return int(match.group(1)) if match else math.inf
+
+
+def _is_weight(key, graph):
+    return key.startswith(graph.prefix) and key.endswith(graph.weight_suffix)
 
 
 def _neighbor_count(features, graph):
     """How many neighbors per sample to use: `max_neighbors`, or every weight slot carried."""
-    slots = sorted(
-        j for j in (_slot(k, graph) for k in features if k.startswith(graph.prefix) and k.endswith(graph.weight_suffix))
-        if j is not None
-    )
+    slots = {_slot(k, graph) for k in features if _is_weight(k, graph)}
     carried = 0
     while carried in slots:
         carried += 1

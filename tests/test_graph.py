@@ -462,3 +462,11 @@ def test_neighbor_purity_counts_equal_labels_along_edges():
     assert graph_lib.neighbor_purity(graph, labels, 1) == 1.0  # top neighbors: 0->1, 1->0, 2->3
     assert graph_lib.neighbor_purity(graph, labels, 2, rows=[0]) == 0.5  # 0->1 yes, 0->2 no
     assert np.isnan(graph_lib.neighbor_purity(graph, labels, 2, rows=[3]))  # node 3 has no edge
+
+
+def test_prefixed_features_without_a_slot_number_are_ignored():
+    features = packed()
+    features["NL_nbr_count"] = np.full((2, 1), 2.0, np.float32)
+    logs = one_step(nsladv.wrap(linear_model(), multiplier=0.0, graph=GraphRegularization(multiplier=0.5, distance="l2")),
+                    features, Y_REGRESSION)
+    assert logs["graph_loss"] == pytest.approx(hand_l2_graph_term()[0], rel=1e-6)
