@@ -164,7 +164,8 @@ class ThreatModel:
         x_{t+1} = clip(x + P_eps(x_t + step_size * u(grad_x loss(x_t)) - x))
 
     where `u(g)` maximizes `g . v` over `||v|| <= 1` (sign(g) for L-inf,
-    g / ||g||_2 for L2, the largest coordinate for L1), `P_eps` projects onto
+    g / ||g||_2 for L2, for L1 the largest coordinate among those that are
+    not at the clip bound the gradient points to), `P_eps` projects onto
     the epsilon ball of `norm` and `clip` keeps x' in `clip_range`. With
     `steps=1` and no random start this is FGSM (the fast gradient method).
 
@@ -185,9 +186,10 @@ class ThreatModel:
             mapping `{feature name: (min, max) or None}`, or `None`.
         feature_mask: which inputs to perturb. Same structure as the inputs
             (a mapping for dict inputs may leave features out): `True`,
-            `False`, or an array in [0, 1] multiplying the gradient
-            elementwise (e.g. to perturb some pixels only). Non-float inputs
-            are never perturbed; asking for one is an error.
+            `False`, or an array in [0, 1] multiplying the gradient and the
+            random start elementwise (e.g. to perturb some pixels only);
+            elements whose entry is 0 never move. Non-float inputs are never
+            perturbed; asking for one is an error.
 
     Example:
 

@@ -6,7 +6,10 @@ step (gradient, mask, steepest-ascent direction, step) and NSL's
 input. nsladv adds what NSL 1.4.0 lacks on this stack: a random start that
 works with an unknown batch size inside `tf.function`, the L1 projection, one
 epsilon per feature, and explicit handling of features that cannot be
-perturbed.
+perturbed. Array feature masks hold through the random start and the
+projection; L1 steps choose among the coordinates that can still move under
+the clip range; models that compute in float16 get their step directions
+from a per-example normalized gradient (see `attack_objective`).
 
 The maths runs in float32 in a scaled space z_f = x_f / epsilon_f, where the
 ball has radius `scale` (1 at full strength; an epsilon warm-up lowers it).
@@ -237,43 +240,46 @@ class NeighborBuilder:
                 flat[index[k]] = tf.cast(value, selected[k].dtype)
             return keras.tree.pack_sequence_as(x, flat)
 
+        # Coordinates an array mask sets to 0 never move: the gradient mask
+        # alone would leave them to the random start and the projection.
+        frozen = {k: tf.cast(m > 0, tf.float32) for k, m in masks.items()}
+
         def project(z):
             delta = {k: z[k] - z0[k] for k in z}
+            delta = {k: d * frozen[k] if k in frozen else d for k, d in delta.items()}
             if norm == "l1":
                 delta = project_l1(delta, scale)
             else:
                 delta = _nsl.project_to_ball(delta, scale, norm)
             return {k: _clip(z0[k] + delta[k], z_lo.get(k), z_hi.get(k)) for k in z}
 
-        def ascend(z, loss, tape):
-            z_next, _ = _nsl.gen_adv_neighbor(z, loss, step_config, gradient_tape=tape)
+        def ascend(z, gradients):
+            # NSL takes the step from a linear loss whose gradient at z is
+            # the given one (no further pass through the model).
+            gradients = {k: tf.zeros_like(z[k]) if g is None else _finite(g) for k, g in gradients.items()}
+            if norm == "l1" and z_lo:
+                gradients = {k: _movable(g, z[k], z_lo.get(k), z_hi.get(k)) for k, g in gradients.items()}
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(z)
+                linear = tf.add_n(
+                    [tf.reduce_sum(tf.stop_gradient(gradients[k]) * z[k]) for k in z]
+                )
+            z_next, _ = _nsl.gen_adv_neighbor(z, linear, step_config, gradient_tape=tape)
             return project(z_next)
 
         def pgd_step(z):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(z)
-                loss = tf.cast(loss_fn(model_fn(to_inputs(z))), tf.float32)
-            return ascend(z, loss, tape)
+                loss = attack_objective(model_fn(to_inputs(z)), loss_fn)
+            return ascend(z, tape.gradient(loss, z))
 
         remaining = self.threat.steps
         if self.random_start:
-            z = project(
-                {k: z0[k] + r for k, r in random_in_ball(z0, scale, norm).items()}
-            )
+            noise = random_in_ball(z0, scale, norm)
+            noise = {k: r * masks[k] if k in masks else r for k, r in noise.items()}
+            z = project({k: z0[k] + r for k, r in noise.items()})
         elif first_gradient is not None:
-            # A loss whose gradient at x is the given one: NSL takes the first
-            # step without another forward and backward pass.
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(z0)
-                linear = tf.add_n(
-                    [
-                        tf.reduce_sum(
-                            tf.stop_gradient(_finite(first_gradient[k]) * eps[k]) * z0[k]
-                        )
-                        for k in z0
-                    ]
-                )
-            z = ascend(z0, linear, tape)
+            z = ascend(z0, {k: first_gradient[k] * eps[k] for k in z0})  # d/dz = eps * d/dx
             remaining -= 1
         else:
             z = z0
@@ -286,6 +292,50 @@ class NeighborBuilder:
                 (tf.constant(0), z),
             )
         return to_inputs(z, exact_clip=True)
+
+
+def attack_objective(predictions, loss_fn):
+    """The loss whose input gradient gives each example's ascent direction.
+
+    In float32 it is `loss_fn(predictions)`. When the model computes in
+    float16, that loss's gradient underflows to 0 for confidently classified
+    examples on its way back through the model (no loss scaling here), so the
+    attack would leave them untouched. Every step direction (sign, L2 or L1
+    steepest ascent) depends on each example's gradient only up to a positive
+    factor, and each example's loss depends on its own predictions only: the
+    objective is then the linearized loss whose gradient at the predictions is
+    each example's gradient divided by its largest magnitude (computed in
+    float32), so that what travels back through float16 layers is at most 1.
+    """
+    leaves = keras.tree.flatten(predictions)
+    if not any(getattr(v, "dtype", None) == tf.float16 for v in leaves):
+        return tf.cast(loss_fn(predictions), tf.float32)
+    wide = [tf.cast(v, tf.float32) for v in leaves]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(wide)
+        loss = tf.cast(loss_fn(keras.tree.pack_sequence_as(predictions, wide)), tf.float32)
+    grads = [tf.zeros_like(w) if g is None else g for g, w in zip(tape.gradient(loss, wide), wide)]
+    largest = tf.reduce_max(
+        tf.stack([tf.reduce_max(tf.abs(tf.reshape(g, [tf.shape(g)[0], -1])), axis=1) for g in grads]), axis=0
+    )
+    inverse = tf.math.divide_no_nan(1.0, largest)
+    return tf.add_n(
+        [tf.reduce_sum(tf.stop_gradient(g * _expand(inverse, g.shape.rank)) * w) for g, w in zip(grads, wide)]
+    )
+
+
+def _movable(gradient, z, lo, hi):
+    """The gradient with coordinates that sit at the clip bound it points to zeroed.
+
+    NSL's L1 step moves only the coordinate of largest |gradient|; when that
+    coordinate sits at the bound, the clipped step would be exactly zero at
+    every step. The steepest feasible L1 step is the largest coordinate among
+    those that can move.
+    """
+    if lo is None:
+        return gradient
+    blocked = ((gradient > 0) & (z >= hi)) | ((gradient < 0) & (z <= lo))
+    return tf.where(blocked, tf.zeros_like(gradient), gradient)
 
 
 def _finite(gradient):

@@ -241,3 +241,69 @@ def test_float16_inputs_keep_their_dtype_and_stay_finite():
     x_adv = builder(x, model_fn=lambda v: tf.cast(v, tf.float32) * 1e4, loss_fn=lambda p: tf.reduce_sum(tf.exp(p)))
     assert x_adv.dtype == tf.float16
     assert np.all(np.isfinite(x_adv.numpy()))
+
+
+# Issue 11, item 1: an array mask holds through the random start and the projection.
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_array_mask_freezes_its_zeros_from_a_random_start(norm):
+    x = np.full((64, 4), 0.5, "float32")
+    builder = NeighborBuilder(
+        ThreatModel(epsilon=0.1, norm=norm, steps=3, random_start=True, feature_mask=np.array([1, 1, 0, 0])),
+        random_start=True,
+    )
+    x_adv = tf_function_unknown_batch(
+        lambda v: builder(v, model_fn=lambda u: u, loss_fn=lambda p: tf.reduce_sum(p * [[1.0, -1.0, 3.0, -3.0]])),
+        x,
+    ).numpy()
+    np.testing.assert_array_equal(x_adv[:, 2:], x[:, 2:])
+    assert np.abs(x_adv[:, :2] - x[:, :2]).max() > 0.01  # the unmasked features do move
+
+
+# Issue 11, item 4: L1 steps choose among the coordinates that can move.
+SATURATED = np.array([[1.0, 0.5, 0.5, 0.5]], "float32")  # the largest-gradient input sits at the clip bound
+L1_GRADIENT = np.array([[3.0, 2.0, -1.0, 0.5]], "float32")
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_l1_moves_when_the_largest_gradient_sits_at_the_clip_bound(steps):
+    builder = NeighborBuilder(
+        ThreatModel(epsilon=0.5, norm="l1", steps=steps, clip_range=(0, 1)), random_start=False
+    )
+    x_adv = builder(
+        tf.constant(SATURATED), model_fn=lambda v: v, loss_fn=lambda p: tf.reduce_sum(p * L1_GRADIENT)
+    ).numpy()
+    assert x_adv[0, 0] == 1.0
+    if steps == 1:  # The steepest feasible step: all of epsilon on the second coordinate.
+        np.testing.assert_allclose(x_adv, [[1.0, 1.0, 0.5, 0.5]], atol=1e-6)
+    # The loss rises by (nearly) the whole budget times the best feasible gradient.
+    gain = float(np.sum((x_adv - SATURATED) * L1_GRADIENT))
+    assert gain >= 0.95 * 0.5 * 2.0
+    assert np.abs(x_adv - SATURATED).sum() <= 0.5 + 1e-5
+
+
+def test_l1_steps_toward_the_bound_from_below_are_kept():
+    # A coordinate at the lower bound with a positive gradient can still move.
+    x = np.array([[0.0, 0.5]], "float32")
+    builder = NeighborBuilder(ThreatModel(epsilon=0.2, norm="l1", clip_range=(0, 1)), random_start=False)
+    x_adv = builder(tf.constant(x), model_fn=lambda v: v, loss_fn=lambda p: tf.reduce_sum(p * [[2.0, 1.0]]))
+    np.testing.assert_allclose(x_adv, [[0.2, 0.5]], atol=1e-6)
+
+
+# Issue 11, item 3: float16 gradients of confident predictions do not underflow.
+def test_float16_attack_perturbs_confident_examples():
+    import keras  # noqa: PLC0415
+
+    keras.config.set_dtype_policy("mixed_float16")
+    kernel = np.array([[7.0, 0.0, 0.0]] * 4, "float32")  # logit 0 is 7 * sum(x), 14 to 16.8 here
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(kernel))])
+    keras.config.set_dtype_policy("float32")
+    x = np.random.default_rng(0).uniform(0.5, 0.6, (200, 4)).astype("float32")
+    y = np.zeros(200, "int64")
+    # The batch mean, as the training neighbors' loss: each gradient is 1e-7 / 200 or less, 0 in float16.
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    builder = NeighborBuilder(ThreatModel(epsilon=0.1, clip_range=(0, 1)), random_start=False)
+    x_adv = builder(
+        tf.constant(x), model_fn=lambda v: model(v, training=False), loss_fn=lambda p: loss(y, tf.cast(p, tf.float32))
+    ).numpy()
+    # Every coordinate lowers the true class's logit: all move by -epsilon.
+    np.testing.assert_allclose(x_adv, x - 0.1, atol=1e-6)
