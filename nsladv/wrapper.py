@@ -6,6 +6,7 @@ import re
 import keras
 import tensorflow as tf
 
+from nsladv import _keras
 from nsladv import _nsl
 from nsladv import distribute
 from nsladv import losses as losses_lib
@@ -70,9 +71,15 @@ class AdversarialModel(keras.Model):
 
     Cost per step: for the `label` distance without a random start, the clean
     pass's one backward pass gives both the weights' gradient and the input
-    gradient that takes the first step; the neighbor adds one forward and one
-    backward pass, and each further PGD step one forward and one backward
-    pass to the input. With a random start, or a divergence, every PGD step
+    gradient that takes the first step, wherever that gradient is the attack
+    loss's: the base model computes the same in training and inference mode
+    (no dropout, batch normalization, random augmentation or activity
+    regularizer), adds no input-dependent loss and computes in float32. Other
+    models take the first step from its own inference-mode pass, like every
+    later step. The neighbor adds one forward and one backward pass, and each
+    further PGD step one forward and one backward pass to the input. An
+    example with sample weight 0 adds nothing to any loss term; with the
+    fused first step its neighbor takes no first step (its gradient is 0). With a random start, or a divergence, every PGD step
     needs its own pass; the clean and neighbor passes then share one backward.
     The graph term adds one forward and one backward pass over the batch's
     `batch * max_neighbors` neighbors (with a graph divergence, the label
@@ -140,6 +147,7 @@ class AdversarialModel(keras.Model):
             threat, random_start=threat.uses_random_start(regularization.distance)
         )
         self._knobs = _Knobs()
+        self._fused_exact = None  # Decided at the first train step (see _label_step).
         self._from_logits = regularization.from_logits
         self._graph_from_logits = graph.from_logits if graph is not None else None
         self.clean_loss_tracker = keras.metrics.Mean(name="clean_loss")
@@ -204,7 +212,7 @@ class AdversarialModel(keras.Model):
             and self.regularization.distance == "label"
             and not self._neighbors.random_start
             and (graph_neighbors is None or self.graph.distance == "label")
-        ):
+        ):  # The clean backward may also give the first step's input gradient.
             y_pred, terms, gradients = self._label_step(x, y, sample_weight, graph_neighbors)
         else:
             y_pred, terms, gradients = self._joint_step(x, y, sample_weight, graph_neighbors, adversarial)
@@ -283,7 +291,15 @@ class AdversarialModel(keras.Model):
     # Steps -----------------------------------------------------------------
 
     def _label_step(self, x, y, sample_weight, graph_neighbors):
-        """Label distance, no random start: one backward gives both gradients."""
+        """Label distance, no random start: one backward gives both gradients where that is exact.
+
+        The clean training pass's input gradient is the attack loss's (in
+        direction, per example) when the model computes the same in training
+        and inference mode, adds no input-dependent loss and computes in
+        float32 or wider; an example's positive sample weight scales its
+        gradient without turning its step. Otherwise the first step takes its
+        own inference-mode pass, like the steps after it.
+        """
         inputs = self._neighbors.select(x)
         with tf.GradientTape() as tape:
             tape.watch(list(inputs.values()))
@@ -291,14 +307,14 @@ class AdversarialModel(keras.Model):
             weights = self.trainable_weights  # after the call: it may build the model
             clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
             scaled = self.optimizer.scale_loss(clean_loss)
-        grads = tape.gradient(scaled, weights + list(inputs.values()))
+        fused = self._fused_step_is_exact() and not _keras.input_dependent_losses(self.base_model)
+        grads = tape.gradient(scaled, weights + (list(inputs.values()) if fused else []))
         clean_grads = grads[: len(weights)]
-        input_grads = dict(zip(inputs, grads[len(weights) :]))
         x_adv = self._neighbors(
             x,
             model_fn=self._attack_model_fn,
             loss_fn=lambda pred: self._label_loss(y, pred),
-            first_gradient=input_grads,
+            first_gradient=dict(zip(inputs, grads[len(weights) :])) if fused else None,
             scale=self._knobs.epsilon_scale,
         )
         terms = {"clean_loss": clean_loss}
@@ -413,6 +429,14 @@ class AdversarialModel(keras.Model):
         return losses_lib.graph_divergence(
             self.graph.distance, y_pred, neighbor_pred, weights, count, from_logits=bool(self._graph_from_logits)
         )
+
+    def _fused_step_is_exact(self):
+        if self._fused_exact is None:
+            self._fused_exact = _keras.behaves_the_same_in_training(self.base_model) and not any(
+                getattr(layer, "compute_dtype", None) == "float16"
+                for layer in [self.base_model, *_keras.sublayers(self.base_model)]
+            )
+        return self._fused_exact
 
     def _attack_model_fn(self, inputs):
         return self.base_model(inputs, training=False)

@@ -176,13 +176,37 @@ class TrainingFlagRecorder(keras.layers.Layer):
         return inputs
 
 
+class PassCounter(keras.layers.Layer):
+    """Counts the passes through it; takes no `training` argument, so it computes the same in both modes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.passes = 0
+
+    def call(self, inputs):
+        self.passes += 1
+        return inputs
+
+
+@pytest.mark.parametrize("steps, passes", [(1, 2), (3, 4)])
+def test_a_plain_model_reuses_the_clean_gradient_for_the_first_step(steps, passes):
+    counter = PassCounter()
+    base = keras.Sequential([keras.Input((6,)), counter, keras.layers.Dense(3)])
+    model = nsladv.wrap(base, epsilon=0.05, steps=steps)
+    model.compile(optimizer="sgd", loss=SCCE, run_eagerly=True)
+    x, y = toy_data(8)
+    counter.passes = 0
+    model.train_on_batch(x, y)
+    assert counter.passes == passes  # clean, PGD steps after the first, neighbor
+
+
 @pytest.mark.parametrize(
     "settings, expected",
     [
-        # Clean and neighbor training passes; the first step reuses the clean gradient.
-        ({"steps": 1}, [True, True]),
-        # Each further PGD step is an inference pass.
-        ({"steps": 3}, [True, False, False, True]),
+        # A layer that takes `training` may use it: the first step takes its own inference pass.
+        ({"steps": 1}, [True, False, True]),
+        # Each PGD step is an inference pass.
+        ({"steps": 3}, [True, False, False, False, True]),
         # Random start: every step is a pass of its own.
         ({"steps": 2, "random_start": True}, [True, False, False, True]),
         ({"steps": 2, "distance": "kl"}, [True, False, False, True]),
@@ -364,3 +388,79 @@ def test_bad_feature_masks_fail_in_fit(mask, message):
     model.compile(optimizer="adam", loss=SCCE)
     with pytest.raises(ValueError, match=message):
         model.fit(as_inputs("dict", x), y, epochs=1, verbose=0)
+
+
+def _first_step_spy(monkeypatch):
+    """Records the scaled-space neighbor NSL returns at each step."""
+    from nsladv import _nsl  # noqa: PLC0415
+
+    steps, real = [], _nsl.gen_adv_neighbor
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        steps.append(next(iter(result[0].values())))
+        return result
+
+    monkeypatch.setattr(_nsl, "gen_adv_neighbor", spy)
+    return steps
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        None,
+        keras.layers.Dropout(0.5),
+        keras.layers.ActivityRegularization(l2=5.0),
+        keras.layers.BatchNormalization(),
+    ],
+    ids=["plain", "dropout", "activity_regularizer", "batchnorm"],
+)
+def test_the_first_step_follows_the_inference_mode_attack_loss(layer, monkeypatch):
+    """FGSM's neighbor is x + eps * sign(grad_x L(y, f(x, training=False))) whatever the model holds."""
+    x, y = toy_data(64)
+    layers = [keras.Input((6,)), keras.layers.Dense(32, activation="relu")]
+    base = keras.Sequential(layers + ([layer] if layer is not None else []) + [keras.layers.Dense(3)])
+    base(x[:2])
+    if isinstance(layer, keras.layers.BatchNormalization):  # Batch statistics far from the moving ones.
+        layer.moving_mean.assign(np.full(32, 3.0, "float32"))
+    sample_weight = np.where(np.arange(64) % 2 == 0, 1.0, 3.0).astype("float32")
+    with tf.GradientTape() as tape:
+        inputs = tf.constant(x)
+        tape.watch(inputs)
+        loss = SCCE(y, base(inputs, training=False))
+    expected = x + 0.1 * np.sign(tape.gradient(loss, inputs).numpy())
+    steps = _first_step_spy(monkeypatch)
+    model = nsladv.wrap(base, epsilon=0.1, multiplier=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=SCCE, run_eagerly=True)
+    model.train_on_batch(x, y, sample_weight=sample_weight)
+    np.testing.assert_allclose(steps[0].numpy() * 0.1, expected, atol=1e-6)
+
+
+class TrainingInputRecorder(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.training_inputs = []
+
+    def call(self, inputs, training=None):
+        if training:
+            self.training_inputs.append(np.array(inputs))
+        return inputs
+
+
+@pytest.mark.parametrize("settings", [{"steps": 3}, {"steps": 2, "random_start": True}, {"steps": 2, "distance": "kl"}])
+def test_batchnorm_statistics_move_with_the_two_training_passes_only(settings):
+    """Neighbor-building passes leave BatchNorm's moving statistics alone; clean and neighbor passes update them."""
+    recorder = TrainingInputRecorder()
+    norm = keras.layers.BatchNormalization(momentum=0.5)
+    base = keras.Sequential([keras.Input((6,)), recorder, norm, keras.layers.Dense(3)])
+    model = nsladv.wrap(base, epsilon=0.2, **settings)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=SCCE, run_eagerly=True)
+    x, y = toy_data(32)
+    expected = norm.moving_mean.numpy().copy()
+    model.train_on_batch(x, y)
+    assert len(recorder.training_inputs) == 2  # the clean batch and its neighbors
+    np.testing.assert_array_equal(recorder.training_inputs[0], x)
+    assert not np.allclose(recorder.training_inputs[1], x)
+    for batch in recorder.training_inputs:
+        expected = 0.5 * expected + 0.5 * batch.mean(axis=0)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), expected, atol=1e-5)
