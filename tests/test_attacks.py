@@ -97,3 +97,29 @@ def test_attack_settings_are_validated():
         Attack(norm="l7")
     with pytest.raises(ValueError, match=r"`epsilons` must be a non-empty list of values > 0"):
         evaluate_robustness(linear_classifier(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(2), epsilons=[])
+
+
+def hidden_corner_classifier():
+    """Correct and flat at x = 0.5; wrong above 0.59, a region only some random starts land near.
+
+    logits = [0, 100 * relu(x - 0.58) - 1]: the gradient is 0 below 0.58, so
+    PGD from x never moves, and from a random start in [0.4, 0.6] it succeeds
+    exactly when the start is above 0.58 (probability 0.1 per restart).
+    """
+    inputs = keras.Input((1,))
+    hinge = keras.layers.Dense(1, activation="relu")(inputs)
+    logits = keras.layers.Dense(2)(hinge)
+    model = keras.Model(inputs, logits)
+    model.set_weights([np.ones((1, 1), "float32"), np.array([-0.58], "float32"),
+                       np.array([[0.0, 100.0]], "float32"), np.array([0.0, -1.0], "float32")])
+    return model
+
+
+@pytest.mark.parametrize("restarts, low, high", [(1, 0.84, 0.96), (10, 0.25, 0.45)])
+def test_robust_means_robust_after_every_restart(restarts, low, high):
+    # 400 copies of x = 0.5: each restart fools about 10% of them independently,
+    # so the worst case over R restarts leaves about 0.9 ** R of them.
+    dataset = tf.data.Dataset.from_tensor_slices((np.full((400, 1), 0.5, "float32"), np.zeros(400, "int64"))).batch(400)
+    attack = Attack(name="pgd", steps=5, restarts=restarts)
+    clean, robust, _ = BatchAttacker(hidden_corner_classifier(), attack).accuracy(dataset, 0.1)
+    assert clean == 1.0 and low < robust < high
