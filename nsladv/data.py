@@ -117,7 +117,7 @@ def random_shift_batch(pixels):
     return shift
 
 
-def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, cache=True, shuffle_buffer=10_000, drop_remainder=False, augment=None, batch_map=None):
+def pipeline(dataset, *, batch_size, training, seed=None, deterministic=None, cache=True, shuffle_buffer=10_000, drop_remainder=False, augment=None, batch_map=None):
     """The tf.data pipeline: cache, shuffle and augment (training), batch, prefetch.
 
     Auto-sharding is by data, so `strategy.experimental_distribute_dataset`
@@ -127,8 +127,11 @@ def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, c
         dataset: a dataset of examples (not batched).
         batch_size: the global batch size.
         training: shuffle every epoch when True.
-        seed: shuffle seed (with `deterministic=True`, the order repeats).
-        deterministic: keep element order through parallel maps.
+        seed: shuffle seed: pipelines built alike with one seed give the
+            same batches, epoch after epoch.
+        deterministic: keep element order through parallel maps and
+            batching. Default: True with a seed (else a seed would not fix
+            the order: parallel batches finish in any order), False without.
         cache: cache decoded examples in memory after the first epoch.
         shuffle_buffer: shuffle buffer size.
         drop_remainder: drop the last partial batch (static batch shapes,
@@ -148,7 +151,7 @@ def pipeline(dataset, *, batch_size, training, seed=None, deterministic=False, c
     if batch_map is not None:
         dataset = dataset.map(batch_map, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = deterministic
+    options.deterministic = seed is not None if deterministic is None else deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 

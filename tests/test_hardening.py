@@ -201,11 +201,13 @@ def test_graph_pipeline_data_gives_both_models_the_same_batches(data_dir):
     # Random shifts are drawn independently in the two pipelines; the rows, labels and weights are the same.
     pipeline = load_pipeline(str(HERE / "tiny_graph_pipeline.py")).replace(shift_augmentation=0)
     found = hardening.pipeline_data(pipeline, data_dir=data_dir)
-    with_neighbors, (images, labels, weights) = next(iter(found.train)), next(iter(found.plain_train))
-    np.testing.assert_array_equal(with_neighbors[0]["image"], images)
-    np.testing.assert_array_equal(with_neighbors[1], labels)
-    np.testing.assert_array_equal(with_neighbors[2], weights)
-    assert "NL_nbr_1_image" in with_neighbors[0] and with_neighbors[0]["NL_nbr_1_weight"].shape == (256, 1)
+    for _ in range(2):  # Two epochs: the graph model trains on all of its epochs before the plain one starts.
+        for with_neighbors, (images, labels, weights) in zip(found.train, found.plain_train, strict=True):
+            np.testing.assert_array_equal(with_neighbors[0]["image"], images)
+            np.testing.assert_array_equal(with_neighbors[1], labels)
+            np.testing.assert_array_equal(with_neighbors[2], weights)
+    first, _, weights = next(iter(found.train))
+    assert "NL_nbr_1_image" in first and first["NL_nbr_1_weight"].shape == (256, 1)
     assert set(np.unique(weights.numpy() > 0)) == {True, False}  # labelled and unlabelled rows
 
 
