@@ -363,29 +363,41 @@ def _base_model(pipeline, model_path, splits):
                 + ("" if path.is_file() else " (no such file)")
             )
         model = keras.saving.load_model(path, compile=False)
-    _check_fits(model, splits)
-    return model, not _ends_in_softmax(model)
+    return model, not _check_fits(model, splits)
 
 
 def _check_fits(model, splits):
-    batch = tf.zeros((2, *splits.image_shape))
+    """Whether `model` outputs probabilities (else logits); raises ModelMismatchError if it is no classifier of these images."""
+    rng = np.random.default_rng(0)
+    batch = np.concatenate([np.zeros((1, *splits.image_shape)), rng.random((7, *splits.image_shape))]).astype("float32")
     try:
-        outputs = model(batch, training=False)
+        outputs = model(tf.constant(batch), training=False)
     except Exception as error:  # noqa: BLE001 - any failure here is a mismatch
         raise ModelMismatchError(
             f"The model cannot take this dataset's images: expected inputs of shape "
             f"(batch, {', '.join(map(str, splits.image_shape))}). Received: {type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}"
         ) from error
-    if not isinstance(outputs, tf.Tensor) or outputs.shape[-1] != splits.num_classes:
-        shape = getattr(outputs, "shape", type(outputs).__name__)
+    expected = f"(batch, {splits.num_classes})"
+    if not isinstance(outputs, tf.Tensor) or outputs.shape.rank != 2 or outputs.shape[-1] != splits.num_classes:
+        shape = tuple(outputs.shape) if isinstance(outputs, tf.Tensor) else type(outputs).__name__
         raise ModelMismatchError(
-            f"The model must output one score per class: shape (batch, {splits.num_classes}). "
-            f"Received: output {shape}"
+            f"The model must output one score per class: shape {expected}. Received: output {shape}"
         )
+    if _ends_in(model, keras.activations.sigmoid):
+        raise ModelMismatchError(
+            "The model ends in a sigmoid, which scores each class on its own; nsladv's losses and attacks "
+            "need one class per image: logits (no activation) or a softmax. "
+            "Received: a sigmoid output layer"
+        )
+    if _ends_in(model, keras.activations.softmax):
+        return True
+    scores = tf.cast(outputs, tf.float32).numpy()
+    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
 
 
-def _ends_in_softmax(model):
+def _ends_in(model, activation):
     last = model.layers[-1] if getattr(model, "layers", None) else None
-    activation = getattr(last, "activation", None)
-    return activation is keras.activations.softmax or isinstance(last, keras.layers.Softmax)
+    if activation is keras.activations.softmax and isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(last, "activation", None) is activation

@@ -122,19 +122,43 @@ def test_cli_missing_model_file(capsys, tmp_path, data_dir):
     assert code == 2 and "Expected a saved Keras model file (.keras)" in out.err and "(no such file)" in out.err
 
 
+def _flat_dense(classes, activation=None):
+    return lambda inputs: keras.layers.Dense(classes, activation=activation)(keras.layers.Flatten()(inputs))
+
+
 @pytest.mark.parametrize(
-    "input_shape, classes, message",
+    "input_shape, head, message",
     [
-        ((32, 32, 3), 10, "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)"),
-        ((28, 28, 1), 3, "one score per class: shape (batch, 10). Received: output (2, 3)"),
+        ((32, 32, 3), _flat_dense(10), "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)"),
+        ((28, 28, 1), _flat_dense(3), "one score per class: shape (batch, 10). Received: output (8, 3)"),
+        ((28, 28, 1), lambda inputs: keras.layers.Dense(10)(inputs),
+         "one score per class: shape (batch, 10). Received: output (8, 28, 28, 10)"),
+        ((28, 28, 1), _flat_dense(10, "sigmoid"), "The model ends in a sigmoid, which scores each class on its own"),
     ],
+    ids=["input_shape", "classes", "per_pixel_scores", "sigmoid"],
 )
-def test_cli_model_that_does_not_fit_the_data(capsys, tmp_path, data_dir, input_shape, classes, message):
+def test_cli_model_that_does_not_fit_the_data(capsys, tmp_path, data_dir, input_shape, head, message):
     inputs = keras.Input(input_shape)
     path = tmp_path / "mismatch.keras"
-    keras.Model(inputs, keras.layers.Dense(classes)(keras.layers.Flatten()(inputs))).save(path)
+    keras.Model(inputs, head(inputs)).save(path)
     code, out = run_cli(["harden", TINY, "--model", str(path), "--data-dir", data_dir], capsys)
-    assert code == 2 and message in out.err
+    assert code == 2 and message in out.err and "Traceback" not in out.err
+
+
+@pytest.mark.parametrize(
+    "head, probabilities",
+    [
+        (_flat_dense(10), False),
+        (_flat_dense(10, "softmax"), True),
+        (lambda inputs: keras.layers.Activation("softmax")(_flat_dense(10)(inputs)), True),
+        (lambda inputs: keras.ops.softmax(_flat_dense(10)(inputs)), True),  # no softmax layer to read
+    ],
+    ids=["logits", "softmax_activation", "softmax_layer", "softmax_op"],
+)
+def test_probability_outputs_are_recognized(head, probabilities, data_dir):
+    inputs = keras.Input((28, 28, 1))
+    splits = data.load(data_dir=data_dir)
+    assert hardening._check_fits(keras.Model(inputs, head(inputs)), splits) is probabilities
 
 
 def test_cli_dataset_that_cannot_be_had(capsys, tmp_path, monkeypatch):
