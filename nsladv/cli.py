@@ -3,6 +3,10 @@
 import argparse
 import os
 import sys
+import traceback
+
+from nsladv.errors import NsladvError
+from nsladv.version import __version__
 
 _EPILOG = """examples:
   nsladv harden                          the default MNIST pipeline, offline
@@ -22,6 +26,8 @@ def _parser():
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"nsladv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -42,7 +48,8 @@ def _parser():
     tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
     tune.add_argument("--objective", choices=["robust", "tradeoff"], default="robust",
                       help="val_robust_accuracy, or a clean/robust trade-off (default: robust)")
-    tune.add_argument("--tradeoff-weight", type=float, default=0.5, metavar="W", help="clean share of the trade-off")
+    tune.add_argument("--tradeoff-weight", type=_fraction, default=0.5, metavar="W",
+                      help="clean share of the trade-off, in [0, 1] (default: 0.5)")
     tune.add_argument("--clean-floor", type=float, metavar="ACC", help="penalize trials under this clean accuracy")
     tune.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
 
@@ -90,72 +97,78 @@ def _positive_int(text):
     return value
 
 
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], received {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], received {text!r}")
+    return value
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from nsladv import data  # noqa: PLC0415
-    from nsladv import export  # noqa: PLC0415
-    from nsladv import hardening as harden_lib  # noqa: PLC0415
-    from nsladv import pipeline as pipeline_lib  # noqa: PLC0415
-
-    expected_errors = (
-        pipeline_lib.PipelineNotFoundError,
-        data.DatasetUnavailableError,
-        harden_lib.ModelMismatchError,
-        export.ExportError,
-        FileNotFoundError,
-        ValueError,
-        OSError,
-        RuntimeError,
-    )
     try:
-        if args.command == "serve":
-            from nsladv.serving import Server  # noqa: PLC0415
-
-            server = Server(args.path, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
-                            poll_seconds=args.poll_seconds, verbose=args.verbose).start()
-            print(f"serving {', '.join(server.repository.names)} from {args.path}")
-            print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")
-            print(f"  gRPC  {server.grpc_target}  (tensorflow_serving PredictionService, ModelService)")
-            print("Ctrl-C to stop.", flush=True)
-            try:
-                server.wait()
-            except KeyboardInterrupt:
-                print("stopped.")
-                return 0
-            finally:
-                server.stop()
-        if args.command == "pipelines":
-            for name, description in pipeline_lib.available_pipelines().items():
-                print(f"{name:<16} {description}")
-            return 0
-        pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
-        if args.command == "tune":
-            from nsladv import tuning  # noqa: PLC0415
-
-            tuning.tune_pipeline(
-                pipeline,
-                trials=args.trials,
-                epochs=args.epochs,
-                tuner=args.tuner,
-                objective=args.objective,
-                tradeoff_weight=args.tradeoff_weight,
-                clean_floor=args.clean_floor,
-                overwrite=args.overwrite,
-                **_job_kwargs(args),
-            )
-            return 0
-        harden_lib.harden(
-            pipeline, model_path=args.model, epochs=args.epochs, baseline=not args.no_baseline,
-            strategy=args.strategy, mixed_precision=args.mixed_precision, **_job_kwargs(args)
-        )
-        return 0
-    except expected_errors as error:
+        return _run(args)
+    except NsladvError as error:
+        # The user's to fix: one line, unless asked for the traceback.
+        if args.debug:
+            traceback.print_exc()
         print(f"nsladv: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("nsladv: interrupted; run the same command again to resume training.", file=sys.stderr)
+        print("nsladv: interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
+
+
+def _run(args):
+    """Runs the parsed command; anything but an NsladvError is a bug and keeps its traceback."""
+    from nsladv import hardening as harden_lib  # noqa: PLC0415
+    from nsladv import pipeline as pipeline_lib  # noqa: PLC0415
+
+    if args.command == "serve":
+        from nsladv.serving import Server  # noqa: PLC0415
+
+        server = Server(args.path, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
+                        poll_seconds=args.poll_seconds, verbose=args.verbose).start()
+        print(f"serving {', '.join(server.repository.names)} from {args.path}")
+        print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")
+        print(f"  gRPC  {server.grpc_target}  (tensorflow_serving PredictionService, ModelService)")
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            print("stopped.")
+            return 0
+        finally:
+            server.stop()
+    if args.command == "pipelines":
+        for name, description in pipeline_lib.available_pipelines().items():
+            print(f"{name:<16} {description}")
+        return 0
+    pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
+    if args.command == "tune":
+        from nsladv import tuning  # noqa: PLC0415
+
+        tuning.tune_pipeline(
+            pipeline,
+            trials=args.trials,
+            epochs=args.epochs,
+            tuner=args.tuner,
+            objective=args.objective,
+            tradeoff_weight=args.tradeoff_weight,
+            clean_floor=args.clean_floor,
+            overwrite=args.overwrite,
+            **_job_kwargs(args),
+        )
+        return 0
+    harden_lib.harden(
+        pipeline, model_path=args.model, epochs=args.epochs, baseline=not args.no_baseline,
+        strategy=args.strategy, mixed_precision=args.mixed_precision, **_job_kwargs(args)
+    )
+    return 0
 
 
 if __name__ == "__main__":

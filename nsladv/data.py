@@ -13,16 +13,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from nsladv import mnist_offline
+from nsladv.errors import DatasetUnavailableError
+from nsladv.errors import SettingsError
 
 DEFAULT_DATASET = mnist_offline.NAME
 # Image classification datasets a pipeline can name; any TFDS image dataset
 # with supervised keys works.
 KNOWN_IMAGE_DATASETS = ("mnist_offline", "mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "cifar100", "svhn_cropped")
 _TFDS_HOST = ("storage.googleapis.com", 443)
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The dataset is unknown, or not prepared and cannot be downloaded here."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +63,7 @@ def load(name=DEFAULT_DATASET, *, data_dir=None, validation_fraction=0.1, downlo
             exists and how to get it.
     """
     if not 0 <= validation_fraction < 0.5:
-        raise ValueError(
+        raise SettingsError(
             "`validation_fraction` must be in [0, 0.5). "
             f"Received: validation_fraction={validation_fraction!r}"
         )
@@ -167,7 +165,7 @@ def few_labels(labels, per_class, *, seed=0):
     classes, counts = np.unique(labels, return_counts=True)
     short = {int(c): int(n) for c, n in zip(classes, counts) if n < per_class}
     if short:
-        raise ValueError(
+        raise SettingsError(
             f"`labels_per_class` is {per_class}, but some classes have fewer examples. "
             f"Received: {{class: examples}} = {short}"
         )

@@ -13,6 +13,9 @@ import os
 import keras
 import tensorflow as tf
 
+from nsladv.errors import StrategyError
+from nsladv.errors import StrategyUnavailableError
+
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
@@ -20,7 +23,7 @@ def _workers_in_tf_config():
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     except ValueError:
-        raise ValueError(f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}") from None
+        raise StrategyError(f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}") from None
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
@@ -36,11 +39,13 @@ def make_strategy(name="auto", *, tpu=None):
             the one the environment names).
 
     Raises:
-        ValueError: unknown name, or `"multiworker"` without TF_CONFIG.
-        RuntimeError: `"tpu"` and no TPU could be reached.
+        StrategyError (a ValueError): unknown name, or `"multiworker"`
+            without a valid TF_CONFIG.
+        StrategyUnavailableError (a RuntimeError): `"tpu"` and no TPU could
+            be reached.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy. Expected one of {list(STRATEGIES)}. Received: strategy={name!r}")
+        raise StrategyError(f"Unknown strategy. Expected one of {list(STRATEGIES)}. Received: strategy={name!r}")
     if name == "auto":
         if _workers_in_tf_config() > 1:
             name = "multiworker"
@@ -54,7 +59,7 @@ def make_strategy(name="auto", *, tpu=None):
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         if _workers_in_tf_config() == 0:
-            raise ValueError(
+            raise StrategyError(
                 "strategy='multiworker' reads the cluster from TF_CONFIG, which lists no workers. Set TF_CONFIG to "
                 '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}} on '
                 f"each machine. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
@@ -65,7 +70,7 @@ def make_strategy(name="auto", *, tpu=None):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except Exception as error:  # noqa: BLE001 - every failure means: no TPU here
-        raise RuntimeError(
+        raise StrategyUnavailableError(
             "strategy='tpu' found no TPU to connect to. Run on a TPU VM, or name the TPU with tpu=... "
             f"(--tpu). Received: tpu={tpu!r} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error

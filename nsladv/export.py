@@ -26,6 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nsladv.errors import ExportError
+
 SIGNATURE = "serving_default"
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "nsladv_metadata.json"
@@ -34,8 +36,13 @@ _TEMP_PREFIX = ".partial-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class ExportError(RuntimeError):
-    """The exported SavedModel does not reproduce the Keras model."""
+def check_model_name(name):
+    """Raises a ValueError unless `name` can be a TF Serving model name."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.isdigit():
+        raise ValueError(
+            "The model name must be letters, digits, '_', '.' or '-' (not only digits), "
+            f"as TF Serving URLs use it. Received: name={name!r}"
+        )
 
 
 def versions(model_dir):
@@ -110,11 +117,7 @@ def export_model(
         ValueError: for an invalid name.
         ExportError: if the reloaded export does not match the model.
     """
-    if not isinstance(name, str) or not _NAME.match(name) or name.isdigit():
-        raise ValueError(
-            "The model name must be letters, digits, '_', '.' or '-' (not only digits), "
-            f"as TF Serving URLs use it. Received: name={name!r}"
-        )
+    check_model_name(name)
     model_dir = pathlib.Path(base_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(model_dir)

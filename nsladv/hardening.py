@@ -15,14 +15,13 @@ from nsladv import distribute
 from nsladv import export as export_lib
 from nsladv import graph as graph_lib
 from nsladv import report as report_lib
+from nsladv.errors import ModelMismatchError
+from nsladv.errors import ModelNotFoundError
+from nsladv.errors import TrainingDivergedError
 from nsladv.evaluation import evaluate_robustness
 from nsladv.schedules import EpsilonWarmup
 from nsladv.schedules import MultiplierWarmup
 from nsladv.wrapper import AdversarialModel
-
-
-class ModelMismatchError(ValueError):
-    """A user's model does not fit the pipeline's data."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,7 +357,7 @@ def _base_model(pipeline, model_path, splits):
     else:
         path = pathlib.Path(model_path)
         if not path.is_file() or path.suffix != ".keras":
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"Expected a saved Keras model file (.keras). Received: model path {str(model_path)!r}"
                 + ("" if path.is_file() else " (no such file)")
             )

@@ -6,10 +6,12 @@ Pipelines live in `pipelines/<name>.py` (a module defining `PIPELINE`) or in
 any Python file a user points at.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import pathlib
+import traceback
 from collections.abc import Callable
 
 from nsladv.attacks import FGSM
@@ -19,10 +21,9 @@ from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.configs import keyword_only
-
-
-class PipelineNotFoundError(LookupError):
-    """No pipeline by that name or path."""
+from nsladv.errors import PipelineLoadError
+from nsladv.errors import PipelineNotFoundError
+from nsladv.export import check_model_name
 
 
 @keyword_only
@@ -133,6 +134,7 @@ class Pipeline:
     description: str = ""
 
     def __post_init__(self):
+        check_model_name(self.name)
         if not callable(self.build_model):
             raise ValueError(
                 "A pipeline needs `build_model(input_shape, num_classes) -> keras.Model`. "
@@ -185,40 +187,70 @@ DEFAULT_PIPELINE = "mnist"
 
 def available_pipelines():
     """{name: description} of the pipelines in the `pipelines` package."""
-    package = importlib.import_module("pipelines")
-    found = {}
-    for path in sorted(pathlib.Path(package.__file__).parent.glob("*.py")):
-        if path.stem.startswith("_"):
-            continue
-        found[path.stem] = _load_module(f"pipelines.{path.stem}").PIPELINE.description
-    return found
+    return {name: _load_module(f"pipelines.{name}").PIPELINE.description for name in _pipeline_names()}
 
 
 def load_pipeline(name_or_path=DEFAULT_PIPELINE):
-    """The `PIPELINE` of `pipelines/<name>.py`, or of a Python file's path."""
-    if str(name_or_path).endswith(".py"):
-        path = pathlib.Path(name_or_path)
+    """The `PIPELINE` of `pipelines/<name>.py`, or of a Python file's path.
+
+    Raises:
+        PipelineNotFoundError: no pipeline by that name, or no such file.
+        PipelineLoadError: the module exists but fails to load (a syntax or
+            import error, invalid settings) or defines no `PIPELINE`.
+    """
+    text = str(name_or_path)
+    if text.endswith(".py"):
+        path = pathlib.Path(text)
         if not path.is_file():
             raise PipelineNotFoundError(f"No pipeline file at {path}. Received: {name_or_path!r}")
         spec = importlib.util.spec_from_file_location(f"nsladv_user_pipeline_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        with _loading(f"pipeline file {path}"):
+            spec.loader.exec_module(module)
     else:
-        try:
-            module = _load_module(f"pipelines.{name_or_path}")
-        except ModuleNotFoundError as error:
-            if error.name != f"pipelines.{name_or_path}":
-                raise
+        if not text.isidentifier() or text not in _pipeline_names():
             raise PipelineNotFoundError(
-                f"Unknown pipeline {name_or_path!r}. Available: {', '.join(available_pipelines())}; "
+                f"Unknown pipeline {text!r}. Available: {', '.join(_pipeline_names())}; "
                 "or give the path of a .py file that defines PIPELINE."
-            ) from None
+            )
+        with _loading(f"pipeline {text!r}"):
+            module = _load_module(f"pipelines.{text}")
     pipeline = getattr(module, "PIPELINE", None)
     if not isinstance(pipeline, Pipeline):
-        raise PipelineNotFoundError(
-            f"{name_or_path!r} must define PIPELINE = nsladv.Pipeline(...). Received: PIPELINE={pipeline!r}"
+        raise PipelineLoadError(
+            f"{text!r} must define PIPELINE = nsladv.Pipeline(...). Received: PIPELINE={pipeline!r}"
         )
     return pipeline
+
+
+@contextlib.contextmanager
+def _loading(what):
+    """Turns any failure while running a pipeline's module into a PipelineLoadError that says where."""
+    try:
+        yield
+    except PipelineLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever a user's module raises
+        if isinstance(error, SyntaxError):
+            message, where = error.msg, (error.filename, error.lineno)
+        else:
+            message = str(error).splitlines()[0] if str(error) else ""
+            frames = [f for f in traceback.extract_tb(error.__traceback__)
+                      if not f.filename.startswith((_LIBRARY_DIR, "<"))]
+            where = (frames[-1].filename, frames[-1].lineno) if frames else None
+        place = f" ({where[0]}, line {where[1]})" if where else ""
+        raise PipelineLoadError(
+            f"The {what} could not be loaded: {type(error).__name__}: {message}{place}. "
+            "Fix it, or run with --debug for the traceback."
+        ) from error
+
+
+_LIBRARY_DIR = str(pathlib.Path(__file__).parent)
+
+
+def _pipeline_names():
+    package = importlib.import_module("pipelines")
+    return [p.stem for p in sorted(pathlib.Path(package.__file__).parent.glob("*.py")) if not p.stem.startswith("_")]
 
 
 def _load_module(name):

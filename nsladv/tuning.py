@@ -26,6 +26,8 @@ from nsladv.attacks import pgd
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
+from nsladv.errors import SearchFailedError
+from nsladv.errors import SettingsError
 from nsladv.schedules import EpsilonWarmup
 from nsladv.wrapper import AdversarialModel
 
@@ -333,7 +335,7 @@ def tune_pipeline(
     if objective not in ("robust", "tradeoff"):
         raise ValueError(f"`objective` must be 'robust' or 'tradeoff'. Received: objective={objective!r}")
     if not isinstance(pipeline.threat.epsilon, float):
-        raise ValueError(
+        raise SettingsError(
             "Tuning needs a single epsilon in the pipeline's threat model. "
             f"Received: epsilon={dict(pipeline.threat.epsilon)!r}"
         )
@@ -374,7 +376,7 @@ def tune_pipeline(
     log("\n" + table)
     completed = [t for t in search.oracle.trials.values() if t.status == "COMPLETED"]
     if not completed:
-        raise RuntimeError(f"No trial completed; see {out_dir / 'search'} for the failed trials.")
+        raise SearchFailedError(f"No trial completed; see {out_dir / 'search'} for the failed trials.")
     best_trial = search.oracle.get_best_trials(1)[0]
     best = search.get_best_models(1)[0]
     threat, regularization, warmup = hypermodel.settings(best_trial.hyperparameters)

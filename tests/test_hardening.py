@@ -112,6 +112,51 @@ def test_cli_unknown_pipeline(capsys):
     assert code == 2 and "nsladv: error: Unknown pipeline 'nope'. Available: fashion_mnist, mnist" in out.err
 
 
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("import nsladv\nPIPELINE = nsladv.Pipeline(name='x', build_model=len,\n", "SyntaxError: '(' was never closed"),
+        ("import nsladv_missing_package\n", "ModuleNotFoundError: No module named 'nsladv_missing_package'"),
+        ("import nsladv\n\nPIPELINE = nsladv.Pipeline(name='x', build_model=len,\n"
+         "    threat=nsladv.ThreatModel(epsilon=-1))\n", "`epsilon` must be a finite number > 0. Received: epsilon=-1"),
+        ("import nsladv\nPIPELINE = nsladv.Pipeline(name='a/b', build_model=len)\n", "The model name must be letters"),
+        ("PIPELINE = 3\n", "must define PIPELINE = nsladv.Pipeline(...). Received: PIPELINE=3"),
+    ],
+    ids=["syntax", "import", "settings", "name", "no_pipeline"],
+)
+def test_cli_broken_pipeline_file_is_one_line(source, message, capsys, tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    code, out = run_cli(["harden", str(path)], capsys)
+    assert code == 2 and message in out.err and "Traceback" not in out.err
+    if "PIPELINE = 3" not in source:
+        assert f"{path}, line" in out.err  # where to look
+    code, out = run_cli(["--debug", "harden", str(path)], capsys)
+    assert code == 2 and "Traceback" in out.err and message in out.err
+
+
+def test_cli_pipeline_name_that_is_no_module(capsys):
+    code, out = run_cli(["harden", "foo.bar"], capsys)
+    assert code == 2 and out.err.strip().startswith("nsladv: error: Unknown pipeline 'foo.bar'") and "Traceback" not in out.err
+
+
+def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(hardening, "harden", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        cli.main(["harden", TINY])
+
+
+def test_cli_version(capsys):
+    import nsladv  # noqa: PLC0415
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"nsladv {nsladv.__version__}"
+
+
 def test_cli_missing_pipeline_file(capsys):
     code, out = run_cli(["harden", "missing.py"], capsys)
     assert code == 2 and "No pipeline file at missing.py" in out.err

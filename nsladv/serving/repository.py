@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from nsladv.errors import ModelNotFoundError
 from nsladv.export import MODELS_CONFIG
 from nsladv.export import SIGNATURE as DEFAULT_SIGNATURE
 from nsladv.export import versions as version_folders
@@ -89,7 +90,7 @@ class ModelRepository:
         if config_file.is_file():
             return self._from_config(config_file)
         if not self.path.is_dir():
-            raise FileNotFoundError(f"No saved models at {self.path}: expected a folder or a models.config file.")
+            raise ModelNotFoundError(f"No saved models at {self.path}: expected a folder or a models.config file.")
         if version_folders(self.path):
             return {self.path.name: self._model(self.path.name, self.path)}
         models = {
