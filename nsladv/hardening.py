@@ -15,10 +15,11 @@ from nsladv import distribute
 from nsladv import export as export_lib
 from nsladv import graph as graph_lib
 from nsladv import report as report_lib
+from nsladv import run_state
 from nsladv.errors import ModelMismatchError
 from nsladv.errors import ModelNotFoundError
-from nsladv.errors import TrainingDivergedError
 from nsladv.evaluation import evaluate_robustness
+from nsladv.guards import StopOnNonFiniteLoss
 from nsladv.schedules import EpsilonWarmup
 from nsladv.schedules import MultiplierWarmup
 from nsladv.wrapper import AdversarialModel
@@ -143,10 +144,19 @@ def harden(
     export=True,
     strategy=None,
     mixed_precision=None,
+    callbacks=(),
     verbose=1,
     log=print,
 ):
     """Runs a pipeline end to end and returns its report (also written to disk).
+
+    The phases run in order: train the hardened model (and, for a graph
+    pipeline, the same model without the graph term), train the undefended
+    baseline, evaluate each, write the report, export. Each finished phase is
+    kept in `out_dir`, and a training is backed up every epoch, so the same
+    call after a kill picks up at the first unfinished phase (changed
+    training settings start afresh; changed evaluation settings keep the
+    trained models).
 
     Args:
         pipeline: an `nsladv.Pipeline`.
@@ -154,7 +164,7 @@ def harden(
             pipeline's `build_model` (it must take the dataset's images and
             output one score per class).
         out_dir: run folder for report.json, robustness.png, TensorBoard
-            logs and the resumable training backup (default
+            logs, the finished phases and the training backup (default
             `runs/<pipeline name>`).
         saved_models: the TF Serving base folder exports go to.
         data_dir: the TFDS data folder.
@@ -168,17 +178,35 @@ def harden(
         mixed_precision: a Keras dtype policy for training, e.g.
             `"mixed_float16"` (GPU) or `"mixed_bfloat16"` (TPU); the
             perturbation maths and losses stay float32.
+        callbacks: more Keras callbacks for every model's `fit`.
         verbose: Keras progress bars (1), one line per epoch (2), none (0).
         log: where progress messages go.
 
     Returns:
         The report dict written to `out_dir/report.json`.
+
+    Raises:
+        TrainingDivergedError: a model's loss became NaN or infinite.
+        ModelMismatchError, ModelNotFoundError: `model_path` does not fit.
     """
     if epochs is not None:
         pipeline = pipeline.replace(epochs=epochs)
     with _dtype_policy(mixed_precision):
-        return _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eval_examples, export,
-                       strategy, verbose, log)
+        job = _HardenJob(
+            pipeline=pipeline,
+            model_path=model_path,
+            out_dir=pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name),
+            saved_models=saved_models,
+            data_dir=data_dir,
+            baseline=baseline,
+            eval_examples=eval_examples,
+            strategy=strategy,
+            mixed_precision=mixed_precision,
+            callbacks=list(callbacks),
+            verbose=verbose,
+            log=log,
+        )
+        return job.run(export=export)
 
 
 @contextlib.contextmanager
@@ -193,115 +221,199 @@ def _dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-def _harden(pipeline, model_path, out_dir, saved_models, data_dir, baseline, eval_examples, export, strategy,
-            verbose, log):
-    out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name)
-    if strategy is None or isinstance(strategy, str):
-        strategy = distribute.make_strategy(strategy or "default")
-    chief = distribute.is_chief(strategy)
-    keras.utils.set_random_seed(pipeline.seed)
-    data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=eval_examples)
-    splits, validation, test = data.splits, data.validation, data.test
-    log(f"data: {pipeline.dataset} {splits.image_shape}, {splits.num_classes} classes")
-    if data.graph is not None:
-        g = data.graph
-        agreement = "none" if g["neighbor_label_agreement"] is None else f"{100 * g['neighbor_label_agreement']:.1f}%"
-        log(f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
-            f"{g['nodes_with_neighbors']} of them with neighbors; "
-            f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
-            f"({g['mean_neighbors_of_labelled']} on average, {agreement} same digit)")
-    steps_per_epoch = int(data.train.cardinality())
-    graph = pipeline.graph.regularization if pipeline.graph is not None else None
+_EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "large_epsilon")
 
-    # (label, graph term, adversarial) of each model to train, all from the same initial weights.
-    contenders = [("hardened", graph, True)]
-    if graph is not None:
-        contenders.append(("without_graph", None, True))
-    if baseline and distribute.is_multi_worker(strategy):
-        # Keras 3.15's own fit cannot train a plain model across workers
-        # (keras-team/keras#20585); the wrapper works around it for itself.
-        log("baseline skipped: Keras 3.15 cannot fit a plain model under MultiWorkerMirroredStrategy")
-        baseline = False
-    if baseline:
-        contenders.append(("baseline", None, False))
 
-    models, timings = {}, {}
-    for label, graph_term, adversarial in contenders:
+class _HardenJob:
+    """One harden run, phase by phase; see `harden`."""
+
+    def __init__(self, *, pipeline, model_path, out_dir, saved_models, data_dir, baseline, eval_examples, strategy,
+                 mixed_precision, callbacks, verbose, log):
+        self.pipeline = pipeline
+        self.model_path = model_path
+        self.out_dir = out_dir
+        self.saved_models = saved_models
+        self.callbacks = callbacks
+        self.verbose = verbose
+        self.log = log
+        if strategy is None or isinstance(strategy, str):
+            strategy = distribute.make_strategy(strategy or "default")
+        self.strategy = strategy
+        self.chief = distribute.is_chief(strategy)
+        settings = pipeline.get_config()
+        self.state = run_state.RunState(
+            out_dir,
+            training=run_state.fingerprint({
+                **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
+                "model": str(model_path), "mixed_precision": mixed_precision,
+            }),
+            evaluation=run_state.fingerprint({
+                **{k: settings[k] for k in _EVALUATION_SETTINGS}, "eval_examples": eval_examples,
+            }),
+            writer=self.chief,
+        )
+        if self.state.discarded:
+            log(f"settings changed since the last run in {out_dir}: its {' and '.join(self.state.discarded)} "
+                "are not reused")
         keras.utils.set_random_seed(pipeline.seed)
-        with strategy.scope():
-            base, from_logits = _base_model(pipeline, model_path, splits)
+        self.data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=eval_examples)
+        self._log_data()
+        self.contenders = self._contenders(baseline)
+        self.timings = {}
+
+    def run(self, *, export):
+        models = {label: self.model(label, graph, adversarial) for label, graph, adversarial in self.contenders}
+        evaluations = {label: self.evaluate(label, model) for label, model in models.items()}
+        report = self.report(evaluations)
+        if not self.chief:
+            return report
+        self.write_report(report, evaluations)
+        if export:
+            report["export"] = str(self.export(models["hardened"], evaluations["hardened"]))
+            report_lib.write_json(self.out_dir / "report.json", report)
+        return report
+
+    # Phases ------------------------------------------------------------------------
+
+    def model(self, label, graph, adversarial):
+        """The trained base model of a contender: trained now, or its weights from an earlier run."""
+        pipeline = self.pipeline
+        keras.utils.set_random_seed(pipeline.seed)  # Every contender starts from the same weights.
+        with self.strategy.scope():
+            base, self.from_logits = _base_model(pipeline, self.model_path, self.data.splits)
+        seconds = self.state.trained_seconds(label)
+        if seconds is not None:
+            base.load_weights(self.state.weights_path(label))
+            self.log(f"the {_TITLES[label]} was trained by an earlier run: reusing it")
+        else:
+            seconds = self._train(label, base, graph, adversarial)
+            self.state.save_model(label, base, seconds)
+        self.timings[f"train_{label}_seconds"] = seconds
+        return base
+
+    def _train(self, label, base, graph, adversarial):
+        pipeline, data = self.pipeline, self.data
+        with self.strategy.scope():
             model = base
             if adversarial:
-                model = AdversarialModel(
-                    base, threat=pipeline.threat, regularization=pipeline.regularization, graph=graph_term
-                )
-            _compile(model, pipeline, steps_per_epoch, from_logits)
-        callbacks = _run_callbacks(out_dir, label, chief)
+                model = AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization,
+                                         graph=graph)
+            _compile(model, pipeline, int(data.train.cardinality()), self.from_logits)
+        # The guard comes first: a diverged epoch must not reach the backup.
+        callbacks = [StopOnNonFiniteLoss(f"the {_TITLES[label]}")]
         if adversarial:
-            callbacks = [EpsilonWarmup(pipeline.epsilon_warmup_epochs),
-                         MultiplierWarmup(pipeline.multiplier_warmup_epochs), *callbacks]
-        log(f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
-            + (f", {_describe(pipeline, graph_term)}" if adversarial else ""))
+            callbacks += [EpsilonWarmup(pipeline.epsilon_warmup_epochs),
+                          MultiplierWarmup(pipeline.multiplier_warmup_epochs)]
+        callbacks += [*self.callbacks, *_run_callbacks(self.out_dir, label, self.chief)]
+        self.log(f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
+                 + (f", {_describe(pipeline, graph)}" if adversarial else ""))
         start = time.perf_counter()
         model.fit(
-            data.train if graph_term is not None else data.plain_train,
-            validation_data=_or_none(validation),
+            data.train if graph is not None else data.plain_train,
+            validation_data=_or_none(data.validation),
             epochs=pipeline.epochs,
             callbacks=callbacks,
             shuffle=False,  # The pipeline shuffles.
-            verbose=verbose,
+            verbose=self.verbose,
         )
-        timings[f"train_{label}_seconds"] = round(time.perf_counter() - start, 1)
-        models[label] = base
-    base = models["hardened"]
+        return round(time.perf_counter() - start, 1)
 
-    evaluations = {}
-    for label, model in models.items():
-        log(f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
-            f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}")
-        start = time.perf_counter()
-        evaluations[label] = evaluate_robustness(
-            model,
-            test,
-            epsilons=pipeline.eval_epsilons,
-            attacks=pipeline.eval_attacks,
-            from_logits=from_logits,
-            large_epsilon=pipeline.large_epsilon,
-        )
-        timings[f"evaluate_{label}_seconds"] = round(time.perf_counter() - start, 1)
+    def evaluate(self, label, model):
+        """The white-box evaluation of a trained model: run now, or kept from an earlier run."""
+        found = self.state.evaluation(label)
+        if found is not None:
+            evaluation, seconds = found
+        else:
+            pipeline = self.pipeline
+            self.log(f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
+                     f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}")
+            start = time.perf_counter()
+            evaluation = evaluate_robustness(
+                model,
+                self.data.test,
+                epsilons=pipeline.eval_epsilons,
+                attacks=pipeline.eval_attacks,
+                from_logits=self.from_logits,
+                large_epsilon=pipeline.large_epsilon,
+            )
+            seconds = round(time.perf_counter() - start, 1)
+            self.state.save_evaluation(label, evaluation, seconds)
+        self.timings[f"evaluate_{label}_seconds"] = seconds
+        return evaluation
 
-    report = {
-        "pipeline": pipeline.get_config(),
-        "model": str(model_path) if model_path else f"{pipeline.name} pipeline's build_model",
-        "versions": report_lib.package_versions(),
-        "evaluations": evaluations,
-        "timings": timings,
-    }
-    if data.graph is not None:
-        report["graph"] = data.graph
-    if not chief:
+    def report(self, evaluations):
+        report = {
+            "pipeline": self.pipeline.get_config(),
+            "model": str(self.model_path) if self.model_path else f"{self.pipeline.name} pipeline's build_model",
+            "versions": report_lib.package_versions(),
+            "evaluations": evaluations,
+            "timings": self.timings,
+        }
+        if self.data.graph is not None:
+            report["graph"] = self.data.graph
         return report
-    if export:
+
+    def write_report(self, report, evaluations):
+        """report.json, the plot and the summary: written before the export, which may fail."""
+        out_dir = self.out_dir
+        report_lib.write_json(out_dir / "report.json", report)
+        report_lib.plot_robustness(evaluations, out_dir / "robustness.png",
+                                   title=f"{self.pipeline.name}: white-box robust accuracy "
+                                         f"({self.data.splits.info.name} test)")
+        self.log("\n" + report_lib.summary_table(evaluations))
+        self.log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}")
+
+    def export(self, base, evaluation):
+        """The hardened model's TF Serving version: exported now, or the one this run exported before."""
+        path = self.state.export
+        if path is not None:
+            self.log(f"exported for TF Serving by an earlier run: {path}")
+            return path
+        pipeline = self.pipeline
         path = export_for_serving(
             base,
             pipeline,
-            data,
-            saved_models=saved_models,
-            from_logits=from_logits,
+            self.data,
+            saved_models=self.saved_models,
+            from_logits=self.from_logits,
             metadata={
                 "threat": pipeline.threat.get_config(),
                 "regularization": pipeline.regularization.get_config(),
-                "robustness": evaluations["hardened"],
+                "robustness": evaluation,
             },
         )
-        report["export"] = str(path)
-        log(f"exported for TF Serving: {path}")
-    report_lib.write_json(out_dir / "report.json", report)
-    report_lib.plot_robustness(evaluations, out_dir / "robustness.png",
-                               title=f"{pipeline.name}: white-box robust accuracy ({splits.info.name} test)")
-    log("\n" + report_lib.summary_table(evaluations))
-    log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}")
-    return report
+        self.state.save_export(path)
+        self.log(f"exported for TF Serving: {path}")
+        return path
+
+    # Set-up ------------------------------------------------------------------------
+
+    def _log_data(self):
+        data = self.data
+        self.log(f"data: {self.pipeline.dataset} {data.splits.image_shape}, {data.splits.num_classes} classes")
+        if data.graph is not None:
+            g = data.graph
+            agreement = ("none" if g["neighbor_label_agreement"] is None
+                         else f"{100 * g['neighbor_label_agreement']:.1f}%")
+            self.log(f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
+                     f"{g['nodes_with_neighbors']} of them with neighbors; "
+                     f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
+                     f"({g['mean_neighbors_of_labelled']} on average, {agreement} same digit)")
+
+    def _contenders(self, baseline):
+        """(label, graph term, adversarial) of each model to train, all from the same initial weights."""
+        graph = self.pipeline.graph.regularization if self.pipeline.graph is not None else None
+        contenders = [("hardened", graph, True)]
+        if graph is not None:
+            contenders.append(("without_graph", None, True))
+        if baseline and distribute.is_multi_worker(self.strategy):
+            # Keras 3.15's own fit cannot train a plain model across workers
+            # (keras-team/keras#20585); the wrapper works around it for itself.
+            self.log("baseline skipped: Keras 3.15 cannot fit a plain model under MultiWorkerMirroredStrategy")
+            baseline = False
+        if baseline:
+            contenders.append(("baseline", None, False))
+        return contenders
 
 
 _TITLES = {

@@ -15,7 +15,6 @@ tuner.search(train, validation_data=validation, epochs=5)
 """
 
 import inspect
-import math
 import time
 
 import keras
@@ -28,6 +27,7 @@ from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.errors import SearchFailedError
 from nsladv.errors import SettingsError
+from nsladv.guards import StopOnNonFiniteLoss
 from nsladv.schedules import EpsilonWarmup
 from nsladv.wrapper import AdversarialModel
 
@@ -104,15 +104,14 @@ def tradeoff(clean, robust, *, weight=0.0, clean_floor=None):
     return value
 
 
-class FailOnNonFiniteLoss(keras.callbacks.Callback):
+class FailOnNonFiniteLoss(StopOnNonFiniteLoss):
     """Marks a diverging trial FAILED: keras-tuner would count it COMPLETED."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise keras_tuner.errors.FailedTrialError(
-                f"Training diverged: loss={loss} at epoch {epoch}; the trial is recorded as failed."
-            )
+    def __init__(self):
+        super().__init__("this trial")
+
+    def error(self, message):
+        return keras_tuner.errors.FailedTrialError(f"{message} The trial is recorded as failed.")
 
 
 class HardeningHyperModel(keras_tuner.HyperModel):

@@ -17,6 +17,7 @@ from nsladv import cli
 from nsladv import data
 from nsladv import hardening
 from nsladv import load_pipeline
+from nsladv.errors import TrainingDivergedError
 
 HERE = pathlib.Path(__file__).parent
 TINY = str(HERE / "tiny_pipeline.py")
@@ -78,12 +79,12 @@ RESUMABLE = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, sys.argv[6])
-    import epoch_recorder
+    from epoch_recorder import EpochRecorder
     from nsladv import hardening, load_pipeline
 
-    epoch_recorder.install(sys.argv[2], int(sys.argv[3]))
     hardening.harden(load_pipeline(sys.argv[1]), epochs=4, out_dir=sys.argv[4], baseline=False,
-                     export=False, eval_examples=50, data_dir=sys.argv[5], verbose=0)
+                     export=False, eval_examples=50, data_dir=sys.argv[5], verbose=0,
+                     callbacks=[EpochRecorder(sys.argv[2], int(sys.argv[3]))])
     """
 )
 
@@ -100,6 +101,98 @@ def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, data_dir):
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert epochs.read_text().split() == ["0", "1", "2", "2", "3"]
     assert (tmp_path / "run" / "report.json").exists()
+
+
+PHASES = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[5])
+    from epoch_recorder import EpochRecorder, die
+    from nsladv import hardening, load_pipeline
+
+    phase, log_path = sys.argv[1], sys.argv[2]
+    callbacks = [EpochRecorder(log_path + ".epochs", 0 if phase == "baseline" else -1, only="plain")]
+    if phase == "evaluate":  # after the hardened model's evaluation, during the baseline's
+        evaluate, calls = hardening.evaluate_robustness, []
+        def evaluate_then_die(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                die()
+            return evaluate(*args, **kwargs)
+        hardening.evaluate_robustness = evaluate_then_die
+    if phase == "report":  # report.json written, the plot not
+        hardening.report_lib.plot_robustness = lambda *args, **kwargs: die()
+    if phase == "export":
+        hardening.export_lib.export_model = lambda *args, **kwargs: die()
+
+    with open(log_path, "a") as log:
+        print(f"--- {phase}", file=log, flush=True)
+        hardening.harden(load_pipeline(sys.argv[3]), epochs=2, out_dir=sys.argv[4] + "/run",
+                         saved_models=sys.argv[4] + "/saved_models", eval_examples=50, data_dir=sys.argv[6],
+                         verbose=0, callbacks=callbacks, log=lambda line: print(line, file=log, flush=True))
+    """
+)
+
+
+def test_a_rerun_after_a_kill_in_any_phase_picks_up_at_the_first_unfinished_one(tmp_path, data_dir):
+    log = tmp_path / "log.txt"
+
+    def run(phase):
+        done = subprocess.run([sys.executable, "-c", PHASES, phase, str(log), TINY, str(tmp_path), str(HERE), data_dir],
+                              capture_output=True, text=True)
+        expected = 0 if phase == "complete" else -signal.SIGKILL
+        assert done.returncode == expected, done.stderr[-3000:]
+        return log.read_text().split("--- ")[-1]
+
+    said = run("baseline")  # killed after the baseline's first epoch
+    assert "training the hardened model" in said and "training the undefended baseline" in said
+    said = run("evaluate")
+    assert "training the hardened model" not in said and "trained by an earlier run" in said
+    # Killed at the end of its first epoch, before the backup saved it: the baseline trains from epoch 0 again.
+    assert "training the undefended baseline" in said
+    assert (tmp_path / "log.txt.epochs").read_text().split() == ["0", "0", "1"]
+    assert "evaluation of the hardened model" in said and "evaluation of the baseline model" in said
+    said = run("report")
+    assert "training" not in said and "evaluation of the hardened model" not in said
+    assert "evaluation of the baseline model" in said
+    assert (tmp_path / "run" / "report.json").exists() and not (tmp_path / "run" / "robustness.png").exists()
+    said = run("export")
+    assert "training" not in said and "white-box evaluation" not in said and "report:" in said
+    assert "export" not in json.loads((tmp_path / "run" / "report.json").read_text())  # the report came first
+    said = run("complete")
+    assert "training" not in said and "white-box evaluation" not in said and "exported for TF Serving:" in said
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["export"] == str(tmp_path / "saved_models" / "tiny" / "1")
+    assert set(report["timings"]) == {"train_hardened_seconds", "train_baseline_seconds",
+                                      "evaluate_hardened_seconds", "evaluate_baseline_seconds"}
+    said = run("complete")  # Nothing left to do: the same export, no new version.
+    assert "exported for TF Serving by an earlier run" in said
+    assert sorted(p.name for p in (tmp_path / "saved_models" / "tiny").iterdir()) == ["1"]
+
+
+def test_a_rerun_with_other_training_settings_starts_afresh(tmp_path, data_dir):
+    kwargs = dict(out_dir=tmp_path / "run", data_dir=data_dir, baseline=False, export=False, eval_examples=50,
+                  verbose=0)
+    lines = []
+    hardening.harden(load_pipeline(TINY), log=lines.append, **kwargs)
+    lines.clear()
+    hardening.harden(load_pipeline(TINY), log=lines.append, **kwargs)
+    assert not any("training the" in line for line in lines) and not any("white-box" in line for line in lines)
+    lines.clear()
+    hardening.harden(load_pipeline(TINY).replace(eval_epsilons=(0.2,)), log=lines.append, **kwargs)
+    assert not any("training the" in line for line in lines) and any("white-box" in line for line in lines)
+    lines.clear()
+    hardening.harden(load_pipeline(TINY).replace(learning_rate=0.01), log=lines.append, **kwargs)
+    assert any("settings changed since the last run" in line for line in lines)
+    assert any("training the hardened model" in line for line in lines)
+
+
+def test_a_diverging_training_stops_with_an_error_that_names_the_epoch(tmp_path, data_dir):
+    pipeline = load_pipeline(TINY).replace(learning_rate=1e30, epochs=3)
+    with pytest.raises(TrainingDivergedError, match=r"Training the hardened model diverged: loss=nan at epoch 1 of 3\. Try a lower learning rate"):
+        hardening.harden(pipeline, out_dir=tmp_path / "run", data_dir=data_dir, baseline=False, eval_examples=50,
+                         verbose=0, log=lambda *_: None)
+    assert not (tmp_path / "run" / "report.json").exists()
 
 
 def run_cli(argv, capsys):
