@@ -178,12 +178,12 @@ WORKER = textwrap.dedent(
         print(json.dumps(history.history))
     else:
         sys.path.insert(0, sys.argv[8])
-        import epoch_recorder
+        from epoch_recorder import EpochRecorder
         from nsladv import hardening, load_pipeline
-        epoch_recorder.install(os.path.join(out, f"epochs_{index}.txt"), int(sys.argv[7]) if index == 1 else -1)
+        recorder = EpochRecorder(os.path.join(out, f"epochs_{index}.txt"), int(sys.argv[7]) if index == 1 else -1)
         report = hardening.harden(load_pipeline(sys.argv[5]), strategy="multiworker", epochs=4,
                                   out_dir=os.path.join(out, "run"), saved_models=os.path.join(out, "saved_models"),
-                                  data_dir=sys.argv[6], eval_examples=50, verbose=0)
+                                  data_dir=sys.argv[6], eval_examples=50, verbose=0, callbacks=[recorder])
         print(json.dumps({"export": report.get("export")}))
     """
 )
