@@ -48,5 +48,5 @@ setup(
         # comparison baseline.
         "bench": ["tf-keras==2.21.0"],
     },
-    entry_points={"console_scripts": ["nsladv=nsladv.cli:main"]},
+    entry_points={"console_scripts": ["nsladv=nsladv.jobs.cli:main"]},
 )

@@ -87,7 +87,7 @@ def main():
         rest_port, grpc_port = free_port(), free_port()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         server = subprocess.Popen(
-            [sys.executable, "-m", "nsladv.cli", "serve", workdir, "--rest-port", str(rest_port),
+            [sys.executable, "-m", "nsladv.jobs.cli", "serve", workdir, "--rest-port", str(rest_port),
              "--grpc-port", str(grpc_port), "--poll-seconds", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 import nsladv
-from nsladv import data
+from nsladv import datasets as data
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -69,3 +69,78 @@ def input_dependent_losses(model):
     total = len(model.losses)
     weights = getattr(model, "_get_regularization_losses", None)
     return total - len(weights()) if weights is not None else total
+
+
+# Losses ----------------------------------------------------------------------------
+
+try:  # Private; a single loss works without it.
+    from keras.src.trainers.compile_utils import CompileLoss as _CompileLoss
+except ImportError:  # pragma: no cover - depends on the Keras release
+    _CompileLoss = None
+
+
+def compiled_loss_copy(loss, loss_weights, output_names):
+    """A second loss object like `compile(loss=..., loss_weights=...)` makes, with metrics of its own.
+
+    The neighbor and attack losses go through it, so that the compiled loss's
+    per-output metrics see clean inputs only. Without Keras' CompileLoss, a
+    single loss still works; a structure of losses is refused with a message
+    that names what is missing.
+    """
+    if _CompileLoss is not None:
+        return _CompileLoss(loss, loss_weights, output_names=output_names)
+    if isinstance(loss, (dict, list, tuple)) or loss_weights is not None:
+        raise NotImplementedError(
+            "A loss per output needs keras.src.trainers.compile_utils.CompileLoss (Keras 3.x, tested with "
+            f"3.15), which this Keras lacks. Received: loss={loss!r}, keras {keras.__version__}"
+        )
+    single = keras.losses.get(loss)
+    return lambda y, y_pred, sample_weight=None: single(y, y_pred, sample_weight=sample_weight)
+
+
+def update_total_loss(model, value, batch_size):
+    """Feeds the `loss` entry of `fit`'s logs, which Keras' own train step feeds otherwise."""
+    tracker = getattr(model, "_loss_tracker", None)
+    if tracker is not None:
+        tracker.update_state(value, sample_weight=batch_size)
+
+
+# Building under MultiWorkerMirroredStrategy -----------------------------------------
+
+SYMBOLIC_BUILD_HOOK = "_maybe_symbolic_build"
+
+
+def has_symbolic_build_hook():
+    return hasattr(keras.Model, SYMBOLIC_BUILD_HOOK) and hasattr(keras.Model, "_symbolic_build")
+
+
+def require_symbolic_build_hook():
+    """Raises for multi-worker training when Keras lacks the hook nsladv's work-around needs."""
+    if not has_symbolic_build_hook():
+        raise NotImplementedError(
+            "Multi-worker training with nsladv overrides keras.Model._maybe_symbolic_build (keras-team/keras#20585; "
+            f"Keras 3.x, tested with 3.15), which this Keras lacks. Installed: keras {keras.__version__}. "
+            "One process (one or more devices) still works."
+        )
+
+
+def symbolic_build(model, data_batch):
+    """Keras' own build of a model's metrics and optimizer from one batch."""
+    model._symbolic_build(data_batch=data_batch)
+
+
+# BackupAndRestore -------------------------------------------------------------------------
+
+def backup_save_hook_exists():
+    """Whether `BackupAndRestore` still saves through `_save_model` (what a read-only worker overrides)."""
+    return hasattr(keras.callbacks.BackupAndRestore, "_save_model")
+
+
+# Inputs --------------------------------------------------------------------------------
+
+def input_structure(model):
+    """A functional model's input structure (a dict, list or tensor), or None when it has none to tell."""
+    try:
+        return model.input
+    except (AttributeError, ValueError):
+        return None

@@ -15,6 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nsladv.graph.packed import DEFAULT_PREFIX
+from nsladv.graph.packed import DEFAULT_WEIGHT_SUFFIX
+from nsladv.graph.packed import PackedFormat
+
 NORMS = ("linf", "l2", "l1")
 DISTANCES = ("label", "kl", "js", "l2", "cosine")
 # Distances between the clean and the neighbor predictions (not the labels).
@@ -404,8 +408,8 @@ class GraphRegularization(_PlainSettings):
             slot the features carry.
         from_logits: whether the model outputs logits (for `kl`/`js`); `None`
             infers it from the compiled loss.
-        prefix: the neighbor feature prefix (NSL's `"NL_nbr_"`).
-        weight_suffix: the neighbor weight suffix (NSL's `"_weight"`).
+        prefix: the neighbor feature prefix (NSL's, `"NL_nbr_"`).
+        weight_suffix: the neighbor weight suffix (NSL's, `"_weight"`).
 
     Example:
 
@@ -417,8 +421,8 @@ class GraphRegularization(_PlainSettings):
     distance: str = "l2"
     max_neighbors: object = None
     from_logits: object = None
-    prefix: str = "NL_nbr_"
-    weight_suffix: str = "_weight"
+    prefix: str = DEFAULT_PREFIX
+    weight_suffix: str = DEFAULT_WEIGHT_SUFFIX
 
     def __post_init__(self):
         # The multiplier, distance and from_logits rules are Regularization's.
@@ -437,3 +441,8 @@ class GraphRegularization(_PlainSettings):
                 raise ValueError(f"`{name}` must be a non-empty string. Received: {name}={value!r}")
         if k is not None:
             object.__setattr__(self, "max_neighbors", int(k))
+
+    @property
+    def format(self):
+        """The `nsladv.graph.PackedFormat` of these neighbor names."""
+        return PackedFormat(self.prefix, self.weight_suffix)

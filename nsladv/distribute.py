@@ -13,6 +13,7 @@ import os
 import keras
 import tensorflow as tf
 
+from nsladv import _keras
 from nsladv.errors import StrategyError
 from nsladv.errors import StrategyUnavailableError
 
@@ -115,6 +116,11 @@ class ClusterBackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def __init__(self, backup_dir, *, chief=True, **kwargs):
+        if not chief and not _keras.backup_save_hook_exists():  # pragma: no cover - depends on Keras
+            raise NotImplementedError(
+                "A read-only cluster backup overrides keras.callbacks.BackupAndRestore._save_model (Keras 3.x, "
+                f"tested with 3.15), which this Keras lacks. Installed: keras {keras.__version__}"
+            )
         super().__init__(backup_dir, **kwargs)
         self.chief = chief
 
@@ -125,10 +131,3 @@ class ClusterBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs=None):
         if self.chief:
             super().on_train_end(logs)
-
-
-if not hasattr(keras.callbacks.BackupAndRestore, "_save_model"):  # pragma: no cover - depends on Keras
-    raise ImportError(
-        "nsladv.distribute.ClusterBackupAndRestore overrides BackupAndRestore._save_model "
-        f"(Keras 3.x, tested with 3.15). Installed: keras {keras.__version__}"
-    )

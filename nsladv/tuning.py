@@ -20,8 +20,8 @@ import time
 import keras
 import keras_tuner
 
-from nsladv.attacks import BatchAttacker
-from nsladv.attacks import pgd
+from nsladv.robustness.attacks import BatchAttacker
+from nsladv.robustness.attacks import pgd
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
@@ -252,28 +252,35 @@ class HardeningHyperModel(keras_tuner.HyperModel):
 
 
 def results_table(tuner, num_trials=None):
-    """A plain-text table of the trials: settings, clean and robust accuracy, status."""
+    """A plain-text table of the trials: their hyperparameters, clean and robust accuracy, status.
+
+    The columns are the hyperparameters the trials have, in the order the
+    search space declared them, whatever that space is.
+    """
     trials = sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id))
     if num_trials:
         trials = trials[:num_trials]
-    names = ["multiplier", "distance", "steps", "step_fraction", "warmup_epochs"]
-    if any("graph_multiplier" in t.hyperparameters.values for t in trials):
-        names.append("graph_multiplier")
-    header = f"{'trial':>5} {'status':<10} " + " ".join(f"{n:>13}" for n in names) + f" {'val_clean':>9} {'val_robust':>10} {'seconds':>8}"
+    names = []
+    for trial in trials:
+        names += [hp.name for hp in trial.hyperparameters.space if hp.name not in names]
+    width = max([13, *(len(n) for n in names)])
+    header = (f"{'trial':>5} {'status':<10} " + " ".join(f"{n:>{width}}" for n in names)
+              + f" {'val_clean':>9} {'val_robust':>10} {'seconds':>8}")
     lines = [header, "-" * len(header)]
     for trial in trials:
         values = trial.hyperparameters.values
-        cells = " ".join(f"{_fmt(values.get(n)):>13}" for n in names)
-        clean = _metric(trial, "val_clean_accuracy")
-        robust = _metric(trial, "val_robust_accuracy")
-        seconds = _metric(trial, "trial_seconds")
+        cells = " ".join(f"{_fmt(values.get(n)):>{width}}" for n in names)
+        clean = metric(trial, "val_clean_accuracy")
+        robust = metric(trial, "val_robust_accuracy")
+        seconds = metric(trial, "trial_seconds")
         lines.append(
             f"{trial.trial_id:>5} {trial.status:<10} {cells} {_pct(clean):>9} {_pct(robust):>10} {_fmt(seconds):>8}"
         )
     return "\n".join(lines)
 
 
-def _metric(trial, name):
+def metric(trial, name):
+    """A trial's last value of a metric, or None."""
     return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
 
 
@@ -285,146 +292,3 @@ def _fmt(value):
     if value is None:
         return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-TUNERS = {
-    "random": keras_tuner.RandomSearch,
-    "bayesian": keras_tuner.BayesianOptimization,
-    "hyperband": keras_tuner.Hyperband,
-}
-
-
-def tune_pipeline(
-    pipeline,
-    *,
-    trials=6,
-    epochs=3,
-    tuner="random",
-    objective="robust",
-    tradeoff_weight=0.5,
-    clean_floor=None,
-    out_dir=None,
-    overwrite=False,
-    data_dir=None,
-    saved_models="saved_models",
-    eval_examples=None,
-    export=True,
-    verbose=1,
-    log=print,
-):
-    """Searches a pipeline's regularization for robustness, then exports the best trial.
-
-    The best trial's model is reused (keras-tuner keeps its best epoch's
-    weights), evaluated white-box on the test split with the pipeline's
-    attacks, and exported through the normal export path with the tuning
-    results in its metadata. An interrupted search resumes where it stopped
-    (finished trials are not rerun) unless `overwrite`.
-
-    Returns:
-        A report dict, also written to `out_dir/tuning_report.json`.
-    """
-    import pathlib  # noqa: PLC0415
-
-    from nsladv import hardening  # noqa: PLC0415
-    from nsladv import report as report_lib  # noqa: PLC0415
-    from nsladv.evaluation import evaluate_robustness  # noqa: PLC0415
-
-    if tuner not in TUNERS:
-        raise ValueError(f"Unknown tuner. Expected one of {sorted(TUNERS)}. Received: tuner={tuner!r}")
-    if objective not in ("robust", "tradeoff"):
-        raise ValueError(f"`objective` must be 'robust' or 'tradeoff'. Received: objective={objective!r}")
-    if not isinstance(pipeline.threat.epsilon, float):
-        raise SettingsError(
-            "Tuning needs a single epsilon in the pipeline's threat model. "
-            f"Received: epsilon={dict(pipeline.threat.epsilon)!r}"
-        )
-    out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name / "tuning")
-    data = hardening.pipeline_data(
-        pipeline, data_dir=data_dir, eval_examples=eval_examples,
-        validation_fraction=pipeline.validation_fraction or 0.1,
-    )
-    splits, train, validation, test = data.splits, data.train, data.validation, data.test
-
-    hypermodel = HardeningHyperModel(
-        lambda: pipeline.build_model(splits.image_shape, splits.num_classes),
-        epsilon=pipeline.threat.epsilon,
-        norm=pipeline.threat.norm,
-        clip_range=pipeline.threat.clip_range,
-        tradeoff_weight=tradeoff_weight if objective == "tradeoff" else 0.0,
-        clean_floor=clean_floor,
-        learning_rate=pipeline.learning_rate,
-        seed=pipeline.seed,
-        graph=None if pipeline.graph is None else pipeline.graph.regularization,
-    )
-    search_objective = ROBUST_OBJECTIVE if objective == "robust" else TRADEOFF_OBJECTIVE
-    kwargs = {"max_epochs": epochs} if tuner == "hyperband" else {"max_trials": trials}
-    search = TUNERS[tuner](
-        hypermodel,
-        objective=search_objective,
-        directory=str(out_dir),
-        project_name="search",
-        overwrite=overwrite,
-        seed=pipeline.seed,
-        **kwargs,
-    )
-    log(f"tuning {pipeline.name}: {tuner} search, objective {search_objective.name}, "
-        f"{'up to ' + str(epochs) + ' epochs a trial' if tuner == 'hyperband' else str(trials) + ' trials of ' + str(epochs) + ' epochs'}")
-    search_kwargs = {} if tuner == "hyperband" else {"epochs": epochs}
-    search.search(train, validation_data=validation, verbose=verbose, shuffle=False, **search_kwargs)
-    table = results_table(search)
-    log("\n" + table)
-    completed = [t for t in search.oracle.trials.values() if t.status == "COMPLETED"]
-    if not completed:
-        raise SearchFailedError(f"No trial completed; see {out_dir / 'search'} for the failed trials.")
-    best_trial = search.oracle.get_best_trials(1)[0]
-    best = search.get_best_models(1)[0]
-    threat, regularization, warmup = hypermodel.settings(best_trial.hyperparameters)
-    log(f"best trial {best_trial.trial_id}: {best_trial.hyperparameters.values}")
-    evaluation = evaluate_robustness(
-        best.base_model, test, epsilons=pipeline.eval_epsilons, attacks=pipeline.eval_attacks,
-        large_epsilon=pipeline.large_epsilon,
-    )
-    tuning = {
-        "tuner": tuner,
-        "objective": search_objective.name,
-        "best_trial": best_trial.trial_id,
-        "best_hyperparameters": best_trial.hyperparameters.values,
-        "best_score": best_trial.score,
-        "trials": [
-            {
-                "trial": t.trial_id,
-                "status": t.status,
-                "hyperparameters": t.hyperparameters.values,
-                "val_clean_accuracy": _metric(t, "val_clean_accuracy"),
-                "val_robust_accuracy": _metric(t, "val_robust_accuracy"),
-                "seconds": _metric(t, "trial_seconds"),
-            }
-            for t in sorted(search.oracle.trials.values(), key=lambda t: int(t.trial_id))
-        ],
-    }
-    report = {
-        "pipeline": pipeline.get_config(),
-        "versions": report_lib.package_versions(),
-        "tuning": tuning,
-        "evaluation": evaluation,
-    }
-    if export:
-        path = hardening.export_for_serving(
-            best.base_model,
-            pipeline,
-            data,
-            saved_models=saved_models,
-            metadata={
-                "threat": threat.get_config(),
-                "regularization": regularization.get_config(),
-                "graph": None if hypermodel.graph is None else hypermodel.graph_settings(best_trial.hyperparameters).get_config(),
-                "epsilon_warmup_epochs": warmup,
-                "robustness": evaluation,
-                "tuning": tuning,
-            },
-        )
-        report["export"] = str(path)
-        log(f"exported the best trial for TF Serving: {path}")
-    report_lib.write_json(out_dir / "tuning_report.json", report)
-    log(report_lib.summary_table({"tuned": evaluation}))
-    return report

@@ -1,7 +1,5 @@
 """The wrapper: a `keras.Model` that trains a base model with adversarial neighbors."""
 
-import math
-import re
 
 import keras
 import tensorflow as tf
@@ -16,20 +14,6 @@ from nsladv.configs import ThreatModel
 from nsladv.configs import check_compatible
 from nsladv.neighbors import NeighborBuilder
 from nsladv.neighbors import as_tensors
-
-if not hasattr(keras.Model, "_maybe_symbolic_build"):  # pragma: no cover - depends on the Keras release
-    raise ImportError(
-        "nsladv overrides keras.Model._maybe_symbolic_build for multi-worker training (Keras 3.x, tested "
-        f"with 3.15). Installed: keras {keras.__version__}"
-    )
-
-try:  # A private Keras class, guarded: tests/test_wrapper.py pins its use.
-    from keras.src.trainers.compile_utils import CompileLoss as _CompileLoss
-except ImportError as error:  # pragma: no cover - depends on the Keras release
-    raise ImportError(
-        "nsladv needs keras.src.trainers.compile_utils.CompileLoss (Keras 3.x, "
-        f"tested with 3.15). Installed: keras {keras.__version__}"
-    ) from error
 
 _NEIGHBOR_TRACKERS = ("clean_loss", "neighbor_loss", "graph_loss")
 
@@ -191,7 +175,7 @@ class AdversarialModel(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
         # A second loss object for neighbor and attack losses, so that the
         # per-output loss metrics of the compiled loss see clean inputs only.
-        self._knobs.neighbor_loss = _CompileLoss(
+        self._knobs.neighbor_loss = _keras.compiled_loss_copy(
             loss, loss_weights, output_names=getattr(self, "output_names", None)
         )
 
@@ -241,6 +225,7 @@ class AdversarialModel(keras.Model):
         # changes this hook.
         if iterator is None or not distribute.is_multi_worker(self.distribute_strategy):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        _keras.require_symbolic_build_hook()
         for _, _, batches in iterator:
             batch = next(batches)
             break
@@ -251,7 +236,7 @@ class AdversarialModel(keras.Model):
             batch,
         )
         with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=local)
+            _keras.symbolic_build(self, local)
 
     def predict(self, x, *args, **kwargs):
         return self.base_model.predict(self._without_graph_neighbors(x), *args, **kwargs)
@@ -305,7 +290,7 @@ class AdversarialModel(keras.Model):
             tape.watch(list(inputs.values()))
             y_pred = self.base_model(x, training=True)
             weights = self.trainable_weights  # after the call: it may build the model
-            clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+            clean_loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             scaled = self.optimizer.scale_loss(clean_loss)
         fused = self._fused_step_is_exact() and not _keras.input_dependent_losses(self.base_model)
         grads = tape.gradient(scaled, weights + (list(inputs.values()) if fused else []))
@@ -333,7 +318,7 @@ class AdversarialModel(keras.Model):
         distance = self.regularization.distance
         with tf.GradientTape() as tape:
             y_pred = self.base_model(x, training=True)
-            clean_loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+            clean_loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             terms = {"clean_loss": clean_loss, "neighbor_loss": tf.constant(0.0)}
             total = clean_loss
             if adversarial:
@@ -373,36 +358,42 @@ class AdversarialModel(keras.Model):
         """
         if self.graph is None:
             return x, None
-        features = _packed_features(x, self.graph)
-        count = _neighbor_count(features, self.graph)
-        # Sample features, and neighbor features of the slots in use (NSL,
-        # too, ignores prefixed names without a slot number).
-        wanted = {k: v for k, v in features.items() if not k.startswith(self.graph.prefix) or _slot(k, self.graph) < count}
-        for key, value in list(wanted.items()):
-            if _is_weight(key, self.graph) and value.shape.rank == 1:
-                wanted[key] = tf.expand_dims(value, -1)  # [batch] -> [batch, 1], as NSL expects
-        config = _nsl.graph_neighbor_config(
-            max_neighbors=count, prefix=self.graph.prefix, weight_suffix=self.graph.weight_suffix
-        )
+        packed = self.graph.format
+        if not packed.carries(x):
+            received = sorted(x) if isinstance(x, dict) else f"features of type {type(x).__name__}"
+            raise ValueError(
+                "Graph regularization needs each sample's neighbors in the features, NSL's packed format: a dict "
+                f"with {packed.feature('<j>', '<feature>')} and {packed.weight('<j>')} entries "
+                "(nsladv.graph.NeighborTable or nsl.tools.pack_nbrs make them). Pass graph=None to train "
+                f"without the graph term. Received: {received}"
+            )
+        carried = packed.slots(x)
+        count = self.graph.max_neighbors if self.graph.max_neighbors is not None else carried
+        if carried < count or carried == 0:
+            raise ValueError(
+                f"The graph term uses {count or 'at least 1'} neighbor(s) per sample, with weights "
+                f"{packed.weight(0)} ... {packed.weight(max(count, 1) - 1)}. "
+                f"Received: weights for {carried} neighbor(s) among features {sorted(x)}"
+            )
         try:
-            samples, neighbors, weights = _nsl.unpack_neighbor_features(wanted, config)
+            samples, neighbors, weights = packed.unpack(x, count)
         except KeyError as error:
             raise ValueError(
                 f"Every sample feature needs its {count} neighbor feature(s) "
-                f"{self.graph.prefix}<j>_<feature>. Missing: {error}. Received features: {sorted(features)}"
+                f"{packed.feature('<j>', '<feature>')}. Missing: {error}. Received features: {sorted(x)}"
             ) from None
         neighbors = self._as_model_inputs(neighbors)
         return self._as_model_inputs(samples), (neighbors, tf.reshape(tf.cast(weights, tf.float32), [-1]), count)
 
     def _without_graph_neighbors(self, x):
         """The base model's inputs from features that may carry neighbors."""
-        if self.graph is None or not isinstance(x, dict) or not any(k.startswith(self.graph.prefix) for k in x):
+        if self.graph is None or not self.graph.format.carries(x):
             return x
-        return self._as_model_inputs({k: v for k, v in x.items() if not k.startswith(self.graph.prefix)})
+        return self._as_model_inputs(self.graph.format.samples(x))
 
     def _as_model_inputs(self, features):
         """A dict of sample features in the structure the base model takes."""
-        struct = _inputs_struct(self.base_model)
+        struct = _keras.input_structure(self.base_model)
         if isinstance(struct, dict):
             return features
         if len(features) == 1:
@@ -468,7 +459,7 @@ class AdversarialModel(keras.Model):
             graph = unscale(terms.get("graph_loss", tf.constant(0.0)))
             total += self.graph.multiplier * graph
             self.graph_loss_tracker.update_state(graph, sample_weight=batch)
-        self._loss_tracker.update_state(total, sample_weight=batch)
+        _keras.update_total_loss(self, total, batch)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
@@ -483,52 +474,6 @@ def _add(a, b):
             tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0), a.dense_shape
         )
     return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
-
-
-def _packed_features(x, graph):
-    if not isinstance(x, dict) or not any(k.startswith(graph.prefix) for k in x):
-        received = sorted(x) if isinstance(x, dict) else f"features of type {type(x).__name__}"
-        raise ValueError(
-            "Graph regularization needs each sample's neighbors in the features, NSL's packed format: a dict "
-            f"with {graph.prefix}<j>_<feature> and {graph.prefix}<j>{graph.weight_suffix} entries "
-            "(nsladv.graph.NeighborTable or nsl.tools.pack_nbrs make them). Pass graph=None to train "
-            f"without the graph term. Received: {received}"
-        )
-    return x
-
-
-def _slot(key, graph):
-    """The neighbor index j of a `{prefix}{j}...` feature name (infinity if it has none)."""
-    match = re.match(r"(\d+)", key[len(graph.prefix) :])
-    return int(match.group(1)) if match else math.inf
-
-
-def _is_weight(key, graph):
-    return key.startswith(graph.prefix) and key.endswith(graph.weight_suffix)
-
-
-def _neighbor_count(features, graph):
-    """How many neighbors per sample to use: `max_neighbors`, or every weight slot carried."""
-    slots = {_slot(k, graph) for k in features if _is_weight(k, graph)}
-    carried = 0
-    while carried in slots:
-        carried += 1
-    wanted = graph.max_neighbors if graph.max_neighbors is not None else carried
-    if carried < wanted or carried == 0:
-        raise ValueError(
-            f"The graph term uses {wanted or 'at least 1'} neighbor(s) per sample, with weights "
-            f"{graph.prefix}0{graph.weight_suffix} ... {graph.prefix}{max(wanted, 1) - 1}{graph.weight_suffix}. "
-            f"Received: weights for {carried} neighbor(s) among features {sorted(features)}"
-        )
-    return wanted
-
-
-def _inputs_struct(model):
-    """The input structure of a functional or sequential model (None if subclassed)."""
-    struct = getattr(model, "_inputs_struct", None)
-    if struct is None:
-        struct = getattr(getattr(model, "_functional", None), "_inputs_struct", None)
-    return struct
 
 
 def _fraction(name, value):

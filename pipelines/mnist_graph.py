@@ -19,8 +19,8 @@ neighbors that close are near copies of their sample.
 """
 
 import nsladv
-from nsladv.attacks import FGSM
-from nsladv.attacks import pgd
+from nsladv.robustness.attacks import FGSM
+from nsladv.robustness.attacks import pgd
 from pipelines.mnist import build_model
 
 PIPELINE = nsladv.Pipeline(

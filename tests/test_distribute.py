@@ -130,7 +130,7 @@ HARDEN_MIRRORED = textwrap.dedent(
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from nsladv import hardening, load_pipeline
+    from nsladv.jobs import harden as hardening, load_pipeline
     report = hardening.harden(load_pipeline(sys.argv[1]), strategy="mirrored", out_dir=sys.argv[2],
                               saved_models=sys.argv[3], data_dir=sys.argv[4], eval_examples=100, verbose=0)
     print(report["export"])
@@ -142,7 +142,7 @@ HARDEN_MIRRORED = textwrap.dedent(
 def test_harden_under_mirrored_strategy(tmp_path):
     import pathlib
 
-    from nsladv import data
+    from nsladv import datasets as data
 
     data.load(data_dir=str(tmp_path / "tfds"))
     pipeline = str(pathlib.Path(__file__).parent / "tiny_pipeline.py")
@@ -179,7 +179,7 @@ WORKER = textwrap.dedent(
     else:
         sys.path.insert(0, sys.argv[8])
         from epoch_recorder import EpochRecorder
-        from nsladv import hardening, load_pipeline
+        from nsladv.jobs import harden as hardening, load_pipeline
         recorder = EpochRecorder(os.path.join(out, f"epochs_{index}.txt"), int(sys.argv[7]) if index == 1 else -1)
         report = hardening.harden(load_pipeline(sys.argv[5]), strategy="multiworker", epochs=4,
                                   out_dir=os.path.join(out, "run"), saved_models=os.path.join(out, "saved_models"),
@@ -240,7 +240,7 @@ def test_a_killed_worker_is_recovered_from_the_last_backup_and_only_the_chief_ex
     import pathlib
     import time
 
-    from nsladv import data
+    from nsladv import datasets as data
 
     data.load(data_dir=str(tmp_path / "tfds"))
     pipeline = str(pathlib.Path(__file__).parent / "tiny_pipeline.py")

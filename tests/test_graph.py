@@ -353,7 +353,7 @@ def test_semi_supervised_rows():
 
 
 def test_few_labels():
-    from nsladv import data
+    from nsladv import datasets as data
 
     labels = np.repeat(np.arange(3), 5)
     rows = data.few_labels(labels, 2, seed=0)
@@ -430,7 +430,7 @@ def test_graph_term_under_xla_and_mixed_precision():
 
 
 def test_random_shift_batch_shifts_each_image_by_its_own_whole_pixels():
-    from nsladv import data
+    from nsladv import datasets as data
 
     images = np.random.default_rng(5).random((16, 6, 5, 1)).astype("float32")
     shifted = data.random_shift_batch(1)(tf.constant(images)).numpy()

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nsladv import cli
-from nsladv import data
-from nsladv import hardening
+from nsladv.jobs import cli
+from nsladv import datasets as data
+from nsladv.datasets import loading
+from nsladv.jobs import harden as hardening
 from nsladv import load_pipeline
 from nsladv.errors import TrainingDivergedError
 
@@ -80,7 +81,7 @@ RESUMABLE = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[6])
     from epoch_recorder import EpochRecorder
-    from nsladv import hardening, load_pipeline
+    from nsladv.jobs import harden as hardening, load_pipeline
 
     hardening.harden(load_pipeline(sys.argv[1]), epochs=4, out_dir=sys.argv[4], baseline=False,
                      export=False, eval_examples=50, data_dir=sys.argv[5], verbose=0,
@@ -108,7 +109,7 @@ PHASES = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[5])
     from epoch_recorder import EpochRecorder, die
-    from nsladv import hardening, load_pipeline
+    from nsladv.jobs import harden as hardening, load_pipeline
 
     phase, log_path = sys.argv[1], sys.argv[2]
     callbacks = [EpochRecorder(log_path + ".epochs", 0 if phase == "baseline" else -1, only="plain")]
@@ -123,7 +124,8 @@ PHASES = textwrap.dedent(
     if phase == "report":  # report.json written, the plot not
         hardening.report_lib.plot_robustness = lambda *args, **kwargs: die()
     if phase == "export":
-        hardening.export_lib.export_model = lambda *args, **kwargs: die()
+        import nsladv.export
+        nsladv.export.export_model = lambda *args, **kwargs: die()
 
     with open(log_path, "a") as log:
         print(f"--- {phase}", file=log, flush=True)
@@ -300,7 +302,7 @@ def test_probability_outputs_are_recognized(head, probabilities, data_dir):
 
 
 def test_cli_dataset_that_cannot_be_had(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_network_available", lambda timeout=3.0: False)
+    monkeypatch.setattr(loading, "_network_available", lambda timeout=3.0: False)
     code, out = run_cli(["harden", "fashion_mnist", "--data-dir", str(tmp_path)], capsys)
     assert code == 2 and "Dataset 'fashion_mnist' is not prepared" in out.err and "'mnist_offline'" in out.err
 

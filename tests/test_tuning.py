@@ -15,9 +15,10 @@ import pytest
 import tensorflow as tf
 
 from nsladv import FGSM
-from nsladv import data
+from nsladv import datasets as data
 from nsladv import load_pipeline
 from nsladv import tuning
+from nsladv.jobs import tune as tune_job
 
 HERE = pathlib.Path(__file__).parent
 pytestmark = pytest.mark.slow
@@ -129,7 +130,7 @@ KILLED_SEARCH = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, sys.argv[4])
     import keras, keras_tuner
-    from nsladv import data, tuning, FGSM
+    from nsladv import datasets as data, tuning, FGSM
     from test_tuning import tiny_base, small_space
 
     log = open(sys.argv[2], "a")
@@ -178,7 +179,7 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(tmp_path,
 
 
 def _tune_one_epoch(pipeline_file, trials, tmp_path, digits):
-    return tuning.tune_pipeline(
+    return tune_job.tune_pipeline(
         load_pipeline(str(HERE / pipeline_file)),
         trials=trials,
         epochs=1,

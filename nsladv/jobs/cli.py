@@ -125,8 +125,8 @@ def main(argv=None):
 
 def _run(args):
     """Runs the parsed command; anything but an NsladvError is a bug and keeps its traceback."""
-    from nsladv import hardening as harden_lib  # noqa: PLC0415
-    from nsladv import pipeline as pipeline_lib  # noqa: PLC0415
+    from nsladv.jobs import harden as harden_lib  # noqa: PLC0415
+    from nsladv.jobs import pipeline as pipeline_lib  # noqa: PLC0415
 
     if args.command == "serve":
         from nsladv.serving import Server  # noqa: PLC0415
@@ -150,9 +150,9 @@ def _run(args):
         return 0
     pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
     if args.command == "tune":
-        from nsladv import tuning  # noqa: PLC0415
+        from nsladv.jobs import tune  # noqa: PLC0415
 
-        tuning.tune_pipeline(
+        tune.tune_pipeline(
             pipeline,
             trials=args.trials,
             epochs=args.epochs,

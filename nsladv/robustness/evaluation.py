@@ -2,9 +2,9 @@
 
 import time
 
-from nsladv.attacks import FGSM
-from nsladv.attacks import BatchAttacker
-from nsladv.attacks import pgd
+from nsladv.robustness.attacks import FGSM
+from nsladv.robustness.attacks import BatchAttacker
+from nsladv.robustness.attacks import pgd
 
 # Accuracy differences within this are read as equal (a few examples of 1,000).
 TOLERANCE = 0.005

@@ -14,7 +14,7 @@ import os
 import pathlib
 import shutil
 
-from nsladv.report import write_json
+from nsladv.jobs.report import write_json
 
 STATE_FILE = "state.json"
 

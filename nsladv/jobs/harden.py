@@ -1,134 +1,23 @@
 """The main job: data -> hardened model -> honest robustness report -> TF Serving export."""
 
 import contextlib
-import dataclasses
-import math
 import pathlib
 import time
 
 import keras
-import numpy as np
-import tensorflow as tf
 
-from nsladv import data as data_lib
 from nsladv import distribute
-from nsladv import export as export_lib
-from nsladv import graph as graph_lib
-from nsladv import report as report_lib
-from nsladv import run_state
-from nsladv.errors import ModelMismatchError
+from nsladv.classifier import check_classifier
 from nsladv.errors import ModelNotFoundError
-from nsladv.evaluation import evaluate_robustness
 from nsladv.guards import StopOnNonFiniteLoss
+from nsladv.jobs import report as report_lib
+from nsladv.jobs import run_state
+from nsladv.jobs.assembly import export_for_serving
+from nsladv.jobs.assembly import pipeline_data
+from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.schedules import EpsilonWarmup
 from nsladv.schedules import MultiplierWarmup
 from nsladv.wrapper import AdversarialModel
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineData:
-    """A pipeline's splits and its batched train / validation / test datasets.
-
-    For a graph pipeline `train` carries each example's graph neighbors
-    and `plain_train` the same labelled examples without them; otherwise
-    they are the same dataset. `graph` describes the graph (or is None).
-    """
-
-    splits: data_lib.Splits
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
-    test: tf.data.Dataset
-    plain_train: tf.data.Dataset = None
-    graph: dict = None
-
-
-def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fraction=None):
-    """Loads a pipeline's dataset and builds its tf.data pipelines.
-
-    Args:
-        pipeline: an `nsladv.Pipeline`.
-        data_dir: the TFDS data folder.
-        eval_examples: keep only the first N test examples.
-        validation_fraction: overrides the pipeline's.
-    """
-    fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
-    splits = data_lib.load(pipeline.dataset, data_dir=data_dir, validation_fraction=fraction)
-    augment = data_lib.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
-    batches = dict(batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
-    graph_info = None
-    if pipeline.labels_per_class is None and pipeline.graph is None:
-        train = plain_train = data_lib.pipeline(splits.train, augment=augment, **batches)
-    else:
-        images, labels = data_lib.as_arrays(splits.train)
-        labelled = np.arange(len(labels))
-        if pipeline.labels_per_class is not None:
-            labelled = data_lib.few_labels(labels, pipeline.labels_per_class, seed=pipeline.seed)
-        if pipeline.graph is None:
-            examples = tf.data.Dataset.from_tensor_slices((images[labelled], labels[labelled]))
-            train = plain_train = data_lib.pipeline(examples, augment=augment, **batches)
-        else:
-            table, graph_info = _neighbor_table(pipeline, images, labels, labelled)
-            batch_augment = data_lib.random_shift_batch(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
-            rows, weights = labelled, None
-            if pipeline.graph.train_on_all and len(labelled) < len(labels):
-                rows, known, weights = graph_lib.semi_supervised_rows(
-                    len(labels), labelled, labelled_share=pipeline.graph.labelled_share
-                )
-                targets = np.where(known, labels[rows], 0)  # Unlabelled rows: weight 0, placeholder 0.
-            else:
-                targets = labels[rows]
-            graph_info["training_rows"] = int(len(rows))
-            train, plain_train = (
-                table.dataset(rows, targets, sample_weights=weights, neighbors=n, augment=batch_augment, **batches)
-                for n in (True, False)
-            )
-    validation = data_lib.pipeline(splits.validation, batch_size=512, training=False)
-    test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
-    test = data_lib.pipeline(test_split, batch_size=500, training=False)
-    return PipelineData(splits, train, validation, test, plain_train, graph_info)
-
-
-def _neighbor_table(pipeline, images, labels, rows):
-    """The graph over every training image, and the neighbors of the labelled `rows`."""
-    setup = pipeline.graph
-    start = time.perf_counter()
-    embeddings = graph_lib.embed(images) if setup.embed is None else np.asarray(setup.embed(images), np.float32)
-    graph = graph_lib.build_graph(
-        embeddings, similarity_threshold=setup.similarity_threshold, lsh_splits=setup.lsh_splits,
-        lsh_rounds=setup.lsh_rounds, seed=pipeline.seed,
-    )
-    k = setup.regularization.max_neighbors
-    table = graph_lib.NeighborTable(graph, images, max_neighbors=k, feature_name="image")
-    counts = table.neighbor_counts[rows]
-    # All labels are known here, so the report can say how often an edge
-    # joins equal digits; training sees only the labels of `rows`.
-    agreement = graph_lib.neighbor_purity(graph, labels, k, rows=rows)
-    info = {
-        "nodes": graph.num_nodes,
-        "edges": graph.num_edges,
-        "nodes_with_neighbors": int((table.neighbor_counts > 0).sum()),
-        "labelled": int(len(rows)),
-        "labelled_with_neighbors": int((counts > 0).sum()),
-        "mean_neighbors_of_labelled": round(float(counts.mean()), 2),
-        "neighbor_label_agreement": None if math.isnan(agreement) else round(agreement, 4),
-        "build_seconds": round(time.perf_counter() - start, 1),
-        **setup.get_config(),
-    }
-    return table, info
-
-
-def export_for_serving(base, pipeline, data, *, saved_models, metadata, from_logits=True):
-    """Exports `base` as the pipeline's next version, four test images as warmup."""
-    warmup = next(iter(data.test.unbatch().batch(4).take(1)))[0].numpy()
-    return export_lib.export_model(
-        base,
-        saved_models,
-        pipeline.name,
-        input_shape=data.splits.image_shape,
-        from_logits=from_logits,
-        metadata={**metadata, "pipeline": pipeline.get_config(), "versions": report_lib.package_versions()},
-        warmup_inputs=warmup,
-    )
 
 
 def harden(
@@ -474,41 +363,4 @@ def _base_model(pipeline, model_path, splits):
                 + ("" if path.is_file() else " (no such file)")
             )
         model = keras.saving.load_model(path, compile=False)
-    return model, not _check_fits(model, splits)
-
-
-def _check_fits(model, splits):
-    """Whether `model` outputs probabilities (else logits); raises ModelMismatchError if it is no classifier of these images."""
-    rng = np.random.default_rng(0)
-    batch = np.concatenate([np.zeros((1, *splits.image_shape)), rng.random((7, *splits.image_shape))]).astype("float32")
-    try:
-        outputs = model(tf.constant(batch), training=False)
-    except Exception as error:  # noqa: BLE001 - any failure here is a mismatch
-        raise ModelMismatchError(
-            f"The model cannot take this dataset's images: expected inputs of shape "
-            f"(batch, {', '.join(map(str, splits.image_shape))}). Received: {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}"
-        ) from error
-    expected = f"(batch, {splits.num_classes})"
-    if not isinstance(outputs, tf.Tensor) or outputs.shape.rank != 2 or outputs.shape[-1] != splits.num_classes:
-        shape = tuple(outputs.shape) if isinstance(outputs, tf.Tensor) else type(outputs).__name__
-        raise ModelMismatchError(
-            f"The model must output one score per class: shape {expected}. Received: output {shape}"
-        )
-    if _ends_in(model, keras.activations.sigmoid):
-        raise ModelMismatchError(
-            "The model ends in a sigmoid, which scores each class on its own; nsladv's losses and attacks "
-            "need one class per image: logits (no activation) or a softmax. "
-            "Received: a sigmoid output layer"
-        )
-    if _ends_in(model, keras.activations.softmax):
-        return True
-    scores = tf.cast(outputs, tf.float32).numpy()
-    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
-
-
-def _ends_in(model, activation):
-    last = model.layers[-1] if getattr(model, "layers", None) else None
-    if activation is keras.activations.softmax and isinstance(last, keras.layers.Softmax):
-        return True
-    return getattr(last, "activation", None) is activation
+    return model, not check_classifier(model, splits.image_shape, splits.num_classes)

@@ -14,9 +14,9 @@ import pathlib
 import traceback
 from collections.abc import Callable
 
-from nsladv.attacks import FGSM
-from nsladv.attacks import Attack
-from nsladv.attacks import pgd
+from nsladv.robustness.attacks import FGSM
+from nsladv.robustness.attacks import Attack
+from nsladv.robustness.attacks import pgd
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
@@ -151,7 +151,7 @@ class Pipeline:
                 f"`labels_per_class` must be an integer >= 1 or None. Received: labels_per_class={self.labels_per_class!r}"
             )
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
-            raise ValueError(f"`graph` must be an nsladv.pipeline.GraphSetup or None. Received: graph={self.graph!r}")
+            raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
         if not all(isinstance(a, Attack) for a in self.eval_attacks):
             raise ValueError(f"`eval_attacks` must be nsladv Attacks. Received: {self.eval_attacks!r}")
 

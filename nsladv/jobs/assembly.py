@@ -1,0 +1,119 @@
+"""A pipeline's data, assembled for its jobs: splits, tf.data pipelines, the natural graph; and its export."""
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from nsladv import datasets
+from nsladv import export as export_lib
+from nsladv import graph as graph_lib
+from nsladv.jobs import report as report_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineData:
+    """A pipeline's splits and its batched train / validation / test datasets.
+
+    For a graph pipeline `train` carries each example's graph neighbors
+    and `plain_train` the same labelled examples without them; otherwise
+    they are the same dataset. `graph` describes the graph (or is None).
+    """
+
+    splits: datasets.Splits
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    plain_train: tf.data.Dataset = None
+    graph: dict = None
+
+
+def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fraction=None):
+    """Loads a pipeline's dataset and builds its tf.data pipelines.
+
+    Args:
+        pipeline: an `nsladv.Pipeline`.
+        data_dir: the TFDS data folder.
+        eval_examples: keep only the first N test examples.
+        validation_fraction: overrides the pipeline's.
+    """
+    fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
+    splits = datasets.load(pipeline.dataset, data_dir=data_dir, validation_fraction=fraction)
+    augment = datasets.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
+    batches = dict(batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
+    graph_info = None
+    if pipeline.labels_per_class is None and pipeline.graph is None:
+        train = plain_train = datasets.pipeline(splits.train, augment=augment, **batches)
+    else:
+        images, labels = datasets.as_arrays(splits.train)
+        labelled = np.arange(len(labels))
+        if pipeline.labels_per_class is not None:
+            labelled = datasets.few_labels(labels, pipeline.labels_per_class, seed=pipeline.seed)
+        if pipeline.graph is None:
+            examples = tf.data.Dataset.from_tensor_slices((images[labelled], labels[labelled]))
+            train = plain_train = datasets.pipeline(examples, augment=augment, **batches)
+        else:
+            table, graph_info = _neighbor_table(pipeline, images, labels, labelled)
+            batch_augment = datasets.random_shift_batch(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
+            rows, weights = labelled, None
+            if pipeline.graph.train_on_all and len(labelled) < len(labels):
+                rows, known, weights = graph_lib.semi_supervised_rows(
+                    len(labels), labelled, labelled_share=pipeline.graph.labelled_share
+                )
+                targets = np.where(known, labels[rows], 0)  # Unlabelled rows: weight 0, placeholder 0.
+            else:
+                targets = labels[rows]
+            graph_info["training_rows"] = int(len(rows))
+            train, plain_train = (
+                table.dataset(rows, targets, sample_weights=weights, neighbors=n, augment=batch_augment, **batches)
+                for n in (True, False)
+            )
+    validation = datasets.pipeline(splits.validation, batch_size=512, training=False)
+    test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
+    test = datasets.pipeline(test_split, batch_size=500, training=False)
+    return PipelineData(splits, train, validation, test, plain_train, graph_info)
+
+
+def _neighbor_table(pipeline, images, labels, rows):
+    """The graph over every training image, and the neighbors of the labelled `rows`."""
+    setup = pipeline.graph
+    start = time.perf_counter()
+    embeddings = graph_lib.embed(images) if setup.embed is None else np.asarray(setup.embed(images), np.float32)
+    graph = graph_lib.build_graph(
+        embeddings, similarity_threshold=setup.similarity_threshold, lsh_splits=setup.lsh_splits,
+        lsh_rounds=setup.lsh_rounds, seed=pipeline.seed,
+    )
+    k = setup.regularization.max_neighbors
+    table = graph_lib.NeighborTable(graph, images, max_neighbors=k, feature_name="image")
+    counts = table.neighbor_counts[rows]
+    # All labels are known here, so the report can say how often an edge
+    # joins equal digits; training sees only the labels of `rows`.
+    agreement = graph_lib.neighbor_purity(graph, labels, k, rows=rows)
+    info = {
+        "nodes": graph.num_nodes,
+        "edges": graph.num_edges,
+        "nodes_with_neighbors": int((table.neighbor_counts > 0).sum()),
+        "labelled": int(len(rows)),
+        "labelled_with_neighbors": int((counts > 0).sum()),
+        "mean_neighbors_of_labelled": round(float(counts.mean()), 2),
+        "neighbor_label_agreement": None if math.isnan(agreement) else round(agreement, 4),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        **setup.get_config(),
+    }
+    return table, info
+
+
+def export_for_serving(base, pipeline, data, *, saved_models, metadata, from_logits=True):
+    """Exports `base` as the pipeline's next version, four test images as warmup."""
+    warmup = next(iter(data.test.unbatch().batch(4).take(1)))[0].numpy()
+    return export_lib.export_model(
+        base,
+        saved_models,
+        pipeline.name,
+        input_shape=data.splits.image_shape,
+        from_logits=from_logits,
+        metadata={**metadata, "pipeline": pipeline.get_config(), "versions": report_lib.package_versions()},
+        warmup_inputs=warmup,
+    )
