@@ -36,27 +36,17 @@ _NORM_ALIASES = {
 }
 
 
-def keyword_only(cls):
-    """Makes `cls(...)` reject positional arguments with a helpful message."""
-    init = cls.__init__
+class KeywordOnly:
+    """Base of the settings classes (dataclasses with `kw_only=True`): a positional call gets a helpful message."""
 
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
+    def __new__(cls, *args, **kwargs):
         if args:
+            first = dataclasses.fields(cls)[0]
             raise TypeError(
-                f"{cls.__name__} takes keyword arguments only, e.g. "
-                f"{cls.__name__}({_example_kwarg(cls)}). "
+                f"{cls.__name__} takes keyword arguments only, e.g. {cls.__name__}({first.name}=...). "
                 f"Received: {len(args)} positional argument(s): {args!r}"
             )
-        init(self, **kwargs)
-
-    cls.__init__ = __init__
-    return cls
-
-
-def _example_kwarg(cls):
-    first = dataclasses.fields(cls)[0]
-    return f"{first.name}={first.default!r}"
+        return super().__new__(cls)
 
 
 def canonical_norm(norm):
@@ -157,9 +147,8 @@ def _mask_to_config(mask):
     return leaf(mask)
 
 
-@keyword_only
-@dataclasses.dataclass(frozen=True, eq=False)
-class ThreatModel:
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class ThreatModel(KeywordOnly):
     """The perturbations an attacker may make: x' = x + delta, delta in a norm ball.
 
     Neighbors are built by projected gradient ascent (PGD) on the attack loss:
@@ -289,7 +278,7 @@ class ThreatModel:
     __hash__ = None
 
 
-class _PlainSettings:
+class _PlainSettings(KeywordOnly):
     """replace / get_config / from_config / == for settings made of plain values."""
 
     def replace(self, **changes):
@@ -309,8 +298,7 @@ class _PlainSettings:
     __hash__ = None
 
 
-@keyword_only
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Regularization(_PlainSettings):
     """How neighbors enter the training loss.
 
@@ -377,8 +365,7 @@ def check_compatible(threat, regularization):
         )
 
 
-@keyword_only
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class GraphRegularization(_PlainSettings):
     """The graph term: agreement along the edges to natural neighbors.
 

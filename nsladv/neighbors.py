@@ -195,7 +195,7 @@ class NeighborBuilder:
                 masks[key] = tf.constant(np.asarray(entry, np.float32))
         return eps, clip_lo, clip_hi, masks
 
-    def __call__(self, x, *, model_fn, loss_fn, first_gradient=None, scale=1.0):
+    def __call__(self, x, *, model_fn, loss_fn, first_gradient=None, epsilon_scale=1.0):
         """Returns the adversarial neighbor x' of `x`.
 
         Args:
@@ -205,7 +205,9 @@ class NeighborBuilder:
             first_gradient: optional gradient of the attack loss at `x`, as
                 `{key: tensor}` for the keys of `select(x)`. Used for the first
                 step when there is no random start.
-            scale: scalar (tensor) multiplying epsilon and the step size.
+            epsilon_scale: scalar (tensor) multiplying the threat's epsilon and
+                step size: the fraction in force during a warm-up, or, for
+                an `Attack` (whose threat has epsilon 1), the radius.
         """
         x = as_tensors(x)
         selected = self.select(x)
@@ -216,7 +218,7 @@ class NeighborBuilder:
         eps, clip_lo, clip_hi, masks = self._per_feature(
             [p for p in paths if _key(p) in selected]
         )
-        scale = tf.cast(scale, tf.float32)
+        scale = tf.cast(epsilon_scale, tf.float32)
         norm = self.threat.norm
         step = scale * self.threat.relative_step_size()
 

@@ -46,7 +46,7 @@ def default_search_space(hp):
         "multiplier": hp.Float("multiplier", 0.1, 4.0, sampling="log", default=1.0),
         "distance": hp.Choice("distance", ["label", "kl"], default="label"),
         "steps": hp.Choice("steps", [1, 3, 7], default=3),
-        "step_fraction": hp.Float("step_fraction", 0.2, 1.25, default=0.5),
+        "relative_step_size": hp.Float("relative_step_size", 0.2, 1.25, default=0.5),
         "warmup_epochs": hp.Int("warmup_epochs", 0, 3, default=1),
     }
 
@@ -187,7 +187,7 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             epsilon=self.epsilon,
             norm=self.norm,
             steps=steps,
-            step_size=space["step_fraction"] * self.epsilon if steps > 1 else None,
+            step_size=space["relative_step_size"] * self.epsilon if steps > 1 else None,
             clip_range=self.clip_range,
         )
         return threat, Regularization(multiplier=space["multiplier"], distance=space["distance"]), space["warmup_epochs"]

@@ -29,7 +29,6 @@ class _Knobs:
     def __init__(self):
         self.epsilon_scale = tf.Variable(1.0, trainable=False, name="epsilon_scale")
         self.multiplier_scale = tf.Variable(1.0, trainable=False, name="multiplier_scale")
-        self.neighbor_loss = None
 
 
 @keras.saving.register_keras_serializable(package="nsladv")
@@ -175,9 +174,10 @@ class AdversarialModel(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
         # A second loss object for neighbor and attack losses, so that the
         # per-output loss metrics of the compiled loss see clean inputs only.
-        self._knobs.neighbor_loss = _keras.compiled_loss_copy(
+        # Set past Keras' attribute tracking: its metrics are not the wrapper's.
+        object.__setattr__(self, "_neighbor_loss", _keras.compiled_loss_copy(
             loss, loss_weights, output_names=getattr(self, "output_names", None)
-        )
+        ))
 
     def compile_from_config(self, config):
         # compile() keeps Keras' signature, so the saved compile config applies.
@@ -300,7 +300,7 @@ class AdversarialModel(keras.Model):
             model_fn=self._attack_model_fn,
             loss_fn=lambda pred: self._label_loss(y, pred),
             first_gradient=dict(zip(inputs, grads[len(weights) :])) if fused else None,
-            scale=self._knobs.epsilon_scale,
+            epsilon_scale=self._knobs.epsilon_scale,
         )
         terms = {"clean_loss": clean_loss}
         with tf.GradientTape() as tape:
@@ -332,7 +332,7 @@ class AdversarialModel(keras.Model):
                         x,
                         model_fn=self._attack_model_fn,
                         loss_fn=attack_loss,
-                        scale=self._knobs.epsilon_scale,
+                        epsilon_scale=self._knobs.epsilon_scale,
                     )
                 y_adv = self.base_model(x_adv, training=True)
                 if distance == "label":
@@ -433,7 +433,7 @@ class AdversarialModel(keras.Model):
         return self.base_model(inputs, training=False)
 
     def _label_loss(self, y, y_pred, sample_weight=None):
-        return tf.cast(self._knobs.neighbor_loss(y, y_pred, sample_weight), tf.float32)
+        return tf.cast(self._neighbor_loss(y, y_pred, sample_weight), tf.float32)
 
     def _divergence(self, clean, neighbor, sample_weight=None):
         return losses_lib.divergence(

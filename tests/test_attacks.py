@@ -8,7 +8,9 @@ import tensorflow as tf
 from nsladv import FGSM
 from nsladv import Attack
 from nsladv import evaluate_robustness
+from nsladv import ThreatModel
 from nsladv import pgd
+from nsladv.robustness import fgsm
 from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import adversarial_examples
 from nsladv.robustness.evaluation import sanity_checks
@@ -40,7 +42,7 @@ def test_pgd_reaches_the_same_corner_on_a_linear_model():
 
 
 def test_l2_fgsm_by_hand():
-    attack = Attack(name="fgsm_l2", norm="l2", steps=1, clip_range=None)
+    attack = fgsm(name="fgsm_l2", norm="l2", clip_range=None)
     x_adv = adversarial_examples(linear_classifier(), tf.constant(X), tf.constant(Y), attack, 0.5)
     unit = (W[:, 1] - W[:, 0]) / np.linalg.norm(W[:, 1] - W[:, 0])
     np.testing.assert_allclose(x_adv, X + 0.5 * unit, atol=1e-6)
@@ -92,9 +94,9 @@ def test_attack_settings_are_validated():
     with pytest.raises(ValueError, match=r"`restarts` must be an integer >= 1. Received: restarts=0"):
         Attack(restarts=0)
     with pytest.raises(ValueError, match=r"FGSM \(steps=1\) starts from x and has nothing to restart"):
-        Attack(steps=1, restarts=3)
+        Attack(threat=ThreatModel(epsilon=1.0, steps=1), restarts=3)
     with pytest.raises(ValueError, match=r"Unknown norm"):
-        Attack(norm="l7")
+        pgd(norm="l7")
     with pytest.raises(ValueError, match=r"`epsilons` must be a non-empty list of values > 0"):
         evaluate_robustness(linear_classifier(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(2), epsilons=[])
 
@@ -120,6 +122,6 @@ def test_robust_means_robust_after_every_restart(restarts, low, high):
     # 400 copies of x = 0.5: each restart fools about 10% of them independently,
     # so the worst case over R restarts leaves about 0.9 ** R of them.
     dataset = tf.data.Dataset.from_tensor_slices((np.full((400, 1), 0.5, "float32"), np.zeros(400, "int64"))).batch(400)
-    attack = Attack(name="pgd", steps=5, restarts=restarts)
+    attack = pgd(steps=5, restarts=restarts)
     clean, robust, _ = BatchAttacker(hidden_corner_classifier(), attack).accuracy(dataset, 0.1)
     assert clean == 1.0 and low < robust < high

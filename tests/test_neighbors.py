@@ -159,7 +159,7 @@ def test_first_gradient_replaces_the_first_pass():
 
 def test_epsilon_scale_zero_leaves_inputs_unchanged():
     builder = NeighborBuilder(ThreatModel(epsilon=0.1, steps=3), random_start=True)
-    x_adv = builder(tf.constant(X), model_fn=lambda v: v, loss_fn=linear_loss, scale=tf.constant(0.0))
+    x_adv = builder(tf.constant(X), model_fn=lambda v: v, loss_fn=linear_loss, epsilon_scale=tf.constant(0.0))
     np.testing.assert_allclose(x_adv, X, atol=1e-7)
 
 

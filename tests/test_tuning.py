@@ -44,7 +44,7 @@ def small_space(hp):
         "multiplier": hp.Choice("multiplier", [0.5, 2.0]),
         "distance": hp.Choice("distance", ["label", "kl"]),
         "steps": hp.Fixed("steps", 1),
-        "step_fraction": hp.Fixed("step_fraction", 1.0),
+        "relative_step_size": hp.Fixed("relative_step_size", 1.0),
         "warmup_epochs": hp.Fixed("warmup_epochs", 0),
     }
 
@@ -105,7 +105,7 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path, digits):
             "multiplier": hp.Choice("multiplier", [1.0, 1e30]),
             "distance": hp.Fixed("distance", "label"),
             "steps": hp.Fixed("steps", 1),
-            "step_fraction": hp.Fixed("step_fraction", 1.0),
+            "relative_step_size": hp.Fixed("relative_step_size", 1.0),
             "warmup_epochs": hp.Fixed("warmup_epochs", 0),
         }
 

@@ -20,15 +20,14 @@ from nsladv.robustness.attacks import pgd
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
-from nsladv.configs import keyword_only
+from nsladv.configs import KeywordOnly
 from nsladv.errors import PipelineLoadError
 from nsladv.errors import PipelineNotFoundError
 from nsladv.export import check_model_name
 
 
-@keyword_only
-@dataclasses.dataclass(frozen=True)
-class GraphSetup:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GraphSetup(KeywordOnly):
     """A pipeline's natural graph: built over every training image, labelled or not.
 
     Args:
@@ -77,9 +76,8 @@ class GraphSetup:
         }
 
 
-@keyword_only
-@dataclasses.dataclass(frozen=True)
-class Pipeline:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Pipeline(KeywordOnly):
     """One hardening job.
 
     Args:

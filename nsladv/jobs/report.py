@@ -56,7 +56,7 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
             ax.plot(epsilons, [100 * a for a in curve], styles[j % len(styles)], color=color, marker="o",
                     markersize=4, label=f"{label}: {name.upper()}")
     norm = next(iter(evaluations.values()))
-    norm = next(iter(norm["attacks"].values()))["config"]["norm"]
+    norm = next(iter(norm["attacks"].values()))["config"]["threat"]["norm"]
     ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else norm.upper()} radius)")
     ax.set_ylabel("accuracy on the test split (%)")
     ax.set_ylim(-2, 102)

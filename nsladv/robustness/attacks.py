@@ -11,61 +11,72 @@ import keras
 import tensorflow as tf
 
 from nsladv.configs import ThreatModel
-from nsladv.configs import keyword_only
 from nsladv.neighbors import NeighborBuilder
 
 
-@keyword_only
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Attack:
-    """A white-box attack: FGSM (`steps=1`) or PGD (`steps>1`, random restarts).
+    """A white-box attack: a threat model at unit radius, and how often to restart it.
 
-    An example counts as robust only if the model classifies it correctly
-    clean and after every restart.
+    The radius comes with each evaluation (`BatchAttacker.accuracy(dataset,
+    epsilon)`), so `threat` has epsilon 1 and its step size is a fraction of
+    the radius. FGSM is one step from x; PGD starts from random points of the
+    ball, and an example counts as robust only if the model classifies it
+    correctly clean and after every restart.
 
     Args:
         name: label for reports (`"fgsm"`, `"pgd40"`, ...).
-        norm: `"linf"` or `"l2"` (also `"l1"`).
-        steps: gradient steps (1: FGSM from x, no random start).
-        restarts: PGD restarts from random points of the ball (>= 1).
-        step_size: step size relative to epsilon. Default: 1 for FGSM and
-            2.5 / steps for PGD.
-        clip_range: the valid input range, e.g. `(0, 1)` for images.
+        threat: a `ThreatModel` with `epsilon=1.0` (norm, steps, step size
+            as a fraction of the radius, random start, clip range).
+        restarts: random restarts (>= 1; 1 for an attack without a random
+            start).
+
+    Make the usual ones with `fgsm(...)` and `pgd(...)`.
     """
 
     name: str = "pgd"
-    norm: str = "linf"
-    steps: int = 40
+    threat: ThreatModel = dataclasses.field(
+        default_factory=lambda: ThreatModel(epsilon=1.0, steps=40, random_start=True, clip_range=(0.0, 1.0))
+    )
     restarts: int = 1
-    step_size: object = None
-    clip_range: object = (0.0, 1.0)
 
     def __post_init__(self):
-        if not isinstance(self.restarts, int) or self.restarts < 1:
-            raise ValueError(f"`restarts` must be an integer >= 1. Received: restarts={self.restarts!r}")
-        if self.steps == 1 and self.restarts != 1:
+        if not isinstance(self.threat, ThreatModel) or self.threat.epsilon != 1.0:
             raise ValueError(
-                f"FGSM (steps=1) starts from x and has nothing to restart. Received: restarts={self.restarts!r}"
+                "An Attack's threat model has epsilon 1 (the radius comes with each evaluation). "
+                f"Received: threat={self.threat!r}"
             )
-        self.builder()  # Validates norm, steps, step size and clip range.
+        if not isinstance(self.restarts, int) or isinstance(self.restarts, bool) or self.restarts < 1:
+            raise ValueError(f"`restarts` must be an integer >= 1. Received: restarts={self.restarts!r}")
+        if not self.threat.uses_random_start() and self.restarts != 1:
+            name = "FGSM (steps=1)" if self.threat.steps == 1 else "An attack without a random start"
+            raise ValueError(f"{name} starts from x and has nothing to restart. Received: restarts={self.restarts!r}")
+
+    @property
+    def norm(self):
+        return self.threat.norm
 
     def builder(self):
-        """A `NeighborBuilder` for epsilon 1: the radius is its call's `scale`."""
-        threat = ThreatModel(
-            epsilon=1.0, norm=self.norm, steps=self.steps, step_size=self.step_size, clip_range=self.clip_range
-        )
-        return NeighborBuilder(threat, random_start=self.steps > 1)
+        """A `NeighborBuilder` whose `epsilon_scale` is the radius (the threat's epsilon is 1)."""
+        return NeighborBuilder(self.threat, random_start=self.threat.uses_random_start())
 
     def get_config(self):
-        return dataclasses.asdict(self)
+        return {"name": self.name, "restarts": self.restarts, "threat": self.threat.get_config()}
 
 
-FGSM = Attack(name="fgsm", steps=1)
+def fgsm(*, norm="linf", clip_range=(0.0, 1.0), name="fgsm"):
+    """The fast gradient (sign) method: one step of the full radius from x."""
+    return Attack(name=name, threat=ThreatModel(epsilon=1.0, norm=norm, steps=1, clip_range=clip_range))
 
 
-def pgd(steps=40, restarts=3, norm="linf", clip_range=(0.0, 1.0)):
-    """The standard PGD evaluation attack (Madry et al.): 2.5 * eps / steps steps."""
-    return Attack(name=f"pgd{steps}", norm=norm, steps=steps, restarts=restarts, clip_range=clip_range)
+def pgd(steps=40, restarts=3, *, norm="linf", clip_range=(0.0, 1.0), relative_step_size=None, name=None):
+    """The standard PGD evaluation attack (Madry et al.): random starts, steps of 2.5 * radius / steps."""
+    threat = ThreatModel(epsilon=1.0, norm=norm, steps=steps, step_size=relative_step_size, random_start=steps > 1,
+                         clip_range=clip_range)
+    return Attack(name=name or f"pgd{steps}", threat=threat, restarts=restarts)
+
+
+FGSM = fgsm()
 
 
 def classification_loss(from_logits):
@@ -90,7 +101,7 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True):
         x,
         model_fn=lambda v: model(v, training=False),
         loss_fn=lambda pred: loss(y, pred),
-        scale=epsilon,
+        epsilon_scale=epsilon,
     )
 
 
