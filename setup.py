@@ -23,7 +23,11 @@ setup(
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["nsladv", "nsladv.*", "pipelines"]),
+    # pipelines/ stays at the repository's top level (the design card) and
+    # installs as nsladv.pipelines, so no generic top-level package lands in
+    # site-packages.
+    packages=[*find_packages(include=["nsladv", "nsladv.*"]), "nsladv.pipelines"],
+    package_dir={"nsladv.pipelines": "pipelines"},
     install_requires=[
         "tensorflow==2.21.0",
         "keras==3.15.1",
@@ -43,7 +47,7 @@ setup(
         "tensorflow-serving-api==2.21.0",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-random-order>=1.1", "ruff==0.17.6"],
         # NSL's legacy Keras wrapper, run under tf-keras as the benchmark's
         # comparison baseline.
         "bench": ["tf-keras==2.21.0"],

@@ -5,9 +5,7 @@ stdin/stdout: it prints `ready` after a warm-up epoch, then answers each line
 `epoch` with the seconds one epoch took, and exits on `quit`.
 """
 
-import importlib.util
 import os
-import pathlib
 import sys
 import time
 
@@ -16,22 +14,12 @@ import numpy as np
 assert os.environ.get("TF_USE_LEGACY_KERAS") == "1", "run with TF_USE_LEGACY_KERAS=1"
 import tensorflow as tf  # noqa: E402
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import small_cnn  # noqa: E402
-
-
-def _nsl():
-    # The nsladv bridge's import workaround, loaded alone (the nsladv package
-    # itself needs Keras 3).
-    spec = importlib.util.spec_from_file_location("nsl_bridge", HERE.parent / "nsladv" / "_nsl.py")
-    bridge = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bridge)
-    return bridge.nsl
+from benchmarks.common import small_cnn  # noqa: E402
+from nsladv import _nsl  # noqa: E402 - the bridge alone: nsladv's package init loads nothing of Keras 3
 
 
 def main(data_path, batch_size, epsilon, multiplier):
-    nsl = _nsl()
+    nsl = _nsl.nsl
     keras = tf.keras
     assert keras.__name__.startswith("tf_keras"), keras.__name__
     arrays = np.load(data_path)

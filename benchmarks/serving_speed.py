@@ -6,7 +6,7 @@ over REST, over gRPC, and, as the reference, straight to the SavedModel in
 this process. Each cell is bounded by a request count and a time limit; the
 transports take turns at each concurrency level.
 
-Usage: python benchmarks/serving_speed.py [--requests 300] [--seconds 20]
+Usage: python -m benchmarks.serving_speed [--requests 300] [--seconds 20]
 The last line printed is one JSON object.
 """
 
@@ -25,9 +25,9 @@ import numpy as np
 import tensorflow as tf
 
 from nsladv import export
+from nsladv.pipelines.mnist import build_model
 from nsladv.serving import GrpcClient
 from nsladv.serving import RestClient
-from pipelines.mnist import build_model
 
 
 def free_port():
@@ -42,7 +42,7 @@ def wait_for(client, deadline=120):
         try:
             client.status("mnist")
             return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             time.sleep(0.5)
     raise RuntimeError("the server did not come up")
 
@@ -87,9 +87,22 @@ def main():
         rest_port, grpc_port = free_port(), free_port()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         server = subprocess.Popen(
-            [sys.executable, "-m", "nsladv.jobs.cli", "serve", workdir, "--rest-port", str(rest_port),
-             "--grpc-port", str(grpc_port), "--poll-seconds", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            [
+                sys.executable,
+                "-m",
+                "nsladv.jobs.cli",
+                "serve",
+                workdir,
+                "--rest-port",
+                str(rest_port),
+                "--grpc-port",
+                str(grpc_port),
+                "--poll-seconds",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         try:
             rest = RestClient(f"http://127.0.0.1:{rest_port}")
@@ -110,7 +123,9 @@ def main():
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"batch-1 predict, {args.requests} requests or {args.seconds:g} s per cell, server in a subprocess on loopback")
+    print(
+        f"batch-1 predict, {args.requests} requests or {args.seconds:g} s per cell, server in a subprocess on loopback"
+    )
     print(f"{'transport':<12} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for key, row in results.items():
         name, concurrency = key.split("@")

@@ -16,7 +16,7 @@ These machines stall whole epochs now and then (the same epoch takes 1.6 s or
 2.6 s), so the table also shows each contender's fastest epoch, and the JSON
 the ratios of fastest epochs beside the medians.
 
-Usage: python benchmarks/train_speed.py [--rounds 9]
+Usage: python -m benchmarks.train_speed [--rounds 9]
 The last line printed is one JSON object.
 """
 
@@ -35,13 +35,10 @@ import numpy as np
 import tensorflow as tf
 
 import nsladv
+from benchmarks.common import interleaved
+from benchmarks.common import median_ratio
+from benchmarks.common import small_cnn
 from nsladv import datasets as data
-
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import interleaved  # noqa: E402
-from common import median_ratio  # noqa: E402
-from common import small_cnn  # noqa: E402
 
 EPSILON = 0.1
 MULTIPLIER = 0.2
@@ -100,11 +97,20 @@ def legacy_contender(x, y, batch_size, workdir):
     np.savez(path, x=x, y=y)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
     worker = subprocess.Popen(
-        [sys.executable, str(HERE / "nsl_legacy_worker.py"), str(path), str(batch_size), str(EPSILON), str(MULTIPLIER)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.nsl_legacy_worker",
+            str(path),
+            str(batch_size),
+            str(EPSILON),
+            str(MULTIPLIER),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
+        cwd=pathlib.Path(__file__).resolve().parent.parent,  # where `benchmarks` is a package
     )
     if worker.stdout.readline().strip() != "ready":
         raise RuntimeError("the NSL legacy worker did not start; run it alone to see why")

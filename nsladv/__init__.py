@@ -24,7 +24,7 @@ wait for TensorFlow.
 
 import importlib
 
-from nsladv.version import __version__
+from nsladv.version import __version__ as __version__
 
 _EXPORTS = {
     "AdversarialModel": "nsladv.wrapper",

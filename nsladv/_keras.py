@@ -131,12 +131,14 @@ def symbolic_build(model, data_batch):
 
 # BackupAndRestore -------------------------------------------------------------------------
 
+
 def backup_save_hook_exists():
     """Whether `BackupAndRestore` still saves through `_save_model` (what a read-only worker overrides)."""
     return hasattr(keras.callbacks.BackupAndRestore, "_save_model")
 
 
 # Inputs --------------------------------------------------------------------------------
+
 
 def input_structure(model):
     """A functional model's input structure (a dict, list or tensor), or None when it has none to tell."""

@@ -21,7 +21,7 @@ _ESTIMATOR_MODULE = "neural_structured_learning.estimator"
 
 def _import_nsl():
     try:
-        import neural_structured_learning as nsl  # noqa: PLC0415
+        import neural_structured_learning as nsl
 
         return nsl
     except ImportError as error:
@@ -36,7 +36,7 @@ def _import_nsl():
         "tf.estimator, which TensorFlow >= 2.16 no longer has."
     )
     sys.modules[_ESTIMATOR_MODULE] = placeholder
-    import neural_structured_learning as nsl  # noqa: PLC0415
+    import neural_structured_learning as nsl
 
     return nsl
 
@@ -67,14 +67,10 @@ def project_to_ball(tensors, radius, norm):
 
 def pairwise_distance(sources, targets, weights, config):
     """`nsl.lib.pairwise_distance_wrapper`."""
-    return nsl.lib.pairwise_distance_wrapper(
-        sources, targets, weights=weights, distance_config=config
-    )
+    return nsl.lib.pairwise_distance_wrapper(sources, targets, weights=weights, distance_config=config)
 
 
-def adv_neighbor_config(
-    *, norm, step_size, feature_mask=None, clip_min=None, clip_max=None
-):
+def adv_neighbor_config(*, norm, step_size, feature_mask=None, clip_min=None, clip_max=None):
     """One steepest-ascent step as an `nsl.configs.AdvNeighborConfig`.
 
     nsladv runs the PGD loop itself (it projects around the clean input and
@@ -115,9 +111,7 @@ GRAPH_REDUCTION = "weighted_sum_by_nonzero_weights"
 
 def graph_neighbor_config(*, max_neighbors, prefix, weight_suffix):
     """An `nsl.configs.GraphNeighborConfig`: how neighbor features are named."""
-    return nsl.configs.GraphNeighborConfig(
-        prefix=prefix, weight_suffix=weight_suffix, max_neighbors=max_neighbors
-    )
+    return nsl.configs.GraphNeighborConfig(prefix=prefix, weight_suffix=weight_suffix, max_neighbors=max_neighbors)
 
 
 def unpack_neighbor_features(features, neighbor_config):
@@ -138,10 +132,18 @@ def graph_distance_config(distance, *, from_logits):
     return distance_config(distance, from_logits=from_logits, reduction=GRAPH_REDUCTION)
 
 
-def build_graph_from_config(embedding_files, output_graph_path, *, similarity_threshold, lsh_splits, lsh_rounds,
-                            random_seed, id_feature_name="id", embedding_feature_name="embedding"):
+def build_graph_from_config(
+    embedding_files,
+    output_graph_path,
+    *,
+    similarity_threshold,
+    lsh_splits,
+    lsh_rounds,
+    random_seed,
+    id_feature_name="id",
+    embedding_feature_name="embedding",
+):
     """`nsl.tools.build_graph_from_config`: a cosine-similarity graph as TSV."""
-    import neural_structured_learning.tools  # noqa: PLC0415 - loads only for graph building
 
     config = nsl.configs.GraphBuilderConfig(
         id_feature_name=id_feature_name,
@@ -167,7 +169,6 @@ def read_tsv_graph(path):
     removed; this reads the lines and lets NSL's `add_edge` combine them (an
     absent weight is 1.0; a repeated edge keeps its largest weight).
     """
-    import neural_structured_learning.tools  # noqa: PLC0415
 
     graph = {}
     with open(path) as f:
@@ -178,23 +179,35 @@ def read_tsv_graph(path):
     return graph
 
 
-def pack_nbrs(labeled_examples_path, unlabeled_examples_path, graph_path, output_path, *, max_nbrs,
-              add_undirected_edges=False, id_feature_name="id"):
+def pack_nbrs(
+    labeled_examples_path,
+    unlabeled_examples_path,
+    graph_path,
+    output_path,
+    *,
+    max_nbrs,
+    add_undirected_edges=False,
+    id_feature_name="id",
+):
     """`nsl.tools.pack_nbrs`, with the TSV reader above.
 
     NSL's pack_nbrs reads its graph with `graph_utils.read_tsv_graph`, whose
     mode "rU" Python 3.11 rejects; for the call, that one name points at
     `read_tsv_graph` here (same result), and is restored afterwards.
     """
-    import neural_structured_learning.tools  # noqa: PLC0415
-    from neural_structured_learning.tools import graph_utils  # noqa: PLC0415
+    from neural_structured_learning.tools import graph_utils
 
     original = graph_utils.read_tsv_graph
     graph_utils.read_tsv_graph = read_tsv_graph
     try:
         nsl.tools.pack_nbrs(
-            str(labeled_examples_path), str(unlabeled_examples_path or ""), str(graph_path), str(output_path),
-            add_undirected_edges=add_undirected_edges, max_nbrs=max_nbrs, id_feature_name=id_feature_name,
+            str(labeled_examples_path),
+            str(unlabeled_examples_path or ""),
+            str(graph_path),
+            str(output_path),
+            add_undirected_edges=add_undirected_edges,
+            max_nbrs=max_nbrs,
+            id_feature_name=id_feature_name,
         )
     finally:
         graph_utils.read_tsv_graph = original

@@ -27,7 +27,7 @@ def check_classifier(model, input_shape, num_classes):
     batch = np.concatenate([np.zeros((1, *input_shape)), rng.random((7, *input_shape))]).astype("float32")
     try:
         outputs = model(tf.constant(batch), training=False)
-    except Exception as error:  # noqa: BLE001 - any failure here is a mismatch
+    except Exception as error:
         raise ModelMismatchError(
             f"The model cannot take this dataset's images: expected inputs of shape "
             f"(batch, {', '.join(map(str, input_shape))}). Received: {type(error).__name__}: "

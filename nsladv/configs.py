@@ -61,23 +61,13 @@ def canonical_norm(norm):
     else:
         key = None
     if key not in _NORM_ALIASES:
-        raise ValueError(
-            f"Unknown norm. Expected one of {list(NORMS)} (or np.inf, 2, 1). "
-            f"Received: norm={norm!r}"
-        )
+        raise ValueError(f"Unknown norm. Expected one of {list(NORMS)} (or np.inf, 2, 1). Received: norm={norm!r}")
     return _NORM_ALIASES[key]
 
 
 def _positive_number(name, value):
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"`{name}` must be a finite number > 0. Received: {name}={value!r}"
-        )
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
     return float(value)
 
 
@@ -86,10 +76,7 @@ def _frozen_mapping(name, value, convert):
         raise ValueError(f"`{name}` must not be an empty mapping. Received: {name}={value!r}")
     for key in value:
         if not isinstance(key, str):
-            raise ValueError(
-                f"`{name}` keys must be input feature names (str). "
-                f"Received: {name}={value!r}"
-            )
+            raise ValueError(f"`{name}` keys must be input feature names (str). Received: {name}={value!r}")
     return types.MappingProxyType({k: convert(f"{name}[{k!r}]", v) for k, v in value.items()})
 
 
@@ -104,8 +91,7 @@ def _clip_pair(name, value):
         or not value[0] < value[1]
     ):
         raise ValueError(
-            f"`{name}` must be a pair (min, max) of numbers with min < max, or None. "
-            f"Received: {name}={value!r}"
+            f"`{name}` must be a pair (min, max) of numbers with min < max, or None. Received: {name}={value!r}"
         )
     return (float(value[0]), float(value[1]))
 
@@ -220,8 +206,7 @@ class ThreatModel(KeywordOnly):
             set_("step_size", _positive_number("step_size", self.step_size))
         if self.random_start is not None and not isinstance(self.random_start, bool):
             raise ValueError(
-                "`random_start` must be True, False or None. "
-                f"Received: random_start={self.random_start!r}"
+                f"`random_start` must be True, False or None. Received: random_start={self.random_start!r}"
             )
         if isinstance(self.clip_range, Mapping):
             set_("clip_range", _frozen_mapping("clip_range", self.clip_range, _clip_pair))
@@ -231,9 +216,7 @@ class ThreatModel(KeywordOnly):
 
     def resolved_step_size(self):
         """The step size in units of epsilon's input space (scalar epsilon)."""
-        return self.relative_step_size() * (
-            1.0 if isinstance(self.epsilon, Mapping) else self.epsilon
-        )
+        return self.relative_step_size() * (1.0 if isinstance(self.epsilon, Mapping) else self.epsilon)
 
     def relative_step_size(self):
         """The step size divided by epsilon."""
@@ -335,23 +318,16 @@ class Regularization(_PlainSettings):
     def __post_init__(self):
         m = self.multiplier
         if not isinstance(m, numbers.Real) or isinstance(m, bool) or not math.isfinite(m) or m < 0:
-            raise ValueError(
-                f"`multiplier` must be a finite number >= 0. Received: multiplier={m!r}"
-            )
+            raise ValueError(f"`multiplier` must be a finite number >= 0. Received: multiplier={m!r}")
         object.__setattr__(self, "multiplier", float(m))
         distance = self.distance.lower() if isinstance(self.distance, str) else self.distance
         if distance not in DISTANCES:
             raise ValueError(
-                f"Unknown distance. Expected one of {list(DISTANCES)}. "
-                f"Received: distance={self.distance!r}"
+                f"Unknown distance. Expected one of {list(DISTANCES)}. Received: distance={self.distance!r}"
             )
         object.__setattr__(self, "distance", distance)
         if self.from_logits is not None and not isinstance(self.from_logits, bool):
-            raise ValueError(
-                "`from_logits` must be True, False or None. "
-                f"Received: from_logits={self.from_logits!r}"
-            )
-
+            raise ValueError(f"`from_logits` must be True, False or None. Received: from_logits={self.from_logits!r}")
 
 
 def check_compatible(threat, regularization):

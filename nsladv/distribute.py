@@ -24,7 +24,9 @@ def _workers_in_tf_config():
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     except ValueError:
-        raise StrategyError(f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}") from None
+        raise StrategyError(
+            f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
+        ) from None
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
@@ -70,10 +72,11 @@ def make_strategy(name="auto", *, tpu=None):
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except Exception as error:  # noqa: BLE001 - every failure means: no TPU here
+    except Exception as error:
         raise StrategyUnavailableError(
             "strategy='tpu' found no TPU to connect to. Run on a TPU VM, or name the TPU with tpu=... "
-            f"(--tpu). Received: tpu={tpu!r} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            f"(--tpu). Received: tpu={tpu!r} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
         ) from error
     return tf.distribute.TPUStrategy(resolver)
 

@@ -165,8 +165,8 @@ def check_export(path, serve, inputs):
 
 def write_warmup_requests(path, model_name, input_name, inputs):
     """TF Serving warmup records: one `PredictionLog` per input batch row."""
-    from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
-    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
 
     with tf.io.TFRecordWriter(str(path)) as writer:
         for row in np.asarray(inputs, np.float32):
@@ -180,8 +180,8 @@ def write_warmup_requests(path, model_name, input_name, inputs):
 
 def write_models_config_file(base_dir, *, serving_base_path="/models"):
     """`base_dir/models.config` listing every model folder, latest version served."""
-    from google.protobuf import text_format  # noqa: PLC0415
-    from tensorflow_serving.config import model_server_config_pb2  # noqa: PLC0415
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
 
     base_dir = pathlib.Path(base_dir)
     config = model_server_config_pb2.ModelServerConfig()

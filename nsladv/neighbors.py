@@ -48,9 +48,7 @@ def _describe(value):
 
 def as_tensors(x):
     """`x` with NumPy arrays (as eager Keras steps may pass) made tensors."""
-    return keras.tree.map_structure(
-        lambda v: tf.convert_to_tensor(v) if isinstance(v, np.ndarray) else v, x
-    )
+    return keras.tree.map_structure(lambda v: tf.convert_to_tensor(v) if isinstance(v, np.ndarray) else v, x)
 
 
 def _flatten_inputs(x):
@@ -84,9 +82,7 @@ class NeighborBuilder:
 
     def __init__(self, threat, *, random_start):
         if not isinstance(threat, ThreatModel):
-            raise TypeError(
-                f"Expected a nsladv.ThreatModel. Received: threat={threat!r}"
-            )
+            raise TypeError(f"Expected a nsladv.ThreatModel. Received: threat={threat!r}")
         self.threat = threat
         self.random_start = bool(random_start)
 
@@ -215,9 +211,7 @@ class NeighborBuilder:
             return x
         paths, leaves = _flatten_inputs(x)
         index = {_key(p): i for i, p in enumerate(paths)}
-        eps, clip_lo, clip_hi, masks = self._per_feature(
-            [p for p in paths if _key(p) in selected]
-        )
+        eps, clip_lo, clip_hi, masks = self._per_feature([p for p in paths if _key(p) in selected])
         scale = tf.cast(epsilon_scale, tf.float32)
         norm = self.threat.norm
         step = scale * self.threat.relative_step_size()
@@ -249,10 +243,7 @@ class NeighborBuilder:
         def project(z):
             delta = {k: z[k] - z0[k] for k in z}
             delta = {k: d * frozen[k] if k in frozen else d for k, d in delta.items()}
-            if norm == "l1":
-                delta = project_l1(delta, scale)
-            else:
-                delta = _nsl.project_to_ball(delta, scale, norm)
+            delta = project_l1(delta, scale) if norm == "l1" else _nsl.project_to_ball(delta, scale, norm)
             return {k: _clip(z0[k] + delta[k], z_lo.get(k), z_hi.get(k)) for k in z}
 
         def ascend(z, gradients):
@@ -263,9 +254,7 @@ class NeighborBuilder:
                 gradients = {k: _movable(g, z[k], z_lo.get(k), z_hi.get(k)) for k, g in gradients.items()}
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(z)
-                linear = tf.add_n(
-                    [tf.reduce_sum(tf.stop_gradient(gradients[k]) * z[k]) for k in z]
-                )
+                linear = tf.add_n([tf.reduce_sum(tf.stop_gradient(gradients[k]) * z[k]) for k in z])
             z_next, _ = _nsl.gen_adv_neighbor(z, linear, step_config, gradient_tape=tape)
             return project(z_next)
 
@@ -377,22 +366,16 @@ def random_in_ball(tensors, radius, norm):
     size is unknown.
     """
     if norm == "linf":
-        return {
-            k: tf.random.uniform(tf.shape(t), -1.0, 1.0, t.dtype) * radius
-            for k, t in tensors.items()
-        }
+        return {k: tf.random.uniform(tf.shape(t), -1.0, 1.0, t.dtype) * radius for k, t in tensors.items()}
     batch = tf.shape(next(iter(tensors.values())))[0]
     if norm == "l2":
         samples = {k: tf.random.normal(tf.shape(t), dtype=t.dtype) for k, t in tensors.items()}
-        total = tf.add_n(
-            _per_example(samples, lambda v: tf.reduce_sum(tf.square(v), axis=1))
-        )
+        total = tf.add_n(_per_example(samples, lambda v: tf.reduce_sum(tf.square(v), axis=1)))
         extra = tf.random.gamma([batch], 1.0, 0.5, dtype=total.dtype)
         scale = radius / tf.sqrt(total + extra)
     else:
         samples = {
-            k: tf.random.gamma(tf.shape(t), 1.0, 1.0, t.dtype)
-            - tf.random.gamma(tf.shape(t), 1.0, 1.0, t.dtype)
+            k: tf.random.gamma(tf.shape(t), 1.0, 1.0, t.dtype) - tf.random.gamma(tf.shape(t), 1.0, 1.0, t.dtype)
             for k, t in tensors.items()
         }
         total = tf.add_n(_per_example(samples, lambda v: tf.reduce_sum(tf.abs(v), axis=1)))

@@ -20,14 +20,12 @@ import time
 import keras
 import keras_tuner
 
-from nsladv.robustness.attacks import BatchAttacker
-from nsladv.robustness.attacks import pgd
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
-from nsladv.errors import SearchFailedError
-from nsladv.errors import SettingsError
 from nsladv.guards import StopOnNonFiniteLoss
+from nsladv.robustness.attacks import BatchAttacker
+from nsladv.robustness.attacks import pgd
 from nsladv.schedules import EpsilonWarmup
 from nsladv.wrapper import AdversarialModel
 
@@ -81,8 +79,12 @@ class RobustAccuracy(keras.callbacks.Callback):
     def __deepcopy__(self, memo):
         # keras-tuner deep-copies callbacks per trial; the dataset is shared.
         return RobustAccuracy(
-            self.data, attack=self.attack, epsilon=self.epsilon, weight=self.weight,
-            clean_floor=self.clean_floor, from_logits=self.from_logits,
+            self.data,
+            attack=self.attack,
+            epsilon=self.epsilon,
+            weight=self.weight,
+            clean_floor=self.clean_floor,
+            from_logits=self.from_logits,
         )
 
     def on_epoch_end(self, epoch, logs=None):
@@ -190,7 +192,11 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             step_size=space["relative_step_size"] * self.epsilon if steps > 1 else None,
             clip_range=self.clip_range,
         )
-        return threat, Regularization(multiplier=space["multiplier"], distance=space["distance"]), space["warmup_epochs"]
+        return (
+            threat,
+            Regularization(multiplier=space["multiplier"], distance=space["distance"]),
+            space["warmup_epochs"],
+        )
 
     def graph_settings(self, hp):
         """The `GraphRegularization` for these hyperparameters (None without a graph)."""
@@ -234,8 +240,11 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         callbacks = list(callbacks or []) + [
             EpsilonWarmup(warmup),
             RobustAccuracy(
-                validation_data, attack=self.attack, epsilon=self.eval_epsilon,
-                weight=self.tradeoff_weight, clean_floor=self.clean_floor,
+                validation_data,
+                attack=self.attack,
+                epsilon=self.eval_epsilon,
+                weight=self.tradeoff_weight,
+                clean_floor=self.clean_floor,
             ),
             FailOnNonFiniteLoss(),
         ]
@@ -264,8 +273,11 @@ def results_table(tuner, num_trials=None):
     for trial in trials:
         names += [hp.name for hp in trial.hyperparameters.space if hp.name not in names]
     width = max([13, *(len(n) for n in names)])
-    header = (f"{'trial':>5} {'status':<10} " + " ".join(f"{n:>{width}}" for n in names)
-              + f" {'val_clean':>9} {'val_robust':>10} {'seconds':>8}")
+    header = (
+        f"{'trial':>5} {'status':<10} "
+        + " ".join(f"{n:>{width}}" for n in names)
+        + f" {'val_clean':>9} {'val_robust':>10} {'seconds':>8}"
+    )
     lines = [header, "-" * len(header)]
     for trial in trials:
         values = trial.hyperparameters.values

@@ -1,6 +1,5 @@
 """The wrapper: a `keras.Model` that trains a base model with adversarial neighbors."""
 
-
 import keras
 import tensorflow as tf
 
@@ -62,8 +61,9 @@ class AdversarialModel(keras.Model):
     later step. The neighbor adds one forward and one backward pass, and each
     further PGD step one forward and one backward pass to the input. An
     example with sample weight 0 adds nothing to any loss term; with the
-    fused first step its neighbor takes no first step (its gradient is 0). With a random start, or a divergence, every PGD step
-    needs its own pass; the clean and neighbor passes then share one backward.
+    fused first step its neighbor takes no first step (its gradient is 0).
+    With a random start, or a divergence, every PGD step needs its own pass;
+    the clean and neighbor passes then share one backward.
     The graph term adds one forward and one backward pass over the batch's
     `batch * max_neighbors` neighbors (with a graph divergence, the label
     step above gives way to the shared-backward one). Neighbor-building
@@ -126,9 +126,7 @@ class AdversarialModel(keras.Model):
         self.graph = graph
         if getattr(base_model, "output_names", None):
             self.output_names = list(base_model.output_names)
-        self._neighbors = NeighborBuilder(
-            threat, random_start=threat.uses_random_start(regularization.distance)
-        )
+        self._neighbors = NeighborBuilder(threat, random_start=threat.uses_random_start(regularization.distance))
         self._knobs = _Knobs()
         self._fused_exact = None  # Decided at the first train step (see _label_step).
         self._from_logits = regularization.from_logits
@@ -175,9 +173,11 @@ class AdversarialModel(keras.Model):
         # A second loss object for neighbor and attack losses, so that the
         # per-output loss metrics of the compiled loss see clean inputs only.
         # Set past Keras' attribute tracking: its metrics are not the wrapper's.
-        object.__setattr__(self, "_neighbor_loss", _keras.compiled_loss_copy(
-            loss, loss_weights, output_names=getattr(self, "output_names", None)
-        ))
+        object.__setattr__(
+            self,
+            "_neighbor_loss",
+            _keras.compiled_loss_copy(loss, loss_weights, output_names=getattr(self, "output_names", None)),
+        )
 
     def compile_from_config(self, config):
         # compile() keeps Keras' signature, so the saved compile config applies.
@@ -230,9 +230,11 @@ class AdversarialModel(keras.Model):
             batch = next(batches)
             break
         local = keras.tree.map_structure(
-            lambda v: self.distribute_strategy.experimental_local_results(v)[0]
-            if isinstance(v, tf.distribute.DistributedValues)
-            else v,
+            lambda v: (
+                self.distribute_strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v
+            ),
             batch,
         )
         with self.distribute_strategy.scope():
@@ -261,9 +263,7 @@ class AdversarialModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        base_model = keras.saving.deserialize_keras_object(
-            config.pop("base_model"), custom_objects=custom_objects
-        )
+        base_model = keras.saving.deserialize_keras_object(config.pop("base_model"), custom_objects=custom_objects)
         graph = config.pop("graph", None)
         return cls(
             base_model,
@@ -324,10 +324,10 @@ class AdversarialModel(keras.Model):
             if adversarial:
                 with tape.stop_recording():
                     if distance == "label":
-                        attack_loss = lambda pred: self._label_loss(y, pred)  # noqa: E731
+                        attack_loss = lambda pred: self._label_loss(y, pred)
                     else:
                         target = keras.tree.map_structure(tf.stop_gradient, y_pred)
-                        attack_loss = lambda pred: self._divergence(target, pred)  # noqa: E731
+                        attack_loss = lambda pred: self._divergence(target, pred)
                     x_adv = self._neighbors(
                         x,
                         model_fn=self._attack_model_fn,
@@ -470,9 +470,7 @@ def _add(a, b):
     if b is None:
         return a
     if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
-        return tf.IndexedSlices(
-            tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0), a.dense_shape
-        )
+        return tf.IndexedSlices(tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices], 0), a.dense_shape)
     return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
@@ -511,9 +509,7 @@ def _validate_base_model(base_model):
 
 def _validate_config(name, value, cls):
     if not isinstance(value, cls):
-        raise TypeError(
-            f"`{name}` must be a nsladv.{cls.__name__}. Received: {name}={value!r}"
-        )
+        raise TypeError(f"`{name}` must be a nsladv.{cls.__name__}. Received: {name}={value!r}")
 
 
 def _resolve_from_logits(from_logits, loss):
@@ -586,9 +582,7 @@ def wrap(base_model, *args, threat=None, regularization=None, graph=None, name=N
             f"{sorted(_THREAT_FIELDS + _REGULARIZATION_FIELDS)}, or threat=/regularization=."
         )
     threat = _merge("threat", threat, ThreatModel, _THREAT_FIELDS, settings)
-    regularization = _merge(
-        "regularization", regularization, Regularization, _REGULARIZATION_FIELDS, settings
-    )
+    regularization = _merge("regularization", regularization, Regularization, _REGULARIZATION_FIELDS, settings)
     return AdversarialModel(base_model, threat=threat, regularization=regularization, graph=graph, name=name)
 
 

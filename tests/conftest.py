@@ -4,10 +4,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
 
 FEATURES = 6
 CLASSES = 3
@@ -73,7 +73,10 @@ def two_outputs():
     hidden = keras.layers.Dense(16, activation="relu")(inputs)
     return keras.Model(
         inputs,
-        {"cls": keras.layers.Dense(CLASSES, name="cls")(hidden), "aux": keras.layers.Dense(CLASSES, name="aux")(hidden)},
+        {
+            "cls": keras.layers.Dense(CLASSES, name="cls")(hidden),
+            "aux": keras.layers.Dense(CLASSES, name="aux")(hidden),
+        },
     )
 
 

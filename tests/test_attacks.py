@@ -7,8 +7,8 @@ import tensorflow as tf
 
 from nsladv import FGSM
 from nsladv import Attack
-from nsladv import evaluate_robustness
 from nsladv import ThreatModel
+from nsladv import evaluate_robustness
 from nsladv import pgd
 from nsladv.robustness import fgsm
 from nsladv.robustness.attacks import BatchAttacker
@@ -61,7 +61,9 @@ def test_evaluate_robustness_on_the_linear_model():
     x = np.random.default_rng(0).random((64, 3)).astype("float32")
     y = np.argmax(x @ W, axis=1)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-    result = evaluate_robustness(linear_classifier(), dataset, epsilons=[0.05, 0.2], attacks=[FGSM, pgd(10, 2)], large_epsilon=1.0)
+    result = evaluate_robustness(
+        linear_classifier(), dataset, epsilons=[0.05, 0.2], attacks=[FGSM, pgd(10, 2)], large_epsilon=1.0
+    )
     assert result["clean_accuracy"] == 1.0 and result["examples"] == 64
     fgsm, pgd10 = result["attacks"]["fgsm"]["accuracy"], result["attacks"]["pgd10"]["accuracy"]
     assert fgsm["0.2"] <= fgsm["0.05"] < 1.0
@@ -112,8 +114,14 @@ def hidden_corner_classifier():
     hinge = keras.layers.Dense(1, activation="relu")(inputs)
     logits = keras.layers.Dense(2)(hinge)
     model = keras.Model(inputs, logits)
-    model.set_weights([np.ones((1, 1), "float32"), np.array([-0.58], "float32"),
-                       np.array([[0.0, 100.0]], "float32"), np.array([0.0, -1.0], "float32")])
+    model.set_weights(
+        [
+            np.ones((1, 1), "float32"),
+            np.array([-0.58], "float32"),
+            np.array([[0.0, 100.0]], "float32"),
+            np.array([0.0, -1.0], "float32"),
+        ]
+    )
     return model
 
 

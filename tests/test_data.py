@@ -64,8 +64,14 @@ def test_no_validation(data_dir):
 
 def test_pipeline_batches_shuffles_and_augments(data_dir):
     splits = data.load(data_dir=data_dir)
-    first = [y.numpy().tolist() for _, y in data.pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)]
-    again = [y.numpy().tolist() for _, y in data.pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)]
+    first = [
+        y.numpy().tolist()
+        for _, y in data.pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)
+    ]
+    again = [
+        y.numpy().tolist()
+        for _, y in data.pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)
+    ]
     assert first == again and first[0] != sorted(first[0])
     test = data.pipeline(splits.test, batch_size=300, training=False)
     sizes = [int(tf.shape(y)[0]) for _, y in test]
@@ -74,16 +80,23 @@ def test_pipeline_batches_shuffles_and_augments(data_dir):
     original = next(iter(data.pipeline(splits.test.take(50), batch_size=50, training=False)))[0].numpy()
     moved = next(iter(shifted))[0].numpy()
     assert moved.shape == original.shape and moved.max() <= 1.0
-    assert not np.allclose(np.sort(moved.sum(axis=(1, 2, 3))), np.sort(original.sum(axis=(1, 2, 3)))) or not np.allclose(moved, original)
+    assert not np.allclose(
+        np.sort(moved.sum(axis=(1, 2, 3))), np.sort(original.sum(axis=(1, 2, 3)))
+    ) or not np.allclose(moved, original)
 
 
 def test_unknown_dataset():
-    with pytest.raises(data.DatasetUnavailableError, match=r"Unknown dataset 'mnistt'.*mnist_offline.*Received: name='mnistt'"):
+    with pytest.raises(
+        data.DatasetUnavailableError, match=r"Unknown dataset 'mnistt'.*mnist_offline.*Received: name='mnistt'"
+    ):
         data.load("mnistt")
 
 
 def test_unprepared_dataset_without_download_fails_fast(tmp_path):
-    with pytest.raises(data.DatasetUnavailableError, match=r"Dataset 'mnist' is not prepared in .* and download=False.*tfds build mnist.*offline default 'mnist_offline'"):
+    with pytest.raises(
+        data.DatasetUnavailableError,
+        match=r"Dataset 'mnist' is not prepared in .* and download=False.*tfds build mnist.*offline default 'mnist_offline'",
+    ):
         data.load("mnist", data_dir=str(tmp_path), download=False)
 
 
@@ -94,7 +107,9 @@ def test_unprepared_dataset_without_network(tmp_path, monkeypatch):
 
 
 def test_invalid_validation_fraction():
-    with pytest.raises(ValueError, match=r"`validation_fraction` must be in \[0, 0.5\). Received: validation_fraction=0.7"):
+    with pytest.raises(
+        ValueError, match=r"`validation_fraction` must be in \[0, 0.5\). Received: validation_fraction=0.7"
+    ):
         data.load(validation_fraction=0.7)
 
 
@@ -102,7 +117,7 @@ def _slow_at_random(rows):
     """A batch map whose latency varies, as gathering neighbors under load does."""
 
     def sleep(r):
-        import time  # noqa: PLC0415
+        import time
 
         time.sleep(np.random.default_rng(int(r[0])).uniform(0, 0.01))
         return r

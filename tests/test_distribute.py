@@ -84,7 +84,9 @@ def test_strategy_names(monkeypatch):
     assert distribute.is_chief(tf.distribute.get_strategy())
     with pytest.raises(ValueError, match=r"Unknown strategy. Expected one of \['auto', .*Received: strategy='gpu'"):
         distribute.make_strategy("gpu")
-    with pytest.raises(ValueError, match=r"strategy='multiworker' reads the cluster from TF_CONFIG, which lists no workers"):
+    with pytest.raises(
+        ValueError, match=r"strategy='multiworker' reads the cluster from TF_CONFIG, which lists no workers"
+    ):
         distribute.make_strategy("multiworker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match=r"TF_CONFIG is not valid JSON"):
@@ -205,7 +207,9 @@ def _errors(outputs):
     """The end of each worker's stderr, without TensorFlow's start-up chatter."""
     ends = []
     for index, (_, err) in enumerate(outputs):
-        lines = [line for line in err.splitlines() if not line.startswith(("I0000", "W0000", "E0000", "WARNING: All log"))]
+        lines = [
+            line for line in err.splitlines() if not line.startswith(("I0000", "W0000", "E0000", "WARNING: All log"))
+        ]
         ends.append(f"worker {index}:\n" + "\n".join(lines[-25:]))
     return "\n".join(ends)
 
@@ -213,8 +217,12 @@ def _errors(outputs):
 def launch(mode, out, *extra):
     ports = free_ports(2)
     return [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(i), ports, mode, str(out), *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(i), ports, mode, str(out), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
 
@@ -227,8 +235,9 @@ def test_two_workers_train_like_one_device(tmp_path):
     histories = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert histories[0] == histories[1]
     # One process, one device, the same global batches of 16.
-    single = subprocess.run([sys.executable, "-c", WORKER, "0", "0", "fit_one_device", str(tmp_path)],
-                            capture_output=True, text=True)
+    single = subprocess.run(
+        [sys.executable, "-c", WORKER, "0", "0", "fit_one_device", str(tmp_path)], capture_output=True, text=True
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     one_device = json.loads(single.stdout.strip().splitlines()[-1])
     for key in ("loss", "clean_loss", "neighbor_loss", "val_loss"):

@@ -90,7 +90,9 @@ def test_a_batch_without_edges_trains_as_without_the_graph():
         base = linear_model()
         model = nsladv.wrap(base, multiplier=0.0, graph=graph)
         features = packed(weights=np.zeros_like(EDGE_WEIGHTS)) if graph else X
-        logs = one_step(model, features, np.array([0, 1]), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        logs = one_step(
+            model, features, np.array([0, 1]), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         trained.append(base.get_weights()[0])
         if graph:
             assert logs["graph_loss"] == 0.0
@@ -101,8 +103,13 @@ def test_label_distance_by_hand_weighs_edges_by_the_sample_weight():
     labels = np.array([1, 0])
     sample_weight = np.array([1.0, 0.0], np.float32)  # only sample 0's label propagates
     model = nsladv.wrap(linear_model(), multiplier=0.0, graph=GraphRegularization(multiplier=1.0, distance="label"))
-    logs = one_step(model, packed(), labels, sample_weight=sample_weight,
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    logs = one_step(
+        model,
+        packed(),
+        labels,
+        sample_weight=sample_weight,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     logits = NEIGHBORS[0, 0] @ KERNEL  # sample 0's one real neighbor
     ce = -(logits[1] - np.log(np.exp(logits).sum()))
     assert logs["graph_loss"] == pytest.approx(0.5 * ce / 1, rel=1e-5)
@@ -122,8 +129,13 @@ def test_kl_distance_matches_numpy_and_ignores_sample_weights():
         total += EDGE_WEIGHTS[i, j] * np.sum(p[i] * np.log(p[i] / q))
     for sample_weight in (None, np.array([1.0, 0.0], np.float32)):
         model = nsladv.wrap(linear_model(), multiplier=0.0, graph=GraphRegularization(multiplier=1.0, distance="kl"))
-        logs = one_step(model, packed(), labels, sample_weight=sample_weight,
-                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        logs = one_step(
+            model,
+            packed(),
+            labels,
+            sample_weight=sample_weight,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         assert logs["graph_loss"] == pytest.approx(total / 3, rel=1e-5)
 
 
@@ -152,8 +164,12 @@ def test_the_combined_objective_is_the_sum_of_its_parts(adversarial_distance, gr
     settings = dict(epsilon=0.1, distance=adversarial_distance)
     graph = GraphRegularization(multiplier=0.7, distance=graph_distance)
     runs = {}
-    for label, multiplier, graph_term in [("plain", 0.0, None), ("adversarial", 0.4, None),
-                                          ("graph", 0.0, graph), ("both", 0.4, graph)]:
+    for label, multiplier, graph_term in [
+        ("plain", 0.0, None),
+        ("adversarial", 0.4, None),
+        ("graph", 0.0, graph),
+        ("both", 0.4, graph),
+    ]:
         base = linear_model()
         model = nsladv.wrap(base, multiplier=multiplier, graph=graph_term, **settings)
         keras.utils.set_random_seed(7)
@@ -176,16 +192,29 @@ def test_graph_training_lowers_the_loss_and_evaluates_clean(tmp_path):
     labels = (x[:, 0] > x[:, 1]).astype("int32")
     neighbors = np.clip(x[:, None, :] + rng.normal(0, 0.02, (64, 3, 2)), 0, 1).astype("float32")
     base = linear_model()
-    model = nsladv.wrap(base, epsilon=0.05, multiplier=0.3, clip_range=(0, 1),
-                        graph=GraphRegularization(multiplier=0.5, distance="kl", max_neighbors=2))
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=False)
+    model = nsladv.wrap(
+        base,
+        epsilon=0.05,
+        multiplier=0.3,
+        clip_range=(0, 1),
+        graph=GraphRegularization(multiplier=0.5, distance="kl", max_neighbors=2),
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
     history = model.fit(packed(x, neighbors, np.ones((64, 3), "float32")), labels, batch_size=16, epochs=8, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     plain = model.evaluate(x, labels, verbose=0, return_dict=True)
-    with_neighbors = model.evaluate(packed(x, neighbors, np.ones((64, 3), "float32")), labels, verbose=0, return_dict=True)
+    with_neighbors = model.evaluate(
+        packed(x, neighbors, np.ones((64, 3), "float32")), labels, verbose=0, return_dict=True
+    )
     assert plain == with_neighbors and set(plain) == {"loss", "accuracy"}
-    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(packed(x, neighbors, np.ones((64, 3), "float32")), verbose=0))
+    np.testing.assert_array_equal(
+        model.predict(x, verbose=0), model.predict(packed(x, neighbors, np.ones((64, 3), "float32")), verbose=0)
+    )
     restored = nsladv.AdversarialModel.from_config(json.loads(json.dumps(model.get_config())))
     assert restored.graph == model.graph
 
@@ -207,6 +236,7 @@ def test_graph_term_with_dict_inputs_and_a_dataset():
 
 
 # Errors ---------------------------------------------------------------------
+
 
 def test_error_when_the_features_carry_no_neighbors():
     model = nsladv.wrap(linear_model(), graph=GraphRegularization())
@@ -253,6 +283,7 @@ def test_wrap_rejects_a_graph_that_is_not_a_graph_regularization():
 
 
 # Graphs ---------------------------------------------------------------------
+
 
 def test_build_graph_gives_the_expected_edges():
     # Cosine similarities: a.b = 0.8, a.c = 0.6, b.c = 0.96 (all unit vectors), d is opposite to a.
@@ -369,7 +400,9 @@ def test_embeddings():
     h = keras.layers.Dense(3, name="hidden")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, keras.layers.Dense(2)(h))
     encoder = graph_lib.penultimate(model)
-    np.testing.assert_allclose(graph_lib.embed(images, encoder), model.get_layer("hidden")(images.reshape(5, 16)), rtol=1e-5)
+    np.testing.assert_allclose(
+        graph_lib.embed(images, encoder), model.get_layer("hidden")(images.reshape(5, 16)), rtol=1e-5
+    )
 
 
 def test_nsl_pack_nbrs_output_trains_like_the_neighbor_table(tmp_path):
@@ -384,20 +417,32 @@ def test_nsl_pack_nbrs_output_trains_like_the_neighbor_table(tmp_path):
     def write(path, rows):
         with tf.io.TFRecordWriter(str(path)) as writer:
             for i in rows:
-                writer.write(tf.train.Example(features=tf.train.Features(feature={
-                    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(i).encode()])),
-                    "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i])),
-                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[labels[i]])),
-                })).SerializeToString())
+                writer.write(
+                    tf.train.Example(
+                        features=tf.train.Features(
+                            feature={
+                                "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(i).encode()])),
+                                "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i])),
+                                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[labels[i]])),
+                            }
+                        )
+                    ).SerializeToString()
+                )
 
     write(tmp_path / "labeled.tfr", range(4))
     write(tmp_path / "unlabeled.tfr", range(4, 8))
     graph.write_tsv(tmp_path / "graph.tsv")
-    graph_lib.pack_nbrs(tmp_path / "labeled.tfr", tmp_path / "unlabeled.tfr", tmp_path / "graph.tsv",
-                        tmp_path / "packed.tfr", max_neighbors=2)
+    graph_lib.pack_nbrs(
+        tmp_path / "labeled.tfr",
+        tmp_path / "unlabeled.tfr",
+        tmp_path / "graph.tsv",
+        tmp_path / "packed.tfr",
+        max_neighbors=2,
+    )
     spec = {"x": tf.io.FixedLenFeature([2], tf.float32), "label": tf.io.FixedLenFeature([1], tf.int64)}
-    from_disk = graph_lib.packed_dataset(tmp_path / "packed.tfr", spec, label_key="label", max_neighbors=2,
-                                         batch_size=4, training=False)
+    from_disk = graph_lib.packed_dataset(
+        tmp_path / "packed.tfr", spec, label_key="label", max_neighbors=2, batch_size=4, training=False
+    )
     table = graph_lib.NeighborTable(graph, x, max_neighbors=2, feature_name="x")
     in_memory = table.dataset(np.arange(4), labels[:4, None], batch_size=4, training=False)
     disk_batch, memory_batch = next(iter(from_disk)), next(iter(in_memory))
@@ -420,9 +465,15 @@ def test_graph_term_under_xla_and_mixed_precision():
     found = {}
     for policy, jit in [("float32", False), ("float32", True), ("mixed_float16", False)]:
         keras.config.set_dtype_policy(policy)
-        model = nsladv.wrap(linear_model(), epsilon=0.05, multiplier=0.3, graph=GraphRegularization(multiplier=0.5, distance="kl"))
-        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
-        found[(policy, jit)] = model.fit(features, labels, batch_size=16, epochs=2, shuffle=False, verbose=0).history["graph_loss"][-1]
+        model = nsladv.wrap(
+            linear_model(), epsilon=0.05, multiplier=0.3, graph=GraphRegularization(multiplier=0.5, distance="kl")
+        )
+        model.compile(
+            optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit
+        )
+        found[(policy, jit)] = model.fit(features, labels, batch_size=16, epochs=2, shuffle=False, verbose=0).history[
+            "graph_loss"
+        ][-1]
     reference = found[("float32", False)]
     assert np.isfinite(list(found.values())).all() and reference > 0
     assert found[("float32", True)] == pytest.approx(reference, rel=1e-4)
@@ -437,8 +488,12 @@ def test_random_shift_batch_shifts_each_image_by_its_own_whole_pixels():
     padded = np.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]])
     offsets = []
     for i in range(16):
-        found = [(dy, dx) for dy in range(3) for dx in range(3)
-                 if np.array_equal(shifted[i], padded[i, dy : dy + 6, dx : dx + 5])]
+        found = [
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if np.array_equal(shifted[i], padded[i, dy : dy + 6, dx : dx + 5])
+        ]
         assert found, i  # an exact whole-pixel shift with zero fill
         offsets.append(found[0])
     assert len(set(offsets)) > 1  # drawn per image
@@ -447,7 +502,7 @@ def test_random_shift_batch_shifts_each_image_by_its_own_whole_pixels():
 def test_neighbor_table_augments_samples_and_neighbors_when_training_only():
     graph = graph_lib.Graph.from_edges([(0, 1, 0.5), (1, 0, 0.5)], num_nodes=2)
     table = graph_lib.NeighborTable(graph, np.zeros((2, 3), np.float32), max_neighbors=1, feature_name="f")
-    plus_one = lambda t: t + 1.0  # noqa: E731
+    plus_one = lambda t: t + 1.0
     trained = next(iter(table.dataset([0, 1], [0, 1], batch_size=2, training=True, augment=plus_one)))[0]
     assert (trained["f"].numpy() == 1).all() and (trained["NL_nbr_0_f"].numpy() == 1).all()
     np.testing.assert_allclose(trained["NL_nbr_0_weight"], [[0.5], [0.5]])
@@ -467,6 +522,9 @@ def test_neighbor_purity_counts_equal_labels_along_edges():
 def test_prefixed_features_without_a_slot_number_are_ignored():
     features = packed()
     features["NL_nbr_count"] = np.full((2, 1), 2.0, np.float32)
-    logs = one_step(nsladv.wrap(linear_model(), multiplier=0.0, graph=GraphRegularization(multiplier=0.5, distance="l2")),
-                    features, Y_REGRESSION)
+    logs = one_step(
+        nsladv.wrap(linear_model(), multiplier=0.0, graph=GraphRegularization(multiplier=0.5, distance="l2")),
+        features,
+        Y_REGRESSION,
+    )
     assert logs["graph_loss"] == pytest.approx(hand_l2_graph_term()[0], rel=1e-6)

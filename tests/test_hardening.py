@@ -1,7 +1,6 @@
 """The harden job end to end on a tiny budget, resume after a kill, the CLI's errors."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -13,12 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nsladv.jobs import cli
 from nsladv import datasets as data
-from nsladv.datasets import loading
-from nsladv.jobs import harden as hardening
 from nsladv import load_pipeline
+from nsladv.datasets import loading
 from nsladv.errors import TrainingDivergedError
+from nsladv.jobs import cli
+from nsladv.jobs import harden as hardening
 
 HERE = pathlib.Path(__file__).parent
 TINY = str(HERE / "tiny_pipeline.py")
@@ -67,8 +66,15 @@ def test_harden_a_users_saved_model(tmp_path, data_dir):
     path = tmp_path / "user.keras"
     keras.Model(inputs, outputs).save(path)
     report = hardening.harden(
-        load_pipeline(TINY), model_path=path, out_dir=tmp_path / "run", saved_models=tmp_path / "sm",
-        data_dir=data_dir, baseline=False, eval_examples=100, verbose=0, log=lambda *_: None,
+        load_pipeline(TINY),
+        model_path=path,
+        out_dir=tmp_path / "run",
+        saved_models=tmp_path / "sm",
+        data_dir=data_dir,
+        baseline=False,
+        eval_examples=100,
+        verbose=0,
+        log=lambda *_: None,
     )
     assert report["model"] == str(path) and set(report["evaluations"]) == {"hardened"}
     signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
@@ -140,8 +146,11 @@ def test_a_rerun_after_a_kill_in_any_phase_picks_up_at_the_first_unfinished_one(
     log = tmp_path / "log.txt"
 
     def run(phase):
-        done = subprocess.run([sys.executable, "-c", PHASES, phase, str(log), TINY, str(tmp_path), str(HERE), data_dir],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", PHASES, phase, str(log), TINY, str(tmp_path), str(HERE), data_dir],
+            capture_output=True,
+            text=True,
+        )
         expected = 0 if phase == "complete" else -signal.SIGKILL
         assert done.returncode == expected, done.stderr[-3000:]
         return log.read_text().split("--- ")[-1]
@@ -165,16 +174,21 @@ def test_a_rerun_after_a_kill_in_any_phase_picks_up_at_the_first_unfinished_one(
     assert "training" not in said and "white-box evaluation" not in said and "exported for TF Serving:" in said
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["export"] == str(tmp_path / "saved_models" / "tiny" / "1")
-    assert set(report["timings"]) == {"train_hardened_seconds", "train_baseline_seconds",
-                                      "evaluate_hardened_seconds", "evaluate_baseline_seconds"}
+    assert set(report["timings"]) == {
+        "train_hardened_seconds",
+        "train_baseline_seconds",
+        "evaluate_hardened_seconds",
+        "evaluate_baseline_seconds",
+    }
     said = run("complete")  # Nothing left to do: the same export, no new version.
     assert "exported for TF Serving by an earlier run" in said
     assert sorted(p.name for p in (tmp_path / "saved_models" / "tiny").iterdir()) == ["1"]
 
 
 def test_a_rerun_with_other_training_settings_starts_afresh(tmp_path, data_dir):
-    kwargs = dict(out_dir=tmp_path / "run", data_dir=data_dir, baseline=False, export=False, eval_examples=50,
-                  verbose=0)
+    kwargs = dict(
+        out_dir=tmp_path / "run", data_dir=data_dir, baseline=False, export=False, eval_examples=50, verbose=0
+    )
     lines = []
     hardening.harden(load_pipeline(TINY), log=lines.append, **kwargs)
     lines.clear()
@@ -191,9 +205,19 @@ def test_a_rerun_with_other_training_settings_starts_afresh(tmp_path, data_dir):
 
 def test_a_diverging_training_stops_with_an_error_that_names_the_epoch(tmp_path, data_dir):
     pipeline = load_pipeline(TINY).replace(learning_rate=1e30, epochs=3)
-    with pytest.raises(TrainingDivergedError, match=r"Training the hardened model diverged: loss=nan at epoch 1 of 3\. Try a lower learning rate"):
-        hardening.harden(pipeline, out_dir=tmp_path / "run", data_dir=data_dir, baseline=False, eval_examples=50,
-                         verbose=0, log=lambda *_: None)
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"Training the hardened model diverged: loss=nan at epoch 1 of 3\. Try a lower learning rate",
+    ):
+        hardening.harden(
+            pipeline,
+            out_dir=tmp_path / "run",
+            data_dir=data_dir,
+            baseline=False,
+            eval_examples=50,
+            verbose=0,
+            log=lambda *_: None,
+        )
     assert not (tmp_path / "run" / "report.json").exists()
 
 
@@ -212,8 +236,11 @@ def test_cli_unknown_pipeline(capsys):
     [
         ("import nsladv\nPIPELINE = nsladv.Pipeline(name='x', build_model=len,\n", "SyntaxError: '(' was never closed"),
         ("import nsladv_missing_package\n", "ModuleNotFoundError: No module named 'nsladv_missing_package'"),
-        ("import nsladv\n\nPIPELINE = nsladv.Pipeline(name='x', build_model=len,\n"
-         "    threat=nsladv.ThreatModel(epsilon=-1))\n", "`epsilon` must be a finite number > 0. Received: epsilon=-1"),
+        (
+            "import nsladv\n\nPIPELINE = nsladv.Pipeline(name='x', build_model=len,\n"
+            "    threat=nsladv.ThreatModel(epsilon=-1))\n",
+            "`epsilon` must be a finite number > 0. Received: epsilon=-1",
+        ),
         ("import nsladv\nPIPELINE = nsladv.Pipeline(name='a/b', build_model=len)\n", "The model name must be letters"),
         ("PIPELINE = 3\n", "must define PIPELINE = nsladv.Pipeline(...). Received: PIPELINE=3"),
     ],
@@ -232,7 +259,11 @@ def test_cli_broken_pipeline_file_is_one_line(source, message, capsys, tmp_path)
 
 def test_cli_pipeline_name_that_is_no_module(capsys):
     code, out = run_cli(["harden", "foo.bar"], capsys)
-    assert code == 2 and out.err.strip().startswith("nsladv: error: Unknown pipeline 'foo.bar'") and "Traceback" not in out.err
+    assert (
+        code == 2
+        and out.err.strip().startswith("nsladv: error: Unknown pipeline 'foo.bar'")
+        and "Traceback" not in out.err
+    )
 
 
 def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
@@ -245,7 +276,7 @@ def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
 
 
 def test_cli_version(capsys):
-    import nsladv  # noqa: PLC0415
+    import nsladv
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
@@ -269,10 +300,17 @@ def _flat_dense(classes, activation=None):
 @pytest.mark.parametrize(
     "input_shape, head, message",
     [
-        ((32, 32, 3), _flat_dense(10), "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)"),
+        (
+            (32, 32, 3),
+            _flat_dense(10),
+            "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)",
+        ),
         ((28, 28, 1), _flat_dense(3), "one score per class: shape (batch, 10). Received: output (8, 3)"),
-        ((28, 28, 1), lambda inputs: keras.layers.Dense(10)(inputs),
-         "one score per class: shape (batch, 10). Received: output (8, 28, 28, 10)"),
+        (
+            (28, 28, 1),
+            lambda inputs: keras.layers.Dense(10)(inputs),
+            "one score per class: shape (batch, 10). Received: output (8, 28, 28, 10)",
+        ),
         ((28, 28, 1), _flat_dense(10, "sigmoid"), "The model ends in a sigmoid, which scores each class on its own"),
     ],
     ids=["input_shape", "classes", "per_pixel_scores", "sigmoid"],
@@ -307,7 +345,10 @@ def test_cli_dataset_that_cannot_be_had(capsys, tmp_path, monkeypatch):
     assert code == 2 and "Dataset 'fashion_mnist' is not prepared" in out.err and "'mnist_offline'" in out.err
 
 
-@pytest.mark.parametrize("argv, message", [(["harden", "--epochs", "0"], "expected a whole number >= 1, received '0'"), (["deploy"], "invalid choice")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["harden", "--epochs", "0"], "expected a whole number >= 1, received '0'"), (["deploy"], "invalid choice")],
+)
 def test_cli_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
@@ -326,9 +367,15 @@ def test_cli_serve_without_models(capsys, tmp_path):
 
 def test_harden_in_mixed_precision(tmp_path, data_dir):
     report = hardening.harden(
-        load_pipeline(TINY), mixed_precision="mixed_float16", out_dir=tmp_path / "run",
-        saved_models=tmp_path / "sm", data_dir=data_dir, baseline=False, eval_examples=100,
-        verbose=0, log=lambda *_: None,
+        load_pipeline(TINY),
+        mixed_precision="mixed_float16",
+        out_dir=tmp_path / "run",
+        saved_models=tmp_path / "sm",
+        data_dir=data_dir,
+        baseline=False,
+        eval_examples=100,
+        verbose=0,
+        log=lambda *_: None,
     )
     assert keras.config.dtype_policy().name == "float32"  # restored
     signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
@@ -356,7 +403,10 @@ def test_graph_pipeline_end_to_end(tmp_path, data_dir):
     assert graph["nodes"] == 3600 and graph["labelled"] == 50 and graph["edges"] > 0
     assert graph["training_rows"] > graph["nodes"]  # every image, the labelled ones repeated
     assert 0.5 < graph["neighbor_label_agreement"] <= 1.0
-    assert report["pipeline"]["labels_per_class"] == 5 and report["pipeline"]["graph"]["regularization"]["distance"] == "kl"
+    assert (
+        report["pipeline"]["labels_per_class"] == 5
+        and report["pipeline"]["graph"]["regularization"]["distance"] == "kl"
+    )
     assert {"train_hardened_seconds", "train_without_graph_seconds", "train_baseline_seconds"} <= set(report["timings"])
     table = hardening.report_lib.summary_table(report["evaluations"])
     assert "without_graph" in table
@@ -380,10 +430,12 @@ def test_graph_pipeline_data_gives_both_models_the_same_batches(data_dir):
 
 
 def test_graph_pipeline_settings_are_checked():
-    import nsladv  # noqa: PLC0415
+    import nsladv
 
     build = load_pipeline(TINY).build_model
-    with pytest.raises(ValueError, match=r"`labels_per_class` must be an integer >= 1 or None. Received: labels_per_class=0"):
+    with pytest.raises(
+        ValueError, match=r"`labels_per_class` must be an integer >= 1 or None. Received: labels_per_class=0"
+    ):
         nsladv.Pipeline(build_model=build, labels_per_class=0)
     with pytest.raises(ValueError, match=r"needs `regularization=nsladv.GraphRegularization\(..., max_neighbors=K\)`"):
         nsladv.GraphSetup(regularization=nsladv.GraphRegularization())

@@ -172,8 +172,10 @@ def dict_batch():
 
 
 def dict_loss(pred):
-    return tf.reduce_sum(pred["a"] * W[:, :2]) + tf.reduce_sum(pred["b"] * W[:, 2:]) + tf.cast(
-        tf.reduce_sum(pred["ids"]), tf.float32
+    return (
+        tf.reduce_sum(pred["a"] * W[:, :2])
+        + tf.reduce_sum(pred["b"] * W[:, 2:])
+        + tf.cast(tf.reduce_sum(pred["ids"]), tf.float32)
     )
 
 
@@ -208,7 +210,9 @@ def test_sparse_and_ragged_inputs_are_left_alone():
 
 def test_asking_to_perturb_a_non_float_input_is_an_error():
     builder = NeighborBuilder(ThreatModel(feature_mask={"ids": True}), random_start=False)
-    with pytest.raises(ValueError, match=r"Cannot perturb input 'ids': it is of dtype int32.*Received: feature_mask entry=True"):
+    with pytest.raises(
+        ValueError, match=r"Cannot perturb input 'ids': it is of dtype int32.*Received: feature_mask entry=True"
+    ):
         builder(dict_batch(), model_fn=lambda v: v, loss_fn=dict_loss)
     builder = NeighborBuilder(ThreatModel(epsilon={"a": 0.1, "ids": 1.0}), random_start=False)
     with pytest.raises(ValueError, match=r"Cannot perturb input 'ids'"):
@@ -222,9 +226,17 @@ def test_asking_to_perturb_a_non_float_input_is_an_error():
 @pytest.mark.parametrize(
     "mask, inputs, message",
     [
-        ({"c": True}, "dict", r"`feature_mask` names features the inputs do not have: \['c'\]. The inputs have \['a', 'b', 'ids'\]"),
+        (
+            {"c": True},
+            "dict",
+            r"`feature_mask` names features the inputs do not have: \['c'\]. The inputs have \['a', 'b', 'ids'\]",
+        ),
         ({"a": True}, "tensor", r"`feature_mask` is a mapping of feature names, so the model inputs must be a dict"),
-        ([True, False, True], "list", r"`feature_mask` must have the structure of the model inputs.*3 entries for inputs with 2 entries"),
+        (
+            [True, False, True],
+            "list",
+            r"`feature_mask` must have the structure of the model inputs.*3 entries for inputs with 2 entries",
+        ),
         ([True, False], "tensor", r"`feature_mask` must have the structure of the model inputs"),
     ],
 )
@@ -266,9 +278,7 @@ L1_GRADIENT = np.array([[3.0, 2.0, -1.0, 0.5]], "float32")
 
 @pytest.mark.parametrize("steps", [1, 10])
 def test_l1_moves_when_the_largest_gradient_sits_at_the_clip_bound(steps):
-    builder = NeighborBuilder(
-        ThreatModel(epsilon=0.5, norm="l1", steps=steps, clip_range=(0, 1)), random_start=False
-    )
+    builder = NeighborBuilder(ThreatModel(epsilon=0.5, norm="l1", steps=steps, clip_range=(0, 1)), random_start=False)
     x_adv = builder(
         tf.constant(SATURATED), model_fn=lambda v: v, loss_fn=lambda p: tf.reduce_sum(p * L1_GRADIENT)
     ).numpy()
@@ -291,11 +301,13 @@ def test_l1_steps_toward_the_bound_from_below_are_kept():
 
 # Issue 11, item 3: float16 gradients of confident predictions do not underflow.
 def test_float16_attack_perturbs_confident_examples():
-    import keras  # noqa: PLC0415
+    import keras
 
     keras.config.set_dtype_policy("mixed_float16")
     kernel = np.array([[7.0, 0.0, 0.0]] * 4, "float32")  # logit 0 is 7 * sum(x), 14 to 16.8 here
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(kernel))])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(kernel))]
+    )
     keras.config.set_dtype_policy("float32")
     x = np.random.default_rng(0).uniform(0.5, 0.6, (200, 4)).astype("float32")
     y = np.zeros(200, "int64")

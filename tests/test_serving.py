@@ -89,7 +89,9 @@ def test_plain_http_row_and_columnar_formats(server, models):
     # TF Serving's default policy serves the latest version only.
     status, body = http_request(server, "POST", "/v1/models/digits/versions/1:predict", named)
     assert status == 404 and "Specific(digits, 1)" in body["error"]
-    status, body = http_request(server, "POST", "/v1/models/digits:predict", json.dumps({"inputs": {"image": x.tolist()}}))
+    status, body = http_request(
+        server, "POST", "/v1/models/digits:predict", json.dumps({"inputs": {"image": x.tolist()}})
+    )
     assert status == 200 and sorted(body["outputs"]) == ["class_ids", "logits", "probabilities"]
     np.testing.assert_allclose(body["outputs"]["logits"], expected, rtol=1e-5, atol=1e-6)
 
@@ -113,7 +115,9 @@ def test_real_grpc_stub(server, models):
 def test_status_and_metadata(server):
     status, body = http_request(server, "GET", "/v1/models/digits")
     assert status == 200 and body == {
-        "model_version_status": [{"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+        "model_version_status": [
+            {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
     }
     status, body = http_request(server, "GET", "/v1/models/digits/metadata")
     signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
@@ -122,25 +126,75 @@ def test_status_and_metadata(server):
     grpc_status = GrpcClient(server.grpc_target).status("digits")
     assert [(s.version, s.state) for s in grpc_status.model_version_status] == [(2, 30)]  # 30: AVAILABLE
     signatures = GrpcClient(server.grpc_target).metadata("digits")
-    assert isinstance(signatures, get_model_metadata_pb2.SignatureDefMap) and "serving_default" in signatures.signature_def
+    assert (
+        isinstance(signatures, get_model_metadata_pb2.SignatureDefMap) and "serving_default" in signatures.signature_def
+    )
 
 
 @pytest.mark.parametrize(
     "method, path, body, status, message",
     [
         ("POST", "/v1/models/digits:predict", "{not json", 400, "not valid JSON"),
-        ("POST", "/v1/models/digits:predict", json.dumps({"inputs": {"pixels": [[0.0]]}}), 400, "The signature takes inputs ['image']"),
-        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [[[0.1] * 4] * 4]}), 400, "must have shape (-1, 4, 4, 1)"),
-        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [[["a"]]]}), 400, "rectangular array of float32"),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            json.dumps({"inputs": {"pixels": [[0.0]]}}),
+            400,
+            "The signature takes inputs ['image']",
+        ),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            json.dumps({"instances": [[[0.1] * 4] * 4]}),
+            400,
+            "must have shape (-1, 4, 4, 1)",
+        ),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            json.dumps({"instances": [[["a"]]]}),
+            400,
+            "rectangular array of float32",
+        ),
         ("POST", "/v1/models/digits:predict", '{"instances": [[[[NaN]]]]}', 400, "contains NaN or infinity"),
-        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [], "inputs": []}), 400, "exactly one of 'instances'"),
-        ("POST", "/v1/models/nope:predict", json.dumps({"instances": [[0]]}), 404, "Servable not found for request: Latest(nope)"),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            json.dumps({"instances": [], "inputs": []}),
+            400,
+            "exactly one of 'instances'",
+        ),
+        (
+            "POST",
+            "/v1/models/nope:predict",
+            json.dumps({"instances": [[0]]}),
+            404,
+            "Servable not found for request: Latest(nope)",
+        ),
         ("POST", "/v1/models/digits/versions/7:predict", json.dumps({"instances": [[0]]}), 404, "Specific(digits, 7)"),
-        ("POST", "/v1/models/digits/labels/stable:predict", json.dumps({"instances": [[0]]}), 400, "Unrecognized servable version label: stable"),
-        ("POST", "/v1/models/digits:predict", json.dumps({"signature_name": "x", "instances": [[0]]}), 400, 'Serving signature key "x" not found'),
+        (
+            "POST",
+            "/v1/models/digits/labels/stable:predict",
+            json.dumps({"instances": [[0]]}),
+            400,
+            "Unrecognized servable version label: stable",
+        ),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            json.dumps({"signature_name": "x", "instances": [[0]]}),
+            400,
+            'Serving signature key "x" not found',
+        ),
         ("GET", "/v1/models/digits/versions/3", None, 404, "Specific(digits, 3)"),
         ("GET", "/v2/whatever", None, 400, "Malformed request"),
-        ("POST", "/v1/models/digits:predict", json.dumps({"instances": [[[[0.0]] * 4] * 4] * 2000}), 429, "takes at most 200000"),
+        (
+            "POST",
+            "/v1/models/digits:predict",
+            json.dumps({"instances": [[[[0.0]] * 4] * 4] * 2000}),
+            429,
+            "takes at most 200000",
+        ),
     ],
 )
 def test_rest_errors_and_the_server_keeps_serving(server, method, path, body, status, message):
@@ -153,9 +207,17 @@ def test_rest_errors_and_the_server_keeps_serving(server, method, path, body, st
     "kwargs, code, message",
     [
         ({"name": "nope", "inputs": {"image": images(1)}}, "NOT_FOUND", "Latest(nope)"),
-        ({"name": "digits", "inputs": {"image": images(1).astype("float64")[:, :, :2]}}, "INVALID_ARGUMENT", "must have shape"),
+        (
+            {"name": "digits", "inputs": {"image": images(1).astype("float64")[:, :, :2]}},
+            "INVALID_ARGUMENT",
+            "must have shape",
+        ),
         ({"name": "digits", "inputs": {"image": images(1)}, "version": 5}, "NOT_FOUND", "Specific(digits, 5)"),
-        ({"name": "digits", "inputs": {"image": images(1)}, "signature_name": "nope"}, "FAILED_PRECONDITION", "not found"),
+        (
+            {"name": "digits", "inputs": {"image": images(1)}, "signature_name": "nope"},
+            "FAILED_PRECONDITION",
+            "not found",
+        ),
         ({"name": "digits", "inputs": {"image": np.full((1, *SHAPE), np.nan, "float32")}}, "INVALID_ARGUMENT", "NaN"),
     ],
 )
@@ -174,7 +236,9 @@ def test_warmup_records_replay_against_the_server(server, models):
         request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
         response = client.prediction.Predict(request, timeout=30)
         x = tf.make_ndarray(request.inputs["image"])
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["logits"]), models[1][2].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["logits"]), models[1][2].predict(x, verbose=0), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_models_config_policy_and_labels(tmp_path, models):
@@ -190,8 +254,18 @@ def test_models_config_policy_and_labels(tmp_path, models):
         client = RestClient(local.rest_url)
         assert [s["version"] for s in client.status("digits")["model_version_status"]] == ["2", "1"]
         x = images(2)
-        np.testing.assert_allclose(client.predict("digits", {"image": x}, label="stable")["logits"], models[1][1].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(client.predict("digits", {"image": x}, label="canary")["logits"], models[1][2].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            client.predict("digits", {"image": x}, label="stable")["logits"],
+            models[1][1].predict(x, verbose=0),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            client.predict("digits", {"image": x}, label="canary")["logits"],
+            models[1][2].predict(x, verbose=0),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_a_new_version_lands_under_load_without_failed_requests(tmp_path):
@@ -206,8 +280,12 @@ def test_a_new_version_lands_under_load_without_failed_requests(tmp_path):
                 try:
                     client.predict("digits", {"image": images(2)})
                     status = client.status("digits")
-                    versions.add(status["model_version_status"][0]["version"] if kind == "rest" else str(status.model_version_status[0].version))
-                except Exception as error:  # noqa: BLE001 - counted
+                    versions.add(
+                        status["model_version_status"][0]["version"]
+                        if kind == "rest"
+                        else str(status.model_version_status[0].version)
+                    )
+                except Exception as error:
                     failures.append(repr(error))
 
         threads = [threading.Thread(target=hammer, args=(k,)) for k in ("rest", "grpc", "rest", "grpc")]

@@ -1,7 +1,6 @@
 """keras-tuner searches against a robust objective: real trials, resume, divergence, export."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess

@@ -119,10 +119,14 @@ def test_every_model_kind_trains(kind, distance, steps):
     assert history["loss"][-1] < history["loss"][0]
     assert all(np.isfinite(history["neighbor_loss"]))
     assert len(model.weights) == len(base.weights)
-    np.testing.assert_allclose(model.predict(as_inputs(kind, x[:5]), verbose=0)["cls"] if kind == "two_outputs"
-                               else model.predict(as_inputs(kind, x[:5]), verbose=0),
-                               base.predict(as_inputs(kind, x[:5]), verbose=0)["cls"] if kind == "two_outputs"
-                               else base.predict(as_inputs(kind, x[:5]), verbose=0))
+    np.testing.assert_allclose(
+        model.predict(as_inputs(kind, x[:5]), verbose=0)["cls"]
+        if kind == "two_outputs"
+        else model.predict(as_inputs(kind, x[:5]), verbose=0),
+        base.predict(as_inputs(kind, x[:5]), verbose=0)["cls"]
+        if kind == "two_outputs"
+        else base.predict(as_inputs(kind, x[:5]), verbose=0),
+    )
 
 
 def test_tf_data_with_sample_weights_and_evaluate_reports_clean_metrics():
@@ -318,9 +322,14 @@ def test_export_goes_to_the_base_model(tmp_path):
 
 
 def test_settings_passed_positionally():
-    with pytest.raises(TypeError, match=r"nsladv.wrap\(\) takes the model positionally.*Received: 1 positional setting\(s\) after the model: \(0.1,\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"nsladv.wrap\(\) takes the model positionally.*Received: 1 positional setting\(s\) after the model: \(0.1,\)",
+    ):
         nsladv.wrap(MODEL_KINDS["sequential"](), 0.1)
-    with pytest.raises(TypeError, match=r"AdversarialModel takes the base model positionally.*Received: 1 extra positional"):
+    with pytest.raises(
+        TypeError, match=r"AdversarialModel takes the base model positionally.*Received: 1 extra positional"
+    ):
         AdversarialModel(MODEL_KINDS["sequential"](), ThreatModel())
 
 
@@ -346,7 +355,9 @@ def test_invalid_settings_through_wrap(settings, error, message):
 
 
 def test_not_a_keras_model():
-    with pytest.raises(TypeError, match=r"Expected a Keras 3 `keras.Model` to wrap. Received: base_model of type builtins.str"):
+    with pytest.raises(
+        TypeError, match=r"Expected a Keras 3 `keras.Model` to wrap. Received: base_model of type builtins.str"
+    ):
         nsladv.wrap("model.keras")
     inner = nsladv.wrap(MODEL_KINDS["sequential"]())
     with pytest.raises(TypeError, match=r"already an AdversarialModel"):
@@ -392,7 +403,7 @@ def test_bad_feature_masks_fail_in_fit(mask, message):
 
 def _first_step_spy(monkeypatch):
     """Records the scaled-space neighbor NSL returns at each step."""
-    from nsladv import _nsl  # noqa: PLC0415
+    from nsladv import _nsl
 
     steps, real = [], _nsl.gen_adv_neighbor
 

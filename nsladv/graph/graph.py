@@ -223,9 +223,7 @@ def build_graph(embeddings, *, similarity_threshold=0.8, lsh_splits=0, lsh_round
     """
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] < 2:
-        raise ValueError(
-            f"`embeddings` must be [num_samples >= 2, dim]. Received: shape {embeddings.shape}"
-        )
+        raise ValueError(f"`embeddings` must be [num_samples >= 2, dim]. Received: shape {embeddings.shape}")
     if not np.isfinite(embeddings).all():
         raise ValueError("`embeddings` must be finite. Received: NaN or infinite values")
     if not (isinstance(similarity_threshold, (int, float)) and -1 < similarity_threshold <= 1):
@@ -237,14 +235,22 @@ def build_graph(embeddings, *, similarity_threshold=0.8, lsh_splits=0, lsh_round
         tsv = pathlib.Path(folder) / "graph.tsv"
         with tf.io.TFRecordWriter(str(records)) as writer:
             for row, vector in enumerate(embeddings):
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(row).encode()])),
-                    "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=vector)),
-                }))
+                example = tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(row).encode()])),
+                            "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=vector)),
+                        }
+                    )
+                )
                 writer.write(example.SerializeToString())
         _nsl.build_graph_from_config(
-            [str(records)], str(tsv), similarity_threshold=float(similarity_threshold),
-            lsh_splits=lsh_splits, lsh_rounds=lsh_rounds, random_seed=seed,
+            [str(records)],
+            str(tsv),
+            similarity_threshold=float(similarity_threshold),
+            lsh_splits=lsh_splits,
+            lsh_rounds=lsh_rounds,
+            random_seed=seed,
         )
         return Graph.from_nsl(_nsl.read_tsv_graph(tsv), [str(i) for i in range(len(embeddings))])
 

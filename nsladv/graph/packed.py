@@ -51,7 +51,7 @@ class PackedFormat:
 
     def slot(self, key):
         """The neighbor index j of a neighbor feature's name (infinity if it has none, as NSL ignores those)."""
-        match = re.match(r"(\d+)", key[len(self.prefix):])
+        match = re.match(r"(\d+)", key[len(self.prefix) :])
         return int(match.group(1)) if match else math.inf
 
     def carries(self, features):
@@ -106,8 +106,16 @@ class PackedFormat:
         return spec
 
 
-def pack_nbrs(labeled_examples_path, unlabeled_examples_path, graph_path, output_path, *, max_neighbors,
-              add_undirected_edges=False, id_feature_name="id"):
+def pack_nbrs(
+    labeled_examples_path,
+    unlabeled_examples_path,
+    graph_path,
+    output_path,
+    *,
+    max_neighbors,
+    add_undirected_edges=False,
+    id_feature_name="id",
+):
     """NSL's `nsl.tools.pack_nbrs`: labelled examples with their neighbors merged in, as TFRecords.
 
     For data that does not fit in memory (`NeighborTable` holds the features
@@ -126,18 +134,36 @@ def pack_nbrs(labeled_examples_path, unlabeled_examples_path, graph_path, output
         add_undirected_edges: treat every edge as bi-directional.
         id_feature_name: the id feature's name.
     """
-    for name, path in (("labeled_examples_path", labeled_examples_path), ("graph_path", graph_path),
-                       ("unlabeled_examples_path", unlabeled_examples_path)):
+    for name, path in (
+        ("labeled_examples_path", labeled_examples_path),
+        ("graph_path", graph_path),
+        ("unlabeled_examples_path", unlabeled_examples_path),
+    ):
         if path is not None and not pathlib.Path(path).is_file():
             raise FileNotFoundError(f"No file at {path}. Received: {name}={str(path)!r}")
     _nsl.pack_nbrs(
-        labeled_examples_path, unlabeled_examples_path, graph_path, output_path, max_nbrs=max_neighbors,
-        add_undirected_edges=add_undirected_edges, id_feature_name=id_feature_name,
+        labeled_examples_path,
+        unlabeled_examples_path,
+        graph_path,
+        output_path,
+        max_nbrs=max_neighbors,
+        add_undirected_edges=add_undirected_edges,
+        id_feature_name=id_feature_name,
     )
 
 
-def packed_dataset(paths, feature_spec, *, label_key, max_neighbors, batch_size, training, seed=None,
-                   prefix=DEFAULT_PREFIX, weight_suffix=DEFAULT_WEIGHT_SUFFIX):
+def packed_dataset(
+    paths,
+    feature_spec,
+    *,
+    label_key,
+    max_neighbors,
+    batch_size,
+    training,
+    seed=None,
+    prefix=DEFAULT_PREFIX,
+    weight_suffix=DEFAULT_WEIGHT_SUFFIX,
+):
     """A batched tf.data pipeline of `(packed features, label)` from `pack_nbrs` TFRecords.
 
     Args:
@@ -150,8 +176,10 @@ def packed_dataset(paths, feature_spec, *, label_key, max_neighbors, batch_size,
         batch_size, training, seed: as for `nsladv.datasets.pipeline`.
     """
     if label_key not in feature_spec:
-        raise ValueError(f"`label_key` must be one of the feature_spec's keys {sorted(feature_spec)}. "
-                         f"Received: label_key={label_key!r}")
+        raise ValueError(
+            f"`label_key` must be one of the feature_spec's keys {sorted(feature_spec)}. "
+            f"Received: label_key={label_key!r}"
+        )
     spec = PackedFormat(prefix, weight_suffix).parse_spec(
         feature_spec, label_key=label_key, max_neighbors=max_neighbors
     )

@@ -35,8 +35,16 @@ class NeighborTable:
         prefix, weight_suffix: NSL's neighbor feature naming.
     """
 
-    def __init__(self, graph, features, *, max_neighbors, feature_name="features", prefix=DEFAULT_PREFIX,
-                 weight_suffix=DEFAULT_WEIGHT_SUFFIX):
+    def __init__(
+        self,
+        graph,
+        features,
+        *,
+        max_neighbors,
+        feature_name="features",
+        prefix=DEFAULT_PREFIX,
+        weight_suffix=DEFAULT_WEIGHT_SUFFIX,
+    ):
         if not isinstance(graph, Graph):
             raise TypeError(f"`graph` must be an nsladv.graph.Graph. Received: {type(graph).__name__}")
         features = dict(features) if isinstance(features, dict) else {feature_name: features}
@@ -75,7 +83,10 @@ class NeighborTable:
             for name, pool in self._pool.items():
                 found = tf.gather(pool, neighbors[..., j])
                 # A missing neighbor is zeros, as in parsed pack_nbrs output.
-                mask = tf.reshape(present, tf.concat([tf.shape(present), tf.ones([found.shape.rank - present.shape.rank], tf.int32)], 0))
+                mask = tf.reshape(
+                    present,
+                    tf.concat([tf.shape(present), tf.ones([found.shape.rank - present.shape.rank], tf.int32)], 0),
+                )
                 packed[self.format.feature(j, name)] = tf.where(mask, found, tf.zeros_like(found))
             packed[self.format.weight(j)] = weights[..., j : j + 1]
         return packed
@@ -86,8 +97,19 @@ class NeighborTable:
         found = {name: tf.gather(pool, rows) for name, pool in self._pool.items()}
         return next(iter(found.values())) if len(found) == 1 else found
 
-    def dataset(self, rows, labels, *, batch_size, training, seed=None, sample_weights=None, drop_remainder=False,
-                neighbors=True, augment=None):
+    def dataset(
+        self,
+        rows,
+        labels,
+        *,
+        batch_size,
+        training,
+        seed=None,
+        sample_weights=None,
+        drop_remainder=False,
+        neighbors=True,
+        augment=None,
+    ):
         """A batched tf.data pipeline of `(packed features, label[, weight])`.
 
         Rows (not features) are shuffled and batched; each batch's features
@@ -115,8 +137,12 @@ class NeighborTable:
                 f"{len(labels)} labels" + ("" if sample_weights is None else f", {len(sample_weights)} weights")
             )
         if rows.size and (rows.min() < 0 or rows.max() >= self.graph.num_nodes):
-            raise ValueError(f"`rows` must be graph nodes in [0, {self.graph.num_nodes}). Received: {rows.min()}..{rows.max()}")
-        columns = (rows, np.asarray(labels)) + (() if sample_weights is None else (np.asarray(sample_weights, np.float32),))
+            raise ValueError(
+                f"`rows` must be graph nodes in [0, {self.graph.num_nodes}). Received: {rows.min()}..{rows.max()}"
+            )
+        columns = (rows, np.asarray(labels)) + (
+            () if sample_weights is None else (np.asarray(sample_weights, np.float32),)
+        )
         dataset = tf.data.Dataset.from_tensor_slices(columns)
         return input_pipeline.pipeline(
             dataset,
@@ -124,8 +150,10 @@ class NeighborTable:
             training=training,
             seed=seed,
             drop_remainder=drop_remainder,
-            batch_map=lambda r, *rest: (self._augmented(self.pack(r) if neighbors else self.features(r),
-                                                         augment if training else None), *rest),
+            batch_map=lambda r, *rest: (
+                self._augmented(self.pack(r) if neighbors else self.features(r), augment if training else None),
+                *rest,
+            ),
         )
 
     def _augmented(self, features, augment):
@@ -133,8 +161,7 @@ class NeighborTable:
             return features
         if not isinstance(features, dict):
             return augment(features)
-        return {k: v if self.format.is_weight(k) else augment(v)
-                for k, v in features.items()}
+        return {k: v if self.format.is_weight(k) else augment(v) for k, v in features.items()}
 
 
 def semi_supervised_rows(num_nodes, labelled, *, labelled_share=0.25):

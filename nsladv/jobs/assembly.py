@@ -56,7 +56,9 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
             train = plain_train = datasets.pipeline(examples, augment=augment, **batches)
         else:
             table, graph_info = _neighbor_table(pipeline, images, labels, labelled)
-            batch_augment = datasets.random_shift_batch(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
+            batch_augment = (
+                datasets.random_shift_batch(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
+            )
             rows, weights = labelled, None
             if pipeline.graph.train_on_all and len(labelled) < len(labels):
                 rows, known, weights = graph_lib.semi_supervised_rows(
@@ -82,8 +84,11 @@ def _neighbor_table(pipeline, images, labels, rows):
     start = time.perf_counter()
     embeddings = graph_lib.embed(images) if setup.embed is None else np.asarray(setup.embed(images), np.float32)
     graph = graph_lib.build_graph(
-        embeddings, similarity_threshold=setup.similarity_threshold, lsh_splits=setup.lsh_splits,
-        lsh_rounds=setup.lsh_rounds, seed=pipeline.seed,
+        embeddings,
+        similarity_threshold=setup.similarity_threshold,
+        lsh_splits=setup.lsh_splits,
+        lsh_rounds=setup.lsh_rounds,
+        seed=pipeline.seed,
     )
     k = setup.regularization.max_neighbors
     table = graph_lib.NeighborTable(graph, images, max_neighbors=k, feature_name="image")

@@ -36,25 +36,45 @@ def _parser():
     harden.add_argument("--model", metavar="FILE.keras", help="harden this saved Keras model instead of the pipeline's")
     harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
     harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
-    harden.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "tpu"], default="default",
-                        help="tf.distribute strategy (default: default; auto picks from TF_CONFIG and the GPUs)")
-    harden.add_argument("--mixed-precision", choices=["mixed_float16", "mixed_bfloat16"],
-                        help="Keras mixed-precision policy (float16 on GPUs, bfloat16 on TPUs)")
+    harden.add_argument(
+        "--strategy",
+        choices=["auto", "default", "mirrored", "multiworker", "tpu"],
+        default="default",
+        help="tf.distribute strategy (default: default; auto picks from TF_CONFIG and the GPUs)",
+    )
+    harden.add_argument(
+        "--mixed-precision",
+        choices=["mixed_float16", "mixed_bfloat16"],
+        help="Keras mixed-precision policy (float16 on GPUs, bfloat16 on TPUs)",
+    )
 
-    tune = commands.add_parser("tune", help="search the regularization with keras-tuner for robustness, export the best")
+    tune = commands.add_parser(
+        "tune", help="search the regularization with keras-tuner for robustness, export the best"
+    )
     _add_job_arguments(tune)
     tune.add_argument("--trials", type=_positive_int, default=6, help="trials (default: 6)")
     tune.add_argument("--epochs", type=_positive_int, default=3, help="epochs a trial (default: 3)")
     tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
-    tune.add_argument("--objective", choices=["robust", "tradeoff"], default="robust",
-                      help="val_robust_accuracy, or a clean/robust trade-off (default: robust)")
-    tune.add_argument("--tradeoff-weight", type=_fraction, default=0.5, metavar="W",
-                      help="clean share of the trade-off, in [0, 1] (default: 0.5)")
+    tune.add_argument(
+        "--objective",
+        choices=["robust", "tradeoff"],
+        default="robust",
+        help="val_robust_accuracy, or a clean/robust trade-off (default: robust)",
+    )
+    tune.add_argument(
+        "--tradeoff-weight",
+        type=_fraction,
+        default=0.5,
+        metavar="W",
+        help="clean share of the trade-off, in [0, 1] (default: 0.5)",
+    )
     tune.add_argument("--clean-floor", type=float, metavar="ACC", help="penalize trials under this clean accuracy")
     tune.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
 
     serve = commands.add_parser("serve", help="serve exported models through TF Serving's REST and gRPC APIs")
-    serve.add_argument("path", nargs="?", default="saved_models", help="saved_models/ or one model folder (default: saved_models)")
+    serve.add_argument(
+        "path", nargs="?", default="saved_models", help="saved_models/ or one model folder (default: saved_models)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default: 8501)")
     serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default: 8500)")
@@ -68,9 +88,13 @@ def _parser():
 def _add_job_arguments(parser):
     """The arguments `harden` and `tune` share."""
     parser.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
-    parser.add_argument("--eval-examples", type=_positive_int, metavar="N", help="evaluate on the first N test examples")
+    parser.add_argument(
+        "--eval-examples", type=_positive_int, metavar="N", help="evaluate on the first N test examples"
+    )
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<pipeline>[/tuning])")
-    parser.add_argument("--saved-models", default="saved_models", metavar="DIR", help="TF Serving base folder (default: saved_models)")
+    parser.add_argument(
+        "--saved-models", default="saved_models", metavar="DIR", help="TF Serving base folder (default: saved_models)"
+    )
     parser.add_argument("--no-export", action="store_true", help="do not export for TF Serving")
     parser.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -125,14 +149,20 @@ def main(argv=None):
 
 def _run(args):
     """Runs the parsed command; anything but an NsladvError is a bug and keeps its traceback."""
-    from nsladv.jobs import harden as harden_lib  # noqa: PLC0415
-    from nsladv.jobs import pipeline as pipeline_lib  # noqa: PLC0415
+    from nsladv.jobs import harden as harden_lib
+    from nsladv.jobs import pipeline as pipeline_lib
 
     if args.command == "serve":
-        from nsladv.serving import Server  # noqa: PLC0415
+        from nsladv.serving import Server
 
-        server = Server(args.path, host=args.host, rest_port=args.rest_port, grpc_port=args.grpc_port,
-                        poll_seconds=args.poll_seconds, verbose=args.verbose).start()
+        server = Server(
+            args.path,
+            host=args.host,
+            rest_port=args.rest_port,
+            grpc_port=args.grpc_port,
+            poll_seconds=args.poll_seconds,
+            verbose=args.verbose,
+        ).start()
         print(f"serving {', '.join(server.repository.names)} from {args.path}")
         print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")
         print(f"  gRPC  {server.grpc_target}  (tensorflow_serving PredictionService, ModelService)")
@@ -150,7 +180,7 @@ def _run(args):
         return 0
     pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
     if args.command == "tune":
-        from nsladv.jobs import tune  # noqa: PLC0415
+        from nsladv.jobs import tune
 
         tune.tune_pipeline(
             pipeline,
@@ -165,8 +195,13 @@ def _run(args):
         )
         return 0
     harden_lib.harden(
-        pipeline, model_path=args.model, epochs=args.epochs, baseline=not args.no_baseline,
-        strategy=args.strategy, mixed_precision=args.mixed_precision, **_job_kwargs(args)
+        pipeline,
+        model_path=args.model,
+        epochs=args.epochs,
+        baseline=not args.no_baseline,
+        strategy=args.strategy,
+        mixed_precision=args.mixed_precision,
+        **_job_kwargs(args),
     )
     return 0
 

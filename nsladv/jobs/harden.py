@@ -116,8 +116,22 @@ _EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "large_epsilon")
 class _HardenJob:
     """One harden run, phase by phase; see `harden`."""
 
-    def __init__(self, *, pipeline, model_path, out_dir, saved_models, data_dir, baseline, eval_examples, strategy,
-                 mixed_precision, callbacks, verbose, log):
+    def __init__(
+        self,
+        *,
+        pipeline,
+        model_path,
+        out_dir,
+        saved_models,
+        data_dir,
+        baseline,
+        eval_examples,
+        strategy,
+        mixed_precision,
+        callbacks,
+        verbose,
+        log,
+    ):
         self.pipeline = pipeline
         self.model_path = model_path
         self.out_dir = out_dir
@@ -132,18 +146,26 @@ class _HardenJob:
         settings = pipeline.get_config()
         self.state = run_state.RunState(
             out_dir,
-            training=run_state.fingerprint({
-                **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
-                "model": str(model_path), "mixed_precision": mixed_precision,
-            }),
-            evaluation=run_state.fingerprint({
-                **{k: settings[k] for k in _EVALUATION_SETTINGS}, "eval_examples": eval_examples,
-            }),
+            training=run_state.fingerprint(
+                {
+                    **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
+                    "model": str(model_path),
+                    "mixed_precision": mixed_precision,
+                }
+            ),
+            evaluation=run_state.fingerprint(
+                {
+                    **{k: settings[k] for k in _EVALUATION_SETTINGS},
+                    "eval_examples": eval_examples,
+                }
+            ),
             writer=self.chief,
         )
         if self.state.discarded:
-            log(f"settings changed since the last run in {out_dir}: its {' and '.join(self.state.discarded)} "
-                "are not reused")
+            log(
+                f"settings changed since the last run in {out_dir}: its {' and '.join(self.state.discarded)} "
+                "are not reused"
+            )
         keras.utils.set_random_seed(pipeline.seed)
         self.data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=eval_examples)
         self._log_data()
@@ -185,17 +207,22 @@ class _HardenJob:
         with self.strategy.scope():
             model = base
             if adversarial:
-                model = AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization,
-                                         graph=graph)
+                model = AdversarialModel(
+                    base, threat=pipeline.threat, regularization=pipeline.regularization, graph=graph
+                )
             _compile(model, pipeline, int(data.train.cardinality()), self.from_logits)
         # The guard comes first: a diverged epoch must not reach the backup.
         callbacks = [StopOnNonFiniteLoss(f"the {_TITLES[label]}")]
         if adversarial:
-            callbacks += [EpsilonWarmup(pipeline.epsilon_warmup_epochs),
-                          MultiplierWarmup(pipeline.multiplier_warmup_epochs)]
+            callbacks += [
+                EpsilonWarmup(pipeline.epsilon_warmup_epochs),
+                MultiplierWarmup(pipeline.multiplier_warmup_epochs),
+            ]
         callbacks += [*self.callbacks, *_run_callbacks(self.out_dir, label, self.chief)]
-        self.log(f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
-                 + (f", {_describe(pipeline, graph)}" if adversarial else ""))
+        self.log(
+            f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
+            + (f", {_describe(pipeline, graph)}" if adversarial else "")
+        )
         start = time.perf_counter()
         model.fit(
             data.train if graph is not None else data.plain_train,
@@ -214,8 +241,10 @@ class _HardenJob:
             evaluation, seconds = found
         else:
             pipeline = self.pipeline
-            self.log(f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
-                     f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}")
+            self.log(
+                f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
+                f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
+            )
             start = time.perf_counter()
             evaluation = evaluate_robustness(
                 model,
@@ -246,9 +275,11 @@ class _HardenJob:
         """report.json, the plot and the summary: written before the export, which may fail."""
         out_dir = self.out_dir
         report_lib.write_json(out_dir / "report.json", report)
-        report_lib.plot_robustness(evaluations, out_dir / "robustness.png",
-                                   title=f"{self.pipeline.name}: white-box robust accuracy "
-                                         f"({self.data.splits.info.name} test)")
+        report_lib.plot_robustness(
+            evaluations,
+            out_dir / "robustness.png",
+            title=f"{self.pipeline.name}: white-box robust accuracy ({self.data.splits.info.name} test)",
+        )
         self.log("\n" + report_lib.summary_table(evaluations))
         self.log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}")
 
@@ -282,12 +313,15 @@ class _HardenJob:
         self.log(f"data: {self.pipeline.dataset} {data.splits.image_shape}, {data.splits.num_classes} classes")
         if data.graph is not None:
             g = data.graph
-            agreement = ("none" if g["neighbor_label_agreement"] is None
-                         else f"{100 * g['neighbor_label_agreement']:.1f}%")
-            self.log(f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
-                     f"{g['nodes_with_neighbors']} of them with neighbors; "
-                     f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
-                     f"({g['mean_neighbors_of_labelled']} on average, {agreement} same digit)")
+            agreement = (
+                "none" if g["neighbor_label_agreement"] is None else f"{100 * g['neighbor_label_agreement']:.1f}%"
+            )
+            self.log(
+                f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
+                f"{g['nodes_with_neighbors']} of them with neighbors; "
+                f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
+                f"({g['mean_neighbors_of_labelled']} on average, {agreement} same digit)"
+            )
 
     def _contenders(self, baseline):
         """(label, graph term, adversarial) of each model to train, all from the same initial weights."""
@@ -317,8 +351,9 @@ def _describe(pipeline, graph=None):
     attack = "FGSM" if t.steps == 1 else f"PGD-{t.steps}"
     text = f"{attack} neighbors, {t.norm} epsilon={t.epsilon}, {r.distance} distance, multiplier={r.multiplier}"
     if graph is not None:
-        text += (f"; graph term: {graph.max_neighbors} neighbors, {graph.distance} distance, "
-                 f"multiplier={graph.multiplier}")
+        text += (
+            f"; graph term: {graph.max_neighbors} neighbors, {graph.distance} distance, multiplier={graph.multiplier}"
+        )
     return text
 
 

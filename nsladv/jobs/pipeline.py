@@ -14,16 +14,16 @@ import pathlib
 import traceback
 from collections.abc import Callable
 
-from nsladv.robustness.attacks import FGSM
-from nsladv.robustness.attacks import Attack
-from nsladv.robustness.attacks import pgd
 from nsladv.configs import GraphRegularization
+from nsladv.configs import KeywordOnly
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
-from nsladv.configs import KeywordOnly
 from nsladv.errors import PipelineLoadError
 from nsladv.errors import PipelineNotFoundError
 from nsladv.export import check_model_name
+from nsladv.robustness.attacks import FGSM
+from nsladv.robustness.attacks import Attack
+from nsladv.robustness.attacks import pgd
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -143,10 +143,13 @@ class Pipeline(KeywordOnly):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
         if self.labels_per_class is not None and (
-            not isinstance(self.labels_per_class, int) or isinstance(self.labels_per_class, bool) or self.labels_per_class < 1
+            not isinstance(self.labels_per_class, int)
+            or isinstance(self.labels_per_class, bool)
+            or self.labels_per_class < 1
         ):
             raise ValueError(
-                f"`labels_per_class` must be an integer >= 1 or None. Received: labels_per_class={self.labels_per_class!r}"
+                "`labels_per_class` must be an integer >= 1 or None. "
+                f"Received: labels_per_class={self.labels_per_class!r}"
             )
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
@@ -185,7 +188,7 @@ DEFAULT_PIPELINE = "mnist"
 
 def available_pipelines():
     """{name: description} of the pipelines in the `pipelines` package."""
-    return {name: _load_module(f"pipelines.{name}").PIPELINE.description for name in _pipeline_names()}
+    return {name: _load_module(f"nsladv.pipelines.{name}").PIPELINE.description for name in _pipeline_names()}
 
 
 def load_pipeline(name_or_path=DEFAULT_PIPELINE):
@@ -212,7 +215,7 @@ def load_pipeline(name_or_path=DEFAULT_PIPELINE):
                 "or give the path of a .py file that defines PIPELINE."
             )
         with _loading(f"pipeline {text!r}"):
-            module = _load_module(f"pipelines.{text}")
+            module = _load_module(f"nsladv.pipelines.{text}")
     pipeline = getattr(module, "PIPELINE", None)
     if not isinstance(pipeline, Pipeline):
         raise PipelineLoadError(
@@ -228,13 +231,14 @@ def _loading(what):
         yield
     except PipelineLoadError:
         raise
-    except Exception as error:  # noqa: BLE001 - whatever a user's module raises
+    except Exception as error:
         if isinstance(error, SyntaxError):
             message, where = error.msg, (error.filename, error.lineno)
         else:
             message = str(error).splitlines()[0] if str(error) else ""
-            frames = [f for f in traceback.extract_tb(error.__traceback__)
-                      if not f.filename.startswith((_LIBRARY_DIR, "<"))]
+            frames = [
+                f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith((_LIBRARY_DIR, "<"))
+            ]
             where = (frames[-1].filename, frames[-1].lineno) if frames else None
         place = f" ({where[0]}, line {where[1]})" if where else ""
         raise PipelineLoadError(
@@ -247,7 +251,7 @@ _LIBRARY_DIR = str(pathlib.Path(__file__).parent)
 
 
 def _pipeline_names():
-    package = importlib.import_module("pipelines")
+    package = importlib.import_module("nsladv.pipelines")
     return [p.stem for p in sorted(pathlib.Path(package.__file__).parent.glob("*.py")) if not p.stem.startswith("_")]
 
 

@@ -8,7 +8,7 @@ import platform
 
 def package_versions():
     """Versions of the stack, for reports and export metadata."""
-    import importlib.metadata as metadata  # noqa: PLC0415
+    import importlib.metadata as metadata
 
     names = ("nsladv", "tensorflow", "keras", "neural-structured-learning", "tensorflow-datasets", "keras-tuner")
     versions = {}
@@ -38,10 +38,10 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
             `{"hardened": ..., "baseline": ...}`.
         path: where to write the PNG.
     """
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colors = {"hardened": "#1f77b4", "without_graph": "#2ca02c", "baseline": "#d62728"}
@@ -53,8 +53,15 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
         for j, name in enumerate(names):
             accuracy = result["attacks"][name]["accuracy"]
             curve = [result["clean_accuracy"]] + [accuracy[f"{e:g}"] for e in result["epsilons"]]
-            ax.plot(epsilons, [100 * a for a in curve], styles[j % len(styles)], color=color, marker="o",
-                    markersize=4, label=f"{label}: {name.upper()}")
+            ax.plot(
+                epsilons,
+                [100 * a for a in curve],
+                styles[j % len(styles)],
+                color=color,
+                marker="o",
+                markersize=4,
+                label=f"{label}: {name.upper()}",
+            )
     norm = next(iter(evaluations.values()))
     norm = next(iter(norm["attacks"].values()))["config"]["threat"]["norm"]
     ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else norm.upper()} radius)")

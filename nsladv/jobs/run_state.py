@@ -108,4 +108,3 @@ class RunState:
         if self.writer:
             for name in names:
                 shutil.rmtree(self.out_dir / name, ignore_errors=True)
-

@@ -4,18 +4,17 @@ import pathlib
 
 import keras_tuner
 
+from nsladv.errors import SearchFailedError
+from nsladv.errors import SettingsError
 from nsladv.jobs import report as report_lib
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
-from nsladv.errors import SearchFailedError
-from nsladv.errors import SettingsError
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.tuning import ROBUST_OBJECTIVE
 from nsladv.tuning import TRADEOFF_OBJECTIVE
 from nsladv.tuning import HardeningHyperModel
 from nsladv.tuning import metric
 from nsladv.tuning import results_table
-
 
 TUNERS = {
     "random": keras_tuner.RandomSearch,
@@ -64,7 +63,9 @@ def tune_pipeline(
         )
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name / "tuning")
     data = pipeline_data(
-        pipeline, data_dir=data_dir, eval_examples=eval_examples,
+        pipeline,
+        data_dir=data_dir,
+        eval_examples=eval_examples,
         validation_fraction=pipeline.validation_fraction or 0.1,
     )
     splits, train, validation, test = data.splits, data.train, data.validation, data.test
@@ -91,8 +92,8 @@ def tune_pipeline(
         seed=pipeline.seed,
         **kwargs,
     )
-    log(f"tuning {pipeline.name}: {tuner} search, objective {search_objective.name}, "
-        f"{'up to ' + str(epochs) + ' epochs a trial' if tuner == 'hyperband' else str(trials) + ' trials of ' + str(epochs) + ' epochs'}")
+    budget = f"up to {epochs} epochs a trial" if tuner == "hyperband" else f"{trials} trials of {epochs} epochs"
+    log(f"tuning {pipeline.name}: {tuner} search, objective {search_objective.name}, {budget}")
     search_kwargs = {} if tuner == "hyperband" else {"epochs": epochs}
     search.search(train, validation_data=validation, verbose=verbose, shuffle=False, **search_kwargs)
     table = results_table(search)
@@ -105,7 +106,10 @@ def tune_pipeline(
     threat, regularization, warmup = hypermodel.settings(best_trial.hyperparameters)
     log(f"best trial {best_trial.trial_id}: {best_trial.hyperparameters.values}")
     evaluation = evaluate_robustness(
-        best.base_model, test, epsilons=pipeline.eval_epsilons, attacks=pipeline.eval_attacks,
+        best.base_model,
+        test,
+        epsilons=pipeline.eval_epsilons,
+        attacks=pipeline.eval_attacks,
         large_epsilon=pipeline.large_epsilon,
     )
     tuning = {
@@ -141,7 +145,9 @@ def tune_pipeline(
             metadata={
                 "threat": threat.get_config(),
                 "regularization": regularization.get_config(),
-                "graph": None if hypermodel.graph is None else hypermodel.graph_settings(best_trial.hyperparameters).get_config(),
+                "graph": None
+                if hypermodel.graph is None
+                else hypermodel.graph_settings(best_trial.hyperparameters).get_config(),
                 "epsilon_warmup_epochs": warmup,
                 "robustness": evaluation,
                 "tuning": tuning,

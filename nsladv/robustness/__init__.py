@@ -9,4 +9,13 @@ from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.evaluation import sanity_checks
 
-__all__ = ["FGSM", "Attack", "BatchAttacker", "adversarial_examples", "evaluate_robustness", "fgsm", "pgd", "sanity_checks"]
+__all__ = [
+    "FGSM",
+    "Attack",
+    "BatchAttacker",
+    "adversarial_examples",
+    "evaluate_robustness",
+    "fgsm",
+    "pgd",
+    "sanity_checks",
+]

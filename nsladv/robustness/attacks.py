@@ -71,8 +71,9 @@ def fgsm(*, norm="linf", clip_range=(0.0, 1.0), name="fgsm"):
 
 def pgd(steps=40, restarts=3, *, norm="linf", clip_range=(0.0, 1.0), relative_step_size=None, name=None):
     """The standard PGD evaluation attack (Madry et al.): random starts, steps of 2.5 * radius / steps."""
-    threat = ThreatModel(epsilon=1.0, norm=norm, steps=steps, step_size=relative_step_size, random_start=steps > 1,
-                         clip_range=clip_range)
+    threat = ThreatModel(
+        epsilon=1.0, norm=norm, steps=steps, step_size=relative_step_size, random_start=steps > 1, clip_range=clip_range
+    )
     return Attack(name=name or f"pgd{steps}", threat=threat, restarts=restarts)
 
 

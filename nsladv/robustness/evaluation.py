@@ -57,8 +57,11 @@ def evaluate_robustness(
         results["seconds"][attack.name] = round(time.perf_counter() - start, 3)
         results["clean_accuracy"], results["examples"] = clean, total
     if large_epsilon is not None:  # The last attacker is the strongest attack's, already compiled.
-        results["large_epsilon"] = {"epsilon": large_epsilon, "attack": attacks[-1].name,
-                                    "accuracy": attacker.accuracy(dataset, large_epsilon)[1]}
+        results["large_epsilon"] = {
+            "epsilon": large_epsilon,
+            "attack": attacks[-1].name,
+            "accuracy": attacker.accuracy(dataset, large_epsilon)[1],
+        }
     results["sanity"] = sanity_checks(results, near_zero=near_zero)
     return results
 
@@ -91,7 +94,12 @@ def sanity_checks(results, *, near_zero=0.1):
         curve = [results["clean_accuracy"]] + [a["accuracy"][k] for k in keys]
         labels = ["0"] + keys
         violations += [
-            {"attack": name, "from_epsilon": labels[i], "to_epsilon": labels[i + 1], "rise": round(curve[i + 1] - curve[i], 4)}
+            {
+                "attack": name,
+                "from_epsilon": labels[i],
+                "to_epsilon": labels[i + 1],
+                "rise": round(curve[i + 1] - curve[i], 4),
+            }
             for i in range(len(curve) - 1)
             if curve[i + 1] > curve[i] + TOLERANCE
         ]

@@ -47,8 +47,12 @@ class RestClient:
 
     def _call(self, path, body=None):
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method="GET" if body is None else "POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
@@ -88,8 +92,11 @@ class GrpcClient:
 
     def __init__(self, target="127.0.0.1:8500", *, timeout=30.0, max_message_bytes=64 * 1024 * 1024):
         self.channel = grpc.insecure_channel(
-            target, options=[("grpc.max_send_message_length", max_message_bytes),
-                             ("grpc.max_receive_message_length", max_message_bytes)]
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
         )
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)

@@ -10,8 +10,8 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from nsladv.serving import predict as predict_lib
-from nsladv.serving.repository import DEFAULT_SIGNATURE
 from nsladv.serving.errors import ServingError
+from nsladv.serving.repository import DEFAULT_SIGNATURE
 
 
 def _version_and_label(spec):
@@ -28,7 +28,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, repository):
         self.repository = repository
 
-    def Predict(self, request, context):  # noqa: N802 - the proto's name
+    def Predict(self, request, context):
         try:
             version, label = _version_and_label(request.model_spec)
             loaded = self.repository.resolve(request.model_spec.name, version, label)
@@ -36,7 +36,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             signature, _ = loaded.signature(signature_name)
             try:
                 inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            except Exception as error:  # noqa: BLE001 - a malformed TensorProto
+            except Exception as error:
                 raise ServingError("INVALID_ARGUMENT", f"Malformed input tensor: {error}") from None
             outputs = predict_lib.run(signature, inputs, tuple(request.output_filter))
         except ServingError as error:
@@ -49,7 +49,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
 
-    def GetModelMetadata(self, request, context):  # noqa: N802
+    def GetModelMetadata(self, request, context):
         try:
             if list(request.metadata_field) != ["signature_def"]:
                 raise ServingError(
@@ -74,7 +74,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, repository):
         self.repository = repository
 
-    def GetModelStatus(self, request, context):  # noqa: N802
+    def GetModelStatus(self, request, context):
         try:
             version, label = _version_and_label(request.model_spec)
             statuses = self.repository.status(request.model_spec.name, version, label)

@@ -34,12 +34,12 @@ def validate(inputs, specs):
         except (ValueError, TypeError):
             raise ServingError(
                 "INVALID_ARGUMENT",
-                f"Input {name!r} must be a rectangular array of {spec.dtype.name} values. "
-                f"Received: {_describe(value)}",
+                f"Input {name!r} must be a rectangular array of {spec.dtype.name} values. Received: {_describe(value)}",
             ) from None
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             raise ServingError(
-                "INVALID_ARGUMENT", f"Input {name!r} contains NaN or infinity; expected finite {spec.dtype.name} values."
+                "INVALID_ARGUMENT",
+                f"Input {name!r} contains NaN or infinity; expected finite {spec.dtype.name} values.",
             )
         if not spec.shape.is_compatible_with(array.shape):
             expected = tuple(-1 if d is None else d for d in spec.shape.as_list())

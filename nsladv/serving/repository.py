@@ -25,7 +25,6 @@ from nsladv.export import versions as version_folders
 from nsladv.serving.errors import ServingError
 
 
-
 @dataclasses.dataclass(frozen=True)
 class LoadedVersion:
     """One loaded SavedModel version."""
@@ -41,7 +40,7 @@ class LoadedVersion:
         if name not in self.signature_defs or name not in self.loaded.signatures:
             raise ServingError(
                 "FAILED_PRECONDITION",
-                f"Serving signature key \"{name}\" not found. Model {self.name!r} version {self.version} "
+                f'Serving signature key "{name}" not found. Model {self.name!r} version {self.version} '
                 f"has {sorted(self.signature_defs)}.",
             )
         return self.loaded.signatures[name], self.signature_defs[name]
@@ -131,7 +130,7 @@ class ModelRepository:
             return available
         if choice == "specific":
             return [v for v in available if v in set(model.policy.specific.versions)]
-        return available[-max(1, model.policy.latest.num_versions):]
+        return available[-max(1, model.policy.latest.num_versions) :]
 
     # Loading ---------------------------------------------------------------
 
@@ -159,7 +158,7 @@ class ModelRepository:
             while not self._stop.wait(seconds):
                 try:
                     self.refresh()
-                except Exception as error:  # noqa: BLE001 - keep serving what is loaded
+                except Exception as error:
                     print(f"nsladv serve: could not load a new version: {error}", flush=True)
 
         self._poller = threading.Thread(target=poll, name="nsladv-version-poller", daemon=True)
@@ -178,7 +177,9 @@ class ModelRepository:
 
     def _get(self, name):
         if name not in self._models:
-            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name}). Models served: {self.names}.")
+            raise ServingError(
+                "NOT_FOUND", f"Servable not found for request: Latest({name}). Models served: {self.names}."
+            )
         return self._models[name]
 
     def resolve(self, name, version=None, label=None):
@@ -191,12 +192,15 @@ class ModelRepository:
         if label is not None:
             if label not in model.labels:
                 raise ServingError(
-                    "INVALID_ARGUMENT", f"Unrecognized servable version label: {label}. Labels of {name!r}: {sorted(model.labels)}."
+                    "INVALID_ARGUMENT",
+                    f"Unrecognized servable version label: {label}. Labels of {name!r}: {sorted(model.labels)}.",
                 )
             version = model.labels[label]
         if version is None:
             if not versions:
-                raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name}). No version is loaded.")
+                raise ServingError(
+                    "NOT_FOUND", f"Servable not found for request: Latest({name}). No version is loaded."
+                )
             return versions[max(versions)]
         if int(version) not in versions:
             raise ServingError(

@@ -30,7 +30,10 @@ _PATH = re.compile(
 def _parse_path(path):
     match = _PATH.match(path.split("?", 1)[0])
     if not match:
-        raise ServingError("INVALID_ARGUMENT", f"Malformed request: {path}. Expected /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata|:predict]")
+        raise ServingError(
+            "INVALID_ARGUMENT",
+            f"Malformed request: {path}. Expected /v1/models/<name>[/versions/<v>|/labels/<l>][/metadata|:predict]",
+        )
     return match.groupdict()
 
 
@@ -96,7 +99,9 @@ def _rows_to_columns(instances, names):
     if any(named):
         raise ServingError("INVALID_ARGUMENT", "Mix of named (object) and unnamed instances.")
     if len(names) != 1:
-        raise ServingError("INVALID_ARGUMENT", f"The signature takes {names}: give each instance as an object with those keys.")
+        raise ServingError(
+            "INVALID_ARGUMENT", f"The signature takes {names}: give each instance as an object with those keys."
+        )
     return {names[0]: instances}
 
 
@@ -113,14 +118,14 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "nsladv-serving"
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format, *args):
         if getattr(self.server, "verbose", False):
             super().log_message(format, *args)
 
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self._handle(self._get)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self._handle(self._post)
 
     def _get(self, parts):
@@ -140,7 +145,9 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         if parts["verb"] != "predict":
             verb = parts["verb"] or ("metadata" if parts["metadata"] else "status")
-            raise ServingError("UNIMPLEMENTED" if parts["verb"] else "INVALID_ARGUMENT", f"POST {verb} is not supported; use :predict.")
+            raise ServingError(
+                "UNIMPLEMENTED" if parts["verb"] else "INVALID_ARGUMENT", f"POST {verb} is not supported; use :predict."
+            )
         return predict_json(self.server.repository, parts["name"], parts["version"], parts["label"], body)
 
     def _handle(self, method):
@@ -148,7 +155,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             status, payload = 200, method(_parse_path(self.path))
         except ServingError as error:
             status, payload = error.http_status, {"error": error.message}
-        except Exception as error:  # noqa: BLE001 - a request must never stop the server
+        except Exception as error:
             status, payload = 500, {"error": f"Internal error: {type(error).__name__}: {error}"}
         data = json.dumps(payload, default=_json_default).encode()
         self.send_response(status)

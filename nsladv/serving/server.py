@@ -33,8 +33,18 @@ class Server:
     ```
     """
 
-    def __init__(self, path, *, host="127.0.0.1", rest_port=8501, grpc_port=8500, poll_seconds=2.0,
-                 max_body_bytes=DEFAULT_MAX_BODY_BYTES, workers=8, verbose=False):
+    def __init__(
+        self,
+        path,
+        *,
+        host="127.0.0.1",
+        rest_port=8501,
+        grpc_port=8500,
+        poll_seconds=2.0,
+        max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+        workers=8,
+        verbose=False,
+    ):
         self.repository = ModelRepository(path)
         self.host = host
         self.poll_seconds = poll_seconds
@@ -45,8 +55,10 @@ class Server:
         if grpc_port is not None:
             self._grpc = grpc.server(
                 concurrent.futures.ThreadPoolExecutor(max_workers=workers),
-                options=[("grpc.max_receive_message_length", max_body_bytes),
-                         ("grpc.max_send_message_length", max_body_bytes)],
+                options=[
+                    ("grpc.max_receive_message_length", max_body_bytes),
+                    ("grpc.max_send_message_length", max_body_bytes),
+                ],
             )
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
                 PredictionService(self.repository), self._grpc
@@ -66,7 +78,7 @@ class Server:
         return None if self._grpc is None else f"{self.host}:{self.grpc_port}"
 
     def start(self):
-        import threading  # noqa: PLC0415
+        import threading
 
         if self._rest is not None:
             self._rest_thread = threading.Thread(target=self._rest.serve_forever, name="nsladv-rest", daemon=True)
@@ -87,7 +99,7 @@ class Server:
 
     def wait(self):
         """Blocks until interrupted."""
-        import time  # noqa: PLC0415
+        import time
 
         while True:
             time.sleep(3600)
