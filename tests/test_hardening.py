@@ -275,6 +275,36 @@ def test_cli_keeps_the_traceback_of_a_bug(monkeypatch):
         cli.main(["harden", TINY])
 
 
+@pytest.mark.parametrize("command", ["harden", "tune", "serve", "pipelines"])
+def test_cli_help_shows_examples(command, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"nsladv {command}" in out
+
+
+def test_cli_overrides_reach_the_report(tmp_path, data_dir, capsys):
+    argv = ["harden", TINY, "--data-dir", data_dir, "--out", str(tmp_path / "run"), "--no-export", "--no-baseline",
+            "--eval-examples", "50", "--quiet", "--seed", "3", "--epsilon", "0.2", "--steps", "2",
+            "--multiplier", "0.7", "--batch-size", "512", "--learning-rate", "0.003"]
+    code, _ = run_cli(argv, capsys)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert code == 0 and report["overrides"] == {
+        "seed": 3, "epsilon": 0.2, "steps": 2, "multiplier": 0.7, "batch_size": 512, "learning_rate": 0.003}
+    pipeline = report["pipeline"]
+    assert (pipeline["seed"], pipeline["batch_size"], pipeline["learning_rate"]) == (3, 512, 0.003)
+    assert pipeline["threat"]["epsilon"] == 0.2 and pipeline["threat"]["steps"] == 2
+    assert pipeline["regularization"]["multiplier"] == 0.7
+
+
+def test_pipeline_overrides_keep_the_steps_travel():
+    pipeline = load_pipeline(str(HERE.parent / "pipelines" / "mnist.py"))  # PGD-5, step 0.1 at epsilon 0.3
+    changed = pipeline.with_overrides(epsilon=0.15, steps=10)
+    assert changed.threat.epsilon == 0.15 and changed.threat.steps == 10
+    assert changed.threat.step_size == pytest.approx(0.1 / 0.3 * 5 / 10 * 0.15)
+    assert pipeline.with_overrides() == pipeline
+
+
 def test_cli_version(capsys):
     import nsladv
 

@@ -200,6 +200,35 @@ def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):
     signature = tf.saved_model.load(str(export)).signatures["serving_default"]
     assert signature(image=tf.zeros((3, 28, 28, 1)))["class_ids"].shape == (3,)
     assert json.loads((tmp_path / "tuning" / "tuning_report.json").read_text())["export"] == str(export)
+    # One HParams summary per trial for TensorBoard, beside the trial's epoch logs.
+    hparams = {}
+    for events in (tmp_path / "tuning" / "logs").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    hparams.setdefault(events.parent.name, []).append(value.tag)
+    assert len(hparams) == 3 and all(name.startswith("trial_") for name in hparams)
+    assert list((tmp_path / "tuning" / "logs").glob("trial_*/validation/events.out.tfevents.*"))
+
+
+def test_results_table_lists_a_custom_search_space(tmp_path, digits):
+    train, validation, _ = digits
+
+    def space(hp):
+        return {
+            "multiplier": hp.Fixed("multiplier", 0.5),
+            "distance": hp.Fixed("distance", "label"),
+            "steps": hp.Fixed("steps", 1),
+            "relative_step_size": hp.Fixed("relative_step_size", 1.0),
+            "warmup_epochs": hp.Fixed("warmup_epochs", 0),
+            "my_own_knob": hp.Choice("my_own_knob", ["left", "right"]),
+        }
+
+    model = tuning.HardeningHyperModel(tiny_base, epsilon=0.1, attack=FGSM, search_space=space)
+    search = keras_tuner.RandomSearch(model, objective=tuning.ROBUST_OBJECTIVE, max_trials=1, directory=str(tmp_path))
+    search.search(train.take(1), validation_data=validation.take(1), epochs=1, verbose=0)
+    header = tuning.results_table(search).splitlines()[0]
+    assert "my_own_knob" in header and "relative_step_size" in header and "multiplier" in header
 
 
 def test_tune_a_graph_pipeline_searches_the_graph_multiplier(tmp_path, digits):

@@ -31,7 +31,21 @@ def _parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    harden = commands.add_parser("harden", help="train, evaluate and export a hardened model")
+    harden = commands.add_parser(
+        "harden",
+        help="train, evaluate and export a hardened model",
+        description="Train the pipeline's model with adversarial neighbors (and the undefended baseline), evaluate "
+        "both white-box, write the report and export the hardened model for TF Serving. A rerun picks up at the "
+        "first unfinished phase.",
+        epilog=_examples(
+            ("nsladv harden", "the default MNIST pipeline, offline"),
+            ("nsladv harden --epochs 4 --eval-examples 500", "a quick variant"),
+            ("nsladv harden mnist --model my_model.keras --no-baseline", "harden your own saved model"),
+            ("nsladv harden mnist --epsilon 0.2 --steps 7 --seed 1", "override settings (recorded in the report)"),
+            ("nsladv harden path/to/my_pipeline.py", "a pipeline of your own"),
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_job_arguments(harden)
     harden.add_argument("--model", metavar="FILE.keras", help="harden this saved Keras model instead of the pipeline's")
     harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
@@ -49,7 +63,17 @@ def _parser():
     )
 
     tune = commands.add_parser(
-        "tune", help="search the regularization with keras-tuner for robustness, export the best"
+        "tune",
+        help="search the regularization with keras-tuner for robustness, export the best",
+        description="Search the regularization multiplier, distance, PGD steps and warm-up with keras-tuner "
+        "against white-box robust accuracy on the validation split; export the best trial. Trials are logged "
+        "for TensorBoard's HParams view under the run folder's logs/.",
+        epilog=_examples(
+            ("nsladv tune mnist --trials 6 --epochs 3", "six random trials of three epochs"),
+            ("nsladv tune mnist --tuner bayesian --objective tradeoff --tradeoff-weight 0.3", "clean/robust trade-off"),
+            ("tensorboard --logdir runs/mnist/tuning/logs", "compare the trials (HParams tab)"),
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_job_arguments(tune)
     tune.add_argument("--trials", type=_positive_int, default=6, help="trials (default: 6)")
@@ -71,7 +95,17 @@ def _parser():
     tune.add_argument("--clean-floor", type=float, metavar="ACC", help="penalize trials under this clean accuracy")
     tune.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
 
-    serve = commands.add_parser("serve", help="serve exported models through TF Serving's REST and gRPC APIs")
+    serve = commands.add_parser(
+        "serve",
+        help="serve exported models through TF Serving's REST and gRPC APIs",
+        description="Serve saved_models/ (or a models.config) locally through TF Serving's REST and gRPC APIs, "
+        "for development where tensorflow_model_server cannot run.",
+        epilog=_examples(
+            ("nsladv serve", "saved_models/ on 127.0.0.1:8501 (REST) and :8500 (gRPC)"),
+            ("curl -d '{\"instances\": [...]}' localhost:8501/v1/models/mnist:predict", "ask it"),
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "path", nargs="?", default="saved_models", help="saved_models/ or one model folder (default: saved_models)"
     )
@@ -81,7 +115,12 @@ def _parser():
     serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
     serve.add_argument("--verbose", action="store_true", help="log every request")
 
-    commands.add_parser("pipelines", help="list the available pipelines")
+    commands.add_parser(
+        "pipelines",
+        help="list the available pipelines",
+        epilog=_examples(("nsladv pipelines", "names and one-line descriptions")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     return parser
 
 
@@ -98,6 +137,13 @@ def _add_job_arguments(parser):
     parser.add_argument("--no-export", action="store_true", help="do not export for TF Serving")
     parser.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    overrides = parser.add_argument_group("overrides of the pipeline's settings (recorded in the report)")
+    overrides.add_argument("--seed", type=int, help="random seed")
+    overrides.add_argument("--epsilon", type=_positive_float, help="training threat radius (the step size follows)")
+    overrides.add_argument("--steps", type=_positive_int, help="PGD steps of the training neighbors")
+    overrides.add_argument("--multiplier", type=_non_negative_float, help="regularization multiplier")
+    overrides.add_argument("--batch-size", type=_positive_int, help="global batch size")
+    overrides.add_argument("--learning-rate", type=_positive_float, help="Adam's learning rate")
 
 
 def _job_kwargs(args):
@@ -119,6 +165,34 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}")
     return value
+
+
+def _examples(*lines):
+    width = max(len(command) for command, _ in lines) + 2
+    return "examples:\n" + "\n".join(f"  {command:<{width}}{what}" for command, what in lines)
+
+
+def _positive_float(text):
+    return _float(text, lambda v: v > 0, "a number > 0")
+
+
+def _non_negative_float(text):
+    return _float(text, lambda v: v >= 0, "a number >= 0")
+
+
+def _float(text, ok, expected):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
+    if not ok(value) or value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
+    return value
+
+
+def _overrides(args):
+    names = ("seed", "epsilon", "steps", "multiplier", "batch_size", "learning_rate")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _fraction(text):
@@ -179,6 +253,8 @@ def _run(args):
             print(f"{name:<16} {description}")
         return 0
     pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
+    overrides = _overrides(args)
+    pipeline = pipeline.with_overrides(**overrides)
     if args.command == "tune":
         from nsladv.jobs import tune
 
@@ -191,6 +267,7 @@ def _run(args):
             tradeoff_weight=args.tradeoff_weight,
             clean_floor=args.clean_floor,
             overwrite=args.overwrite,
+            overrides=overrides,
             **_job_kwargs(args),
         )
         return 0
@@ -201,6 +278,7 @@ def _run(args):
         baseline=not args.no_baseline,
         strategy=args.strategy,
         mixed_precision=args.mixed_precision,
+        overrides=overrides,
         **_job_kwargs(args),
     )
     return 0

@@ -34,6 +34,7 @@ def harden(
     strategy=None,
     mixed_precision=None,
     callbacks=(),
+    overrides=None,
     verbose=1,
     log=print,
 ):
@@ -68,6 +69,8 @@ def harden(
             `"mixed_float16"` (GPU) or `"mixed_bfloat16"` (TPU); the
             perturbation maths and losses stay float32.
         callbacks: more Keras callbacks for every model's `fit`.
+        overrides: the settings a caller changed from the pipeline's (e.g.
+            the command line's `--epsilon`), recorded in the report as given.
         verbose: Keras progress bars (1), one line per epoch (2), none (0).
         log: where progress messages go.
 
@@ -92,6 +95,7 @@ def harden(
             strategy=strategy,
             mixed_precision=mixed_precision,
             callbacks=list(callbacks),
+            overrides=dict(overrides or {}),
             verbose=verbose,
             log=log,
         )
@@ -129,9 +133,11 @@ class _HardenJob:
         strategy,
         mixed_precision,
         callbacks,
+        overrides,
         verbose,
         log,
     ):
+        self.overrides = overrides
         self.pipeline = pipeline
         self.model_path = model_path
         self.out_dir = out_dir
@@ -263,6 +269,7 @@ class _HardenJob:
         report = {
             "pipeline": self.pipeline.get_config(),
             "model": str(self.model_path) if self.model_path else f"{self.pipeline.name} pipeline's build_model",
+            "overrides": self.overrides,
             "versions": report_lib.package_versions(),
             "evaluations": evaluations,
             "timings": self.timings,

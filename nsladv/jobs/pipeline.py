@@ -13,6 +13,7 @@ import importlib.util
 import pathlib
 import traceback
 from collections.abc import Callable
+from collections.abc import Mapping
 
 from nsladv.configs import GraphRegularization
 from nsladv.configs import KeywordOnly
@@ -20,6 +21,7 @@ from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.errors import PipelineLoadError
 from nsladv.errors import PipelineNotFoundError
+from nsladv.errors import SettingsError
 from nsladv.export import check_model_name
 from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import Attack
@@ -158,6 +160,37 @@ class Pipeline(KeywordOnly):
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def with_overrides(
+        self, *, seed=None, epsilon=None, steps=None, multiplier=None, batch_size=None, learning_rate=None
+    ):
+        """A copy with the command line's common overrides applied (None: keep).
+
+        A new `epsilon` keeps the step size's share of epsilon; new `steps`
+        keep the distance the steps travel together (steps x step size).
+        """
+        changes = {}
+        if seed is not None:
+            changes["seed"] = seed
+        if batch_size is not None:
+            changes["batch_size"] = batch_size
+        if learning_rate is not None:
+            changes["learning_rate"] = learning_rate
+        if multiplier is not None:
+            changes["regularization"] = self.regularization.replace(multiplier=multiplier)
+        if epsilon is not None or steps is not None:
+            threat = self.threat
+            if isinstance(threat.epsilon, Mapping):
+                raise SettingsError(
+                    "--epsilon and --steps need a single epsilon in the pipeline's threat model. "
+                    f"Received: epsilon={dict(threat.epsilon)!r}"
+                )
+            new_epsilon = threat.epsilon if epsilon is None else epsilon
+            new_steps = threat.steps if steps is None else steps
+            relative = threat.relative_step_size() * threat.steps / new_steps
+            step_size = None if threat.step_size is None else relative * new_epsilon
+            changes["threat"] = threat.replace(epsilon=new_epsilon, steps=new_steps, step_size=step_size)
+        return self.replace(**changes)
 
     def get_config(self):
         """JSON-ready settings, for reports and export metadata."""

@@ -38,6 +38,7 @@ def tune_pipeline(
     saved_models="saved_models",
     eval_examples=None,
     export=True,
+    overrides=None,
     verbose=1,
     log=print,
 ):
@@ -80,6 +81,7 @@ def tune_pipeline(
         learning_rate=pipeline.learning_rate,
         seed=pipeline.seed,
         graph=None if pipeline.graph is None else pipeline.graph.regularization,
+        tensorboard_dir=out_dir / "logs",
     )
     search_objective = ROBUST_OBJECTIVE if objective == "robust" else TRADEOFF_OBJECTIVE
     kwargs = {"max_epochs": epochs} if tuner == "hyperband" else {"max_trials": trials}
@@ -132,6 +134,7 @@ def tune_pipeline(
     }
     report = {
         "pipeline": pipeline.get_config(),
+        "overrides": dict(overrides or {}),
         "versions": report_lib.package_versions(),
         "tuning": tuning,
         "evaluation": evaluation,
