@@ -284,13 +284,41 @@ def test_cli_help_shows_examples(command, capsys):
 
 
 def test_cli_overrides_reach_the_report(tmp_path, data_dir, capsys):
-    argv = ["harden", TINY, "--data-dir", data_dir, "--out", str(tmp_path / "run"), "--no-export", "--no-baseline",
-            "--eval-examples", "50", "--quiet", "--seed", "3", "--epsilon", "0.2", "--steps", "2",
-            "--multiplier", "0.7", "--batch-size", "512", "--learning-rate", "0.003"]
+    argv = [
+        "harden",
+        TINY,
+        "--data-dir",
+        data_dir,
+        "--out",
+        str(tmp_path / "run"),
+        "--no-export",
+        "--no-baseline",
+        "--eval-examples",
+        "50",
+        "--quiet",
+        "--seed",
+        "3",
+        "--epsilon",
+        "0.2",
+        "--steps",
+        "2",
+        "--multiplier",
+        "0.7",
+        "--batch-size",
+        "512",
+        "--learning-rate",
+        "0.003",
+    ]
     code, _ = run_cli(argv, capsys)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert code == 0 and report["overrides"] == {
-        "seed": 3, "epsilon": 0.2, "steps": 2, "multiplier": 0.7, "batch_size": 512, "learning_rate": 0.003}
+        "seed": 3,
+        "epsilon": 0.2,
+        "steps": 2,
+        "multiplier": 0.7,
+        "batch_size": 512,
+        "learning_rate": 0.003,
+    }
     pipeline = report["pipeline"]
     assert (pipeline["seed"], pipeline["batch_size"], pipeline["learning_rate"]) == (3, 512, 0.003)
     assert pipeline["threat"]["epsilon"] == 0.2 and pipeline["threat"]["steps"] == 2
