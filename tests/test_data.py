@@ -138,3 +138,22 @@ def test_a_seeded_training_pipeline_gives_the_same_batches_every_time(batch_map)
     assert epochs[0] == epochs[1]
     assert epochs[0][0] != epochs[0][1]  # reshuffled every epoch
     assert epochs[0][0][0] != list(range(50))  # shuffled
+
+
+@pytest.mark.parametrize("where", ["augment", "batch_map"])
+def test_random_augmentation_under_a_seed_repeats(where):
+    """The same seed gives the same shifted images: random draws do not follow thread order."""
+    images = tf.data.Dataset.from_tensor_slices(
+        (np.random.default_rng(0).random((1500, 12, 12, 1)).astype("float32"), np.zeros(1500, "int64"))
+    )
+    shift, shift_batch = data.random_shift(3), data.random_shift_batch(3)
+    epochs = []
+    for _ in range(2):
+        tf.random.set_seed(5)
+        if where == "augment":
+            batches = data.pipeline(images, batch_size=50, training=True, seed=7, augment=shift)
+        else:
+            batches = data.pipeline(images, batch_size=50, training=True, seed=7,
+                                    batch_map=lambda x, y: (shift_batch(x), y))
+        epochs.append(np.concatenate([x.numpy() for x, _ in batches]))
+    np.testing.assert_array_equal(epochs[0], epochs[1])

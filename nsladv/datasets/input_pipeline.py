@@ -59,8 +59,10 @@ def pipeline(
         seed: shuffle seed: pipelines built alike with one seed give the
             same batches, epoch after epoch.
         deterministic: keep element order through parallel maps and
-            batching. Default: True with a seed (else a seed would not fix
-            the order: parallel batches finish in any order), False without.
+            batching, and run `augment` and `batch_map` one element at a
+            time, so that their random draws (stateful random ops) do not
+            follow thread order. Default: True with a seed (else a seed
+            would fix neither the order nor the draws), False without.
         cache: cache decoded examples in memory after the first epoch.
         shuffle_buffer: shuffle buffer size.
         drop_remainder: drop the last partial batch (static batch shapes,
@@ -70,16 +72,19 @@ def pipeline(
         batch_map: a map applied to each batch (e.g. gathering features
             and graph neighbors for a batch of row indices).
     """
+    deterministic = seed is not None if deterministic is None else deterministic
+    # A stateful random op called from parallel threads draws in thread order.
+    maps_in_parallel = None if deterministic else tf.data.AUTOTUNE
     if cache:
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         if augment is not None:
-            dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = dataset.map(augment, num_parallel_calls=maps_in_parallel)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     if batch_map is not None:
-        dataset = dataset.map(batch_map, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(batch_map, num_parallel_calls=maps_in_parallel)
     options = tf.data.Options()
-    options.deterministic = seed is not None if deterministic is None else deterministic
+    options.deterministic = deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
