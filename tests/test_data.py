@@ -153,7 +153,8 @@ def test_random_augmentation_under_a_seed_repeats(where):
         if where == "augment":
             batches = data.pipeline(images, batch_size=50, training=True, seed=7, augment=shift)
         else:
-            batches = data.pipeline(images, batch_size=50, training=True, seed=7,
-                                    batch_map=lambda x, y: (shift_batch(x), y))
+            batches = data.pipeline(
+                images, batch_size=50, training=True, seed=7, batch_map=lambda x, y: (shift_batch(x), y)
+            )
         epochs.append(np.concatenate([x.numpy() for x, _ in batches]))
     np.testing.assert_array_equal(epochs[0], epochs[1])

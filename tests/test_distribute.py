@@ -132,7 +132,8 @@ HARDEN_MIRRORED = textwrap.dedent(
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from nsladv.jobs import harden as hardening, load_pipeline
+    from nsladv import load_pipeline
+    from nsladv.jobs import harden as hardening
     report = hardening.harden(load_pipeline(sys.argv[1]), strategy="mirrored", out_dir=sys.argv[2],
                               saved_models=sys.argv[3], data_dir=sys.argv[4], eval_examples=100, verbose=0)
     print(report["export"])
@@ -181,7 +182,8 @@ WORKER = textwrap.dedent(
     else:
         sys.path.insert(0, sys.argv[8])
         from epoch_recorder import EpochRecorder
-        from nsladv.jobs import harden as hardening, load_pipeline
+        from nsladv import load_pipeline
+        from nsladv.jobs import harden as hardening
         recorder = EpochRecorder(os.path.join(out, f"epochs_{index}.txt"), int(sys.argv[7]) if index == 1 else -1)
         report = hardening.harden(load_pipeline(sys.argv[5]), strategy="multiworker", epochs=4,
                                   out_dir=os.path.join(out, "run"), saved_models=os.path.join(out, "saved_models"),

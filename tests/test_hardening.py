@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from nsladv import datasets as data
 from nsladv import load_pipeline
+from nsladv.classifier import check_classifier
 from nsladv.datasets import loading
 from nsladv.errors import TrainingDivergedError
 from nsladv.jobs import cli
@@ -87,7 +88,8 @@ RESUMABLE = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[6])
     from epoch_recorder import EpochRecorder
-    from nsladv.jobs import harden as hardening, load_pipeline
+    from nsladv import load_pipeline
+    from nsladv.jobs import harden as hardening
 
     hardening.harden(load_pipeline(sys.argv[1]), epochs=4, out_dir=sys.argv[4], baseline=False,
                      export=False, eval_examples=50, data_dir=sys.argv[5], verbose=0,
@@ -115,7 +117,8 @@ PHASES = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[5])
     from epoch_recorder import EpochRecorder, die
-    from nsladv.jobs import harden as hardening, load_pipeline
+    from nsladv import load_pipeline
+    from nsladv.jobs import harden as hardening
 
     phase, log_path = sys.argv[1], sys.argv[2]
     callbacks = [EpochRecorder(log_path + ".epochs", 0 if phase == "baseline" else -1, only="plain")]
@@ -394,7 +397,7 @@ def test_cli_model_that_does_not_fit_the_data(capsys, tmp_path, data_dir, input_
 def test_probability_outputs_are_recognized(head, probabilities, data_dir):
     inputs = keras.Input((28, 28, 1))
     splits = data.load(data_dir=data_dir)
-    assert hardening._check_fits(keras.Model(inputs, head(inputs)), splits) is probabilities
+    assert check_classifier(keras.Model(inputs, head(inputs)), splits.image_shape, splits.num_classes) is probabilities
 
 
 def test_cli_dataset_that_cannot_be_had(capsys, tmp_path, monkeypatch):

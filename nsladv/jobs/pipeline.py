@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import os
 import pathlib
 import traceback
 from collections.abc import Callable
@@ -280,7 +281,8 @@ def _loading(what):
         ) from error
 
 
-_LIBRARY_DIR = str(pathlib.Path(__file__).parent)
+# nsladv's own folder: the last frame outside it is the user's line.
+_LIBRARY_DIR = str(pathlib.Path(__file__).resolve().parent.parent) + os.sep
 
 
 def _pipeline_names():
