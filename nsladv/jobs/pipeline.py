@@ -24,6 +24,7 @@ from nsladv.errors import PipelineLoadError
 from nsladv.errors import PipelineNotFoundError
 from nsladv.errors import SettingsError
 from nsladv.export import check_model_name
+from nsladv.robustness.apgd import APGD
 from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import Attack
 from nsladv.robustness.attacks import pgd
@@ -156,8 +157,8 @@ class Pipeline(KeywordOnly):
             )
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
-        if not all(isinstance(a, Attack) for a in self.eval_attacks):
-            raise ValueError(f"`eval_attacks` must be nsladv Attacks. Received: {self.eval_attacks!r}")
+        if not all(isinstance(a, (Attack, APGD)) for a in self.eval_attacks):
+            raise ValueError(f"`eval_attacks` must be nsladv Attacks or APGD attacks. Received: {self.eval_attacks!r}")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -1,5 +1,9 @@
-"""Measuring robustness: white-box attacks and robust accuracy at an epsilon grid, with gradient-masking checks."""
+"""Measuring robustness: white-box attacks (FGSM, PGD, Auto-PGD) and robust accuracy at an epsilon grid."""
 
+from nsladv.robustness.apgd import APGD
+from nsladv.robustness.apgd import APGDAttacker
+from nsladv.robustness.apgd import apgd_ce
+from nsladv.robustness.apgd import apgd_t
 from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import Attack
 from nsladv.robustness.attacks import BatchAttacker
@@ -10,10 +14,14 @@ from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.evaluation import sanity_checks
 
 __all__ = [
+    "APGD",
+    "APGDAttacker",
     "FGSM",
     "Attack",
     "BatchAttacker",
     "adversarial_examples",
+    "apgd_ce",
+    "apgd_t",
     "evaluate_robustness",
     "fgsm",
     "pgd",

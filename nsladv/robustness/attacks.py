@@ -63,6 +63,10 @@ class Attack:
     def get_config(self):
         return {"name": self.name, "restarts": self.restarts, "threat": self.threat.get_config()}
 
+    def batch_attacker(self, model, *, from_logits=True):
+        """The compiled runner `evaluate_robustness` uses (`nsladv.robustness.APGD` has one too)."""
+        return BatchAttacker(model, self, from_logits=from_logits)
+
 
 def fgsm(*, norm="linf", clip_range=(0.0, 1.0), name="fgsm"):
     """The fast gradient (sign) method: one step of the full radius from x."""

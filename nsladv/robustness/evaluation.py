@@ -3,7 +3,6 @@
 import time
 
 from nsladv.robustness.attacks import FGSM
-from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import pgd
 
 # Accuracy differences within this are read as equal (a few examples of 1,000).
@@ -27,8 +26,8 @@ def evaluate_robustness(
             attacked).
         dataset: a batched `tf.data.Dataset` of `(x, y)`.
         epsilons: the grid of radii (> 0).
-        attacks: a sequence of `Attack`s (default FGSM and PGD-40 with 3
-            restarts, L-inf, inputs in [0, 1]).
+        attacks: a sequence of `Attack`s or `APGD`s (default FGSM and PGD-40
+            with 3 restarts, L-inf, inputs in [0, 1]).
         from_logits: whether the model outputs logits.
         large_epsilon: a radius large enough to destroy any image (e.g. 0.5
             for L-inf on [0, 1]); the strongest attack must drive accuracy
@@ -47,7 +46,7 @@ def evaluate_robustness(
         raise ValueError(f"`epsilons` must be a non-empty list of values > 0. Received: epsilons={epsilons!r}")
     results = {"epsilons": epsilons, "attacks": {}, "seconds": {}, "clean_accuracy": None}
     for attack in attacks:
-        attacker = BatchAttacker(model, attack, from_logits=from_logits)
+        attacker = attack.batch_attacker(model, from_logits=from_logits)
         start = time.perf_counter()
         accuracy = {}
         for epsilon in epsilons:

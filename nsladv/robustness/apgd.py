@@ -1,0 +1,272 @@
+"""Auto-PGD (Croce & Hein, 2020): the step-size-free PGD at the core of AutoAttack, L-inf.
+
+For each example, from x_0 (a random point of the ball, or x):
+
+    x_1     = P(x_0 + eta * sign(grad f(x_0)))
+    z       = P(x_k + eta * sign(grad f(x_k)))
+    x_{k+1} = P(x_k + alpha * (z - x_k) + (1 - alpha) * (x_k - x_{k-1})),  alpha = 0.75
+
+where P projects onto the epsilon ball around x and the clip range, and eta
+starts at 2 * epsilon. At checkpoints w_j (p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j * N), spaced as
+the reference implementation spaces them), eta halves and the iterate goes
+back to the best point so far when the loss rose in fewer than 75% of the steps
+since the last checkpoint, or when eta did not change at the last checkpoint
+and the best loss did not improve since. An example counts as fooled when any
+iterate misclassifies it (the best iterate is kept, never only the last).
+
+Losses: `"ce"` (cross-entropy, APGD-CE) and `"dlr-targeted"` (the targeted
+difference-of-logits ratio, APGD-T, run once per target among the
+`target_classes` highest-scoring wrong classes).
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+LOSSES = ("ce", "dlr-targeted")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class APGD:
+    """An Auto-PGD attack, L-inf.
+
+    Args:
+        name: label for reports (`"apgd-ce"`, `"apgd-t"`).
+        loss: `"ce"` or `"dlr-targeted"`.
+        steps: iterations per run (AutoAttack: 100).
+        restarts: runs from fresh random starts (per target for APGD-T).
+        target_classes: for `"dlr-targeted"`, how many of the highest-scoring
+            wrong classes to target in turn (AutoAttack: 9).
+        random_start: start from a random point of the ball (as AutoAttack
+            does); False starts from x.
+        clip_range: the valid input range.
+    """
+
+    name: str = "apgd-ce"
+    loss: str = "ce"
+    steps: int = 100
+    restarts: int = 1
+    target_classes: int = 9
+    random_start: bool = True
+    clip_range: tuple = (0.0, 1.0)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown APGD loss. Expected one of {list(LOSSES)}. Received: loss={self.loss!r}")
+        for field in ("steps", "restarts", "target_classes"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{field}` must be an integer >= 1. Received: {field}={value!r}")
+
+    @property
+    def norm(self):
+        return "linf"
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    def batch_attacker(self, model, *, from_logits=True):
+        return APGDAttacker(model, self, from_logits=from_logits)
+
+
+def apgd_ce(steps=100, restarts=1):
+    """APGD with the cross-entropy loss, AutoAttack's first attack."""
+    return APGD(name="apgd-ce", loss="ce", steps=steps, restarts=restarts)
+
+
+def apgd_t(steps=100, target_classes=9):
+    """APGD with the targeted DLR loss over the top wrong classes, AutoAttack's second attack."""
+    return APGD(name="apgd-t", loss="dlr-targeted", steps=steps, target_classes=target_classes)
+
+
+def checkpoints(steps):
+    """The iterations after which APGD checks its progress (the reference implementation's spacing)."""
+    length = max(int(0.22 * steps), 1)
+    shrink, shortest = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    found, at = [], length - 1
+    while at < steps:
+        found.append(at)
+        length = max(length - shrink, shortest)
+        at += length
+    return found
+
+
+def _logits(model, x, from_logits):
+    out = tf.cast(model(x, training=False), tf.float32)
+    return out if from_logits else tf.math.log(tf.clip_by_value(out, 1e-12, 1.0))
+
+
+def per_example_loss(loss, logits, y, target=None):
+    """APGD's losses, one value per example (to maximize)."""
+    if loss == "ce":
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+    ordered = tf.sort(logits, axis=-1, direction="DESCENDING")
+    true = tf.gather(logits, y, batch_dims=1)
+    wanted = tf.gather(logits, target, batch_dims=1)
+    scale = ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12
+    return -(true - wanted) / scale
+
+
+class APGDAttacker:
+    """Runs an `APGD` attack batch by batch, compiled once; counts clean and robust predictions.
+
+    An example is robust only if it is classified correctly clean and no
+    iterate of any restart (or target) misclassifies it.
+    """
+
+    def __init__(self, model, attack, *, from_logits=True):
+        self.model = model
+        self.attack = attack
+        self.from_logits = from_logits
+        self._check = [int(k) for k in checkpoints(attack.steps)]
+        self._run = tf.function(self._fooled, reduce_retracing=True)
+
+    def _gradient(self, x, y, target):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = _logits(self.model, x, self.from_logits)
+            loss = per_example_loss(self.attack.loss, logits, y, target)
+            total = tf.reduce_sum(loss)
+        return loss, tape.gradient(total, x), logits
+
+    def _fooled(self, x, y, epsilon, target):
+        """Whether any iterate misclassifies each example, and the first such iterate (else the best-loss one)."""
+        attack = self.attack
+        lo, hi = attack.clip_range
+        x = tf.cast(x, tf.float32)
+        rank_ones = [1] * (x.shape.rank - 1)
+        low, high = tf.maximum(x - epsilon, lo), tf.minimum(x + epsilon, hi)
+
+        def project(v):
+            return tf.clip_by_value(v, low, high)
+
+        if attack.random_start:
+            noise = tf.random.uniform(tf.shape(x), -1.0, 1.0)
+            largest = tf.reduce_max(tf.abs(tf.reshape(noise, [tf.shape(x)[0], -1])), axis=1)
+            x0 = project(x + epsilon * noise / tf.reshape(largest, [-1, *rank_ones]))
+        else:
+            x0 = x
+        loss, grad, logits = self._gradient(x0, y, target)
+        fooled = tf.argmax(logits, -1, output_type=y.dtype) != y
+        found = x0
+        batch = tf.shape(x)[0]
+        eta = tf.fill([batch], 2.0 * tf.cast(epsilon, tf.float32))
+        state = {
+            "x": x0,
+            "previous": x0,
+            "grad": grad,
+            "loss": loss,
+            "best": x0,
+            "best_loss": loss,
+            "best_grad": grad,
+            "fooled": fooled,
+            "found": found,
+            "eta": eta,
+            "rises": tf.zeros([batch], tf.int32),
+            "last_best": loss,
+            "halved_last": tf.ones([batch], tf.bool),
+            "since": tf.constant(0),
+        }
+        is_check = tf.constant([k in self._check for k in range(attack.steps)])
+        lengths = tf.constant(_lengths(self._check, attack.steps), tf.int32)
+
+        def expand(v):
+            return tf.reshape(v, [-1, *rank_ones])
+
+        def body(k, s):
+            step = expand(s["eta"]) * tf.sign(s["grad"])
+            z = project(s["x"] + step)
+            alpha = tf.where(k > 0, 0.75, 1.0)
+            x_next = project(s["x"] + alpha * (z - s["x"]) + (1.0 - alpha) * (s["x"] - s["previous"]))
+            loss, grad, logits = self._gradient(x_next, y, target)
+            wrong = tf.argmax(logits, -1, output_type=y.dtype) != y
+            newly = wrong & ~s["fooled"]
+            found = tf.where(expand(newly), x_next, s["found"])
+            fooled = s["fooled"] | wrong
+            rises = s["rises"] + tf.cast(loss > s["loss"], tf.int32)
+            better = loss > s["best_loss"]
+            best = tf.where(expand(better), x_next, s["best"])
+            best_grad = tf.where(expand(better), grad, s["best_grad"])
+            best_loss = tf.where(better, loss, s["best_loss"])
+            s = dict(
+                s,
+                x=x_next,
+                previous=s["x"],
+                grad=grad,
+                loss=loss,
+                best=best,
+                best_loss=best_loss,
+                best_grad=best_grad,
+                fooled=fooled,
+                found=found,
+                rises=rises,
+            )
+            return k + 1, tf.cond(is_check[k], lambda: _checkpoint(s, lengths[k], expand), lambda: s)
+
+        _, state = tf.while_loop(lambda k, _: k < attack.steps, body, (tf.constant(0), state))
+        found = tf.where(expand(state["fooled"]), state["found"], state["best"])
+        return state["fooled"], found
+
+    def fooled(self, x, y, epsilon):
+        """Per example: fooled by any restart (and target), as a bool tensor."""
+        y = tf.cast(tf.reshape(y, [-1]), tf.int64)
+        epsilon = tf.constant(epsilon, tf.float32)
+        targets = [None]
+        if self.attack.loss == "dlr-targeted":
+            logits = _logits(self.model, x, self.from_logits)
+            if logits.shape[-1] < 4:
+                raise ValueError(
+                    "The targeted DLR loss compares the top four scores: it needs at least 4 classes. "
+                    f"Received: {logits.shape[-1]} classes"
+                )
+            order = tf.cast(tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True), tf.int64)
+            wrong = tf.reshape(tf.boolean_mask(order, order != y[:, None]), [tf.shape(y)[0], -1])
+            targets = [wrong[:, j] for j in range(min(self.attack.target_classes, int(wrong.shape[-1])))]
+        fooled = tf.zeros_like(y, tf.bool)
+        for target in targets:
+            for _ in range(self.attack.restarts):
+                run = self._run(x, y, epsilon, y if target is None else target)[0]
+                fooled = fooled | run
+        return fooled
+
+    def accuracy(self, dataset, epsilon):
+        """(clean accuracy, robust accuracy, examples) over a batched `(x, y)` dataset."""
+        clean = robust = total = 0
+        for x, y in dataset:
+            y = tf.cast(tf.reshape(y, [-1]), tf.int64)
+            right = tf.argmax(_logits(self.model, x, self.from_logits), -1) == y
+            fooled = self.fooled(x, y, epsilon)
+            clean += int(tf.reduce_sum(tf.cast(right, tf.int32)))
+            robust += int(tf.reduce_sum(tf.cast(right & ~fooled, tf.int32)))
+            total += int(tf.shape(y)[0])
+        if total == 0:
+            raise ValueError("The evaluation dataset is empty. Received: 0 examples")
+        return clean / total, robust / total, total
+
+
+def _lengths(check, steps):
+    """For each iteration, the number of steps since the previous checkpoint (used at checkpoints)."""
+    lengths, previous = [0] * steps, -1
+    for at in check:
+        lengths[at] = at - previous
+        previous = at
+    return lengths
+
+
+def _checkpoint(s, length, expand):
+    """Halve eta (and go back to the best point) where the loss stalled since the last checkpoint."""
+    oscillating = tf.cast(s["rises"], tf.float32) <= 0.75 * tf.cast(length, tf.float32)
+    stalled = ~s["halved_last"] & (s["last_best"] >= s["best_loss"])
+    halve = oscillating | stalled
+    x = tf.where(expand(halve), s["best"], s["x"])
+    grad = tf.where(expand(halve), s["best_grad"], s["grad"])
+    return dict(
+        s,
+        x=x,
+        grad=grad,
+        eta=tf.where(halve, s["eta"] / 2.0, s["eta"]),
+        rises=tf.zeros_like(s["rises"]),
+        last_best=s["best_loss"],
+        halved_last=halve,
+    )

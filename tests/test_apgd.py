@@ -1,0 +1,133 @@
+"""Auto-PGD: its checkpoints, its iterates against a NumPy transcription of the paper, and exact answers on linear models."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nsladv.robustness import APGD
+from nsladv.robustness import apgd_ce
+from nsladv.robustness import apgd_t
+from nsladv.robustness import evaluate_robustness
+from nsladv.robustness import pgd
+from nsladv.robustness.apgd import checkpoints
+
+
+def test_checkpoints_follow_the_paper():
+    # p = 0, 0.22, then p_j + max(p_j - p_{j-1} - 0.03, 0.06): 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99.
+    assert checkpoints(100) == [21, 40, 56, 69, 79, 86, 92, 98]
+
+
+A, B, C = 20.0, -0.5, 0.63  # logits [0, B - A (x - C)^2]: label 0 everywhere, the loss peaks at x = C
+
+
+def bump_model():
+    inputs = keras.Input((1,))
+    shifted = keras.layers.Dense(1, kernel_initializer="ones", bias_initializer=keras.initializers.Constant(-C))(inputs)
+    logits = keras.layers.Dense(2)(keras.ops.square(shifted))
+    model = keras.Model(inputs, logits)
+    model.layers[-1].set_weights([np.array([[0.0, -A]], "float32"), np.array([0.0, B], "float32")])
+    return model
+
+
+def reference_apgd(x, epsilon, steps):
+    """APGD-CE for the bump model in NumPy, from the paper's equations; returns the best-loss point."""
+
+    def loss_and_gradient(v):
+        z = B - A * (v - C) ** 2
+        return np.logaddexp(0.0, z), (1.0 / (1.0 + np.exp(-z))) * (-2.0 * A * (v - C))
+
+    def project(v):
+        return np.clip(np.clip(v, x - epsilon, x + epsilon), 0.0, 1.0)
+
+    eta, previous, current = 2.0 * epsilon, x, x
+    loss, grad = loss_and_gradient(current)
+    best, best_loss, best_grad = current, loss, grad
+    check, rises, last_best, halved_last, length = set(checkpoints(steps)), 0, loss, True, None
+    since = 0
+    for k in range(steps):
+        z = project(current + eta * np.sign(grad))
+        alpha = 0.75 if k > 0 else 1.0
+        new = project(current + alpha * (z - current) + (1 - alpha) * (current - previous))
+        previous, current = current, new
+        new_loss, grad = loss_and_gradient(current)
+        rises += new_loss > loss
+        loss = new_loss
+        since += 1
+        if loss > best_loss:
+            best, best_loss, best_grad = current, loss, grad
+        if k in check:
+            halve = rises <= 0.75 * since or (not halved_last and last_best >= best_loss)
+            if halve:
+                eta, current, grad = eta / 2.0, best, best_grad
+            rises, since, last_best, halved_last = 0, 0, best_loss, halve
+    return best
+
+
+# The last two reach a checkpoint where the loss rose often enough but the best loss did not improve.
+@pytest.mark.parametrize("x0, epsilon, steps", [(0.5, 0.3, 30), (0.3, 0.4, 30), (0.55, 0.1, 30), (0.5, 0.4, 20), (0.45, 0.4, 30)])
+def test_iterates_match_the_papers_algorithm(x0, epsilon, steps):
+    attack = APGD(steps=steps, random_start=False)
+    attacker = attack.batch_attacker(bump_model())
+    fooled, found = attacker._run(tf.constant([[x0]], tf.float32), tf.constant([0], tf.int64),
+                                  tf.constant(epsilon, tf.float32), tf.constant([0], tf.int64))
+    assert not bool(fooled[0])  # B < 0: the model is right everywhere, so the best-loss point comes back
+    np.testing.assert_allclose(found.numpy()[0, 0], reference_apgd(x0, epsilon, steps), atol=1e-5)
+
+
+def linear_problem(classes=5, n=300, seed=1):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(6, classes)).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(classes, use_bias=False)])
+    model.set_weights([w])
+    x = rng.random((n, 6)).astype("float32")
+    return model, w, x, np.argmax(x @ w, 1)
+
+
+def exact_robust_accuracy(w, x, y, epsilon):
+    """A linear classifier's exact worst case in the L-inf ball and [0, 1]: each margin at its box minimum."""
+    low, high = np.maximum(-epsilon, -x), np.minimum(epsilon, 1 - x)
+    robust = np.ones(len(x), bool)
+    for j in range(w.shape[1]):
+        c = (w[:, y] - w[:, [j]]).T  # margin of the true class over class j, per example
+        worst = (c * x).sum(1) + np.minimum(c * low, c * high).sum(1)
+        robust &= (y == j) | (worst > 0)
+    return robust.mean()
+
+
+def test_apgd_t_finds_a_linear_models_exact_worst_case():
+    model, w, x, y = linear_problem()
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(100)
+    exact = exact_robust_accuracy(w, x, y, 0.05)
+    _, every_target, _ = apgd_t(steps=30, target_classes=4).batch_attacker(model).accuracy(data, 0.05)
+    _, one_target, _ = apgd_t(steps=30, target_classes=1).batch_attacker(model).accuracy(data, 0.05)
+    assert every_target == pytest.approx(exact, abs=1e-9)
+    assert one_target > every_target  # the worst case needs every target: the union over them counts
+
+
+def test_apgd_in_the_evaluation_is_no_weaker_than_pgd():
+    model, w, x, y = linear_problem()
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(150)
+    result = evaluate_robustness(model, data, epsilons=[0.05], attacks=[pgd(20, 1), apgd_ce(steps=30)])
+    accuracy = {name: a["accuracy"]["0.05"] for name, a in result["attacks"].items()}
+    assert accuracy["apgd-ce"] <= accuracy["pgd20"] + 1e-9
+    assert accuracy["apgd-ce"] >= exact_robust_accuracy(w, x, y, 0.05) - 1e-9  # no attack beats the exact answer
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(loss="hinge"), r"Unknown APGD loss. Expected one of \['ce', 'dlr-targeted'\]. Received: loss='hinge'"),
+        (dict(steps=0), r"`steps` must be an integer >= 1. Received: steps=0"),
+        (dict(restarts=1.5), r"`restarts` must be an integer >= 1. Received: restarts=1.5"),
+    ],
+)
+def test_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        APGD(**kwargs)
+
+
+def test_the_targeted_loss_needs_four_classes():
+    model, _, x, y = linear_problem(classes=3)
+    with pytest.raises(ValueError, match=r"needs at least 4 classes. Received: 3 classes"):
+        apgd_t(steps=2).batch_attacker(model).accuracy(tf.data.Dataset.from_tensor_slices((x, y)).batch(50), 0.1)
