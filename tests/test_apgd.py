@@ -43,8 +43,7 @@ def reference_apgd(x, epsilon, steps):
     eta, previous, current = 2.0 * epsilon, x, x
     loss, grad = loss_and_gradient(current)
     best, best_loss, best_grad = current, loss, grad
-    check, rises, last_best, halved_last, length = set(checkpoints(steps)), 0, loss, True, None
-    since = 0
+    check, rises, since, last_best, halved_last = set(checkpoints(steps)), 0, 0, loss, True
     for k in range(steps):
         z = project(current + eta * np.sign(grad))
         alpha = 0.75 if k > 0 else 1.0
