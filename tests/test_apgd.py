@@ -64,12 +64,18 @@ def reference_apgd(x, epsilon, steps):
 
 
 # The last two reach a checkpoint where the loss rose often enough but the best loss did not improve.
-@pytest.mark.parametrize("x0, epsilon, steps", [(0.5, 0.3, 30), (0.3, 0.4, 30), (0.55, 0.1, 30), (0.5, 0.4, 20), (0.45, 0.4, 30)])
+@pytest.mark.parametrize(
+    "x0, epsilon, steps", [(0.5, 0.3, 30), (0.3, 0.4, 30), (0.55, 0.1, 30), (0.5, 0.4, 20), (0.45, 0.4, 30)]
+)
 def test_iterates_match_the_papers_algorithm(x0, epsilon, steps):
     attack = APGD(steps=steps, random_start=False)
     attacker = attack.batch_attacker(bump_model())
-    fooled, found = attacker._run(tf.constant([[x0]], tf.float32), tf.constant([0], tf.int64),
-                                  tf.constant(epsilon, tf.float32), tf.constant([0], tf.int64))
+    fooled, found = attacker._run(
+        tf.constant([[x0]], tf.float32),
+        tf.constant([0], tf.int64),
+        tf.constant(epsilon, tf.float32),
+        tf.constant([0], tf.int64),
+    )
     assert not bool(fooled[0])  # B < 0: the model is right everywhere, so the best-loss point comes back
     np.testing.assert_allclose(found.numpy()[0, 0], reference_apgd(x0, epsilon, steps), atol=1e-5)
 
