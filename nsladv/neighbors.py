@@ -191,7 +191,7 @@ class NeighborBuilder:
                 masks[key] = tf.constant(np.asarray(entry, np.float32))
         return eps, clip_lo, clip_hi, masks
 
-    def __call__(self, x, *, model_fn, loss_fn, first_gradient=None, epsilon_scale=1.0):
+    def __call__(self, x, *, model_fn, loss_fn, first_gradient=None, epsilon_scale=1.0, seed=None):
         """Returns the adversarial neighbor x' of `x`.
 
         Args:
@@ -204,6 +204,8 @@ class NeighborBuilder:
             epsilon_scale: scalar (tensor) multiplying the threat's epsilon and
                 step size: the fraction in force during a warm-up, or, for
                 an `Attack` (whose threat has epsilon 1), the radius.
+            seed: optional stateless seed (shape [2]) of the random start;
+                None draws from TensorFlow's stateful random ops.
         """
         x = as_tensors(x)
         selected = self.select(x)
@@ -266,7 +268,7 @@ class NeighborBuilder:
 
         remaining = self.threat.steps
         if self.random_start:
-            noise = random_in_ball(z0, scale, norm)
+            noise = random_in_ball(z0, scale, norm, seed)
             noise = {k: r * masks[k] if k in masks else r for k, r in noise.items()}
             z = project({k: z0[k] + r for k, r in noise.items()})
         elif first_gradient is not None:
@@ -356,30 +358,59 @@ def _expand(vector, rank):
     return tf.reshape(vector, [-1] + [1] * (rank - 1))
 
 
-def random_in_ball(tensors, radius, norm):
+class _Draws:
+    """Random draws: TensorFlow's stateful ops, or stateless ones from a seed (shape [2]) when given one."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+        self._count = 0
+
+    def _next(self):
+        self._count += 1
+        return tf.random.experimental.stateless_fold_in(self.seed, self._count)
+
+    def uniform(self, shape, low, high, dtype):
+        if self.seed is None:
+            return tf.random.uniform(shape, low, high, dtype)
+        return tf.random.stateless_uniform(shape, self._next(), low, high, dtype)
+
+    def normal(self, shape, dtype):
+        if self.seed is None:
+            return tf.random.normal(shape, dtype=dtype)
+        return tf.random.stateless_normal(shape, self._next(), dtype=dtype)
+
+    def gamma(self, shape, alpha, beta, dtype):
+        if self.seed is None:
+            return tf.random.gamma(shape, alpha, beta, dtype=dtype)
+        return tf.random.stateless_gamma(shape, self._next(), alpha, beta, dtype=dtype)
+
+
+def random_in_ball(tensors, radius, norm, seed=None):
     """Uniform random points of the norm ball, one per example of the batch.
 
     The same sampling as `nsl.lib.random_in_norm_ball` (Barthe et al. 2005:
     the first n coordinates of a uniform point of the p-sphere in R^(n+p)
     are uniform in the p-ball of R^n), written with dynamic shapes because
     NSL 1.4.0 uses static shapes and fails inside `tf.function` when the batch
-    size is unknown.
+    size is unknown. With a `seed` (shape [2]) the draws are stateless: the
+    seed alone decides them.
     """
+    draw = _Draws(seed)
     if norm == "linf":
-        return {k: tf.random.uniform(tf.shape(t), -1.0, 1.0, t.dtype) * radius for k, t in tensors.items()}
+        return {k: draw.uniform(tf.shape(t), -1.0, 1.0, t.dtype) * radius for k, t in tensors.items()}
     batch = tf.shape(next(iter(tensors.values())))[0]
     if norm == "l2":
-        samples = {k: tf.random.normal(tf.shape(t), dtype=t.dtype) for k, t in tensors.items()}
+        samples = {k: draw.normal(tf.shape(t), t.dtype) for k, t in tensors.items()}
         total = tf.add_n(_per_example(samples, lambda v: tf.reduce_sum(tf.square(v), axis=1)))
-        extra = tf.random.gamma([batch], 1.0, 0.5, dtype=total.dtype)
+        extra = draw.gamma([batch], 1.0, 0.5, total.dtype)
         scale = radius / tf.sqrt(total + extra)
     else:
         samples = {
-            k: tf.random.gamma(tf.shape(t), 1.0, 1.0, t.dtype) - tf.random.gamma(tf.shape(t), 1.0, 1.0, t.dtype)
+            k: draw.gamma(tf.shape(t), 1.0, 1.0, t.dtype) - draw.gamma(tf.shape(t), 1.0, 1.0, t.dtype)
             for k, t in tensors.items()
         }
         total = tf.add_n(_per_example(samples, lambda v: tf.reduce_sum(tf.abs(v), axis=1)))
-        extra = tf.random.gamma([batch], 1.0, 1.0, dtype=total.dtype)
+        extra = draw.gamma([batch], 1.0, 1.0, total.dtype)
         scale = radius / (total + extra)
     return {k: v * _expand(scale, v.shape.rank) for k, v in samples.items()}
 

@@ -70,12 +70,8 @@ def reference_apgd(x, epsilon, steps):
 def test_iterates_match_the_papers_algorithm(x0, epsilon, steps):
     attack = APGD(steps=steps, random_start=False)
     attacker = attack.batch_attacker(bump_model())
-    fooled, found = attacker._run(
-        tf.constant([[x0]], tf.float32),
-        tf.constant([0], tf.int64),
-        tf.constant(epsilon, tf.float32),
-        tf.constant([0], tf.int64),
-    )
+    x, y, no_seed = tf.constant([[x0]], tf.float32), tf.constant([0], tf.int64), tf.constant([0, 0], tf.int64)
+    fooled, found = attacker._run(x, y, tf.constant(epsilon, tf.float32), y, no_seed)
     assert not bool(fooled[0])  # B < 0: the model is right everywhere, so the best-loss point comes back
     np.testing.assert_allclose(found.numpy()[0, 0], reference_apgd(x0, epsilon, steps), atol=1e-5)
 

@@ -79,7 +79,7 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
 
 
 def summary_table(evaluations):
-    """A plain-text table: one row per model and attack, one column per epsilon."""
+    """A plain-text table: one row per model and attack, and each model's worst case; one column per epsilon."""
     first = next(iter(evaluations.values()))
     keys = [f"{e:g}" for e in first["epsilons"]]
     width = max(10, *(len(label) for label in evaluations))
@@ -89,6 +89,9 @@ def summary_table(evaluations):
         for name, attack in result["attacks"].items():
             cells = " ".join(f"{100 * attack['accuracy'][k]:>8.1f}%" for k in keys)
             lines.append(f"{label:<{width}} {name:<8} {100 * result['clean_accuracy']:>6.1f}% {cells}")
+        if "worst_case" in result and len(result["attacks"]) > 1:
+            cells = " ".join(f"{100 * result['worst_case'][k]:>8.1f}%" for k in keys)
+            lines.append(f"{label:<{width}} {'worst':<8} {100 * result['clean_accuracy']:>6.1f}% {cells}")
     for label, result in evaluations.items():
         failed = [name for name, check in result.get("sanity", {}).items() if not check["passed"]]
         status = "all passed" if not failed else "FAILED: " + ", ".join(failed)

@@ -24,6 +24,9 @@ import dataclasses
 
 import tensorflow as tf
 
+from nsladv.robustness.attacks import Counter
+from nsladv.robustness.attacks import random_starts
+
 LOSSES = ("ce", "dlr-targeted")
 
 
@@ -108,7 +111,7 @@ def per_example_loss(loss, logits, y, target=None):
     return -(true - wanted) / scale
 
 
-class APGDAttacker:
+class APGDAttacker(Counter):
     """Runs an `APGD` attack batch by batch, compiled once; counts clean and robust predictions.
 
     An example is robust only if it is classified correctly clean and no
@@ -120,6 +123,7 @@ class APGDAttacker:
         self.attack = attack
         self.from_logits = from_logits
         self._check = [int(k) for k in checkpoints(attack.steps)]
+        self._random = random_starts()
         self._run = tf.function(self._fooled, reduce_retracing=True)
 
     def _gradient(self, x, y, target):
@@ -130,7 +134,7 @@ class APGDAttacker:
             total = tf.reduce_sum(loss)
         return loss, tape.gradient(total, x), logits
 
-    def _fooled(self, x, y, epsilon, target):
+    def _fooled(self, x, y, epsilon, target, seed):
         """Whether any iterate misclassifies each example, and the first such iterate (else the best-loss one)."""
         attack = self.attack
         lo, hi = attack.clip_range
@@ -142,7 +146,7 @@ class APGDAttacker:
             return tf.clip_by_value(v, low, high)
 
         if attack.random_start:
-            noise = tf.random.uniform(tf.shape(x), -1.0, 1.0)
+            noise = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
             largest = tf.reduce_max(tf.abs(tf.reshape(noise, [tf.shape(x)[0], -1])), axis=1)
             x0 = project(x + epsilon * noise / tf.reshape(largest, [-1, *rank_ones]))
         else:
@@ -226,23 +230,14 @@ class APGDAttacker:
         fooled = tf.zeros_like(y, tf.bool)
         for target in targets:
             for _ in range(self.attack.restarts):
-                run = self._run(x, y, epsilon, y if target is None else target)[0]
+                seed = self._random.make_seeds(1)[:, 0]
+                run = self._run(x, y, epsilon, y if target is None else target, seed)[0]
                 fooled = fooled | run
         return fooled
 
-    def accuracy(self, dataset, epsilon):
-        """(clean accuracy, robust accuracy, examples) over a batched `(x, y)` dataset."""
-        clean = robust = total = 0
-        for x, y in dataset:
-            y = tf.cast(tf.reshape(y, [-1]), tf.int64)
-            right = tf.argmax(_logits(self.model, x, self.from_logits), -1) == y
-            fooled = self.fooled(x, y, epsilon)
-            clean += int(tf.reduce_sum(tf.cast(right, tf.int32)))
-            robust += int(tf.reduce_sum(tf.cast(right & ~fooled, tf.int32)))
-            total += int(tf.shape(y)[0])
-        if total == 0:
-            raise ValueError("The evaluation dataset is empty. Received: 0 examples")
-        return clean / total, robust / total, total
+    def batch_masks(self, x, y, epsilon):
+        right = tf.argmax(_logits(self.model, x, self.from_logits), -1) == y
+        return right, right & ~self.fooled(x, y, epsilon)
 
 
 def _lengths(check, steps):

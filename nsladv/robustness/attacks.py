@@ -8,6 +8,7 @@ another model) and build their adversarial inputs through the same
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from nsladv.configs import ThreatModel
@@ -90,7 +91,7 @@ def classification_loss(from_logits):
     return lambda y, pred: loss(y, tf.cast(pred, tf.float32))
 
 
-def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True):
+def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True, seed=None):
     """The attack's adversarial inputs for a batch (one random start).
 
     Args:
@@ -100,6 +101,7 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True):
         attack: an `Attack`.
         epsilon: the radius (a float or a scalar tensor; 0 returns x).
         from_logits: what the model outputs.
+        seed: optional stateless seed (shape [2]) of the random start.
     """
     loss = classification_loss(from_logits)
     return attack.builder()(
@@ -107,11 +109,46 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True):
         model_fn=lambda v: model(v, training=False),
         loss_fn=lambda pred: loss(y, pred),
         epsilon_scale=epsilon,
+        seed=seed,
     )
 
 
-class BatchAttacker:
-    """Counts clean and robust correct predictions batch by batch, compiled once.
+def random_starts():
+    """A random-start generator of its own for each attacker, seeded from NumPy's global generator.
+
+    Two attackers never share random starts (a stateful op's seed would come
+    from its place in the traced graph, the same for two alike attacks), and
+    `keras.utils.set_random_seed` still fixes them all.
+    """
+    return tf.random.Generator.from_seed(int(np.random.randint(2**31 - 1)))
+
+
+class Counter:
+    """Per-example clean and robust predictions over a dataset, and accuracies from them.
+
+    Subclasses give `batch_masks(x, y, epsilon)`: two boolean vectors, correct
+    clean and robust (correct clean and under every restart of the attack).
+    """
+
+    def masks(self, dataset, epsilon):
+        """(clean, robust) boolean NumPy arrays, one entry per example in dataset order."""
+        clean, robust = [], []
+        for x, y in dataset:
+            c, r = self.batch_masks(x, tf.cast(tf.reshape(y, [-1]), tf.int64), epsilon)
+            clean.append(c.numpy())
+            robust.append(r.numpy())
+        if not clean or sum(len(c) for c in clean) == 0:
+            raise ValueError("The evaluation dataset is empty. Received: 0 examples")
+        return np.concatenate(clean), np.concatenate(robust)
+
+    def accuracy(self, dataset, epsilon):
+        """(clean accuracy, robust accuracy, examples) over a batched dataset."""
+        clean, robust = self.masks(dataset, epsilon)
+        return float(clean.mean()), float(robust.mean()), len(clean)
+
+
+class BatchAttacker(Counter):
+    """Runs an `Attack` batch by batch, compiled once.
 
     Args:
         model: the Keras classifier under attack.
@@ -123,23 +160,19 @@ class BatchAttacker:
         self.model = model
         self.attack = attack
         self.from_logits = from_logits
+        self._random = random_starts()
         self._step = tf.function(self._correct, reduce_retracing=True)
 
     def _correct(self, x, y, epsilon):
-        y = tf.cast(tf.reshape(y, [-1]), tf.int64)
         clean = tf.argmax(self.model(x, training=False), axis=-1) == y
         robust = clean
-        for _ in range(self.attack.restarts):
-            x_adv = adversarial_examples(self.model, x, y, self.attack, epsilon, from_logits=self.from_logits)
+        seeds = self._random.make_seeds(self.attack.restarts)
+        for restart in range(self.attack.restarts):
+            x_adv = adversarial_examples(
+                self.model, x, y, self.attack, epsilon, from_logits=self.from_logits, seed=seeds[:, restart]
+            )
             robust = robust & (tf.argmax(self.model(x_adv, training=False), axis=-1) == y)
-        return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(tf.cast(robust, tf.int64))
+        return clean, robust
 
-    def accuracy(self, dataset, epsilon):
-        """(clean accuracy, robust accuracy, examples) over a batched dataset."""
-        clean = robust = total = 0
-        for x, y in dataset:
-            c, r = self._step(x, y, tf.constant(epsilon, tf.float32))
-            clean, robust, total = clean + int(c), robust + int(r), total + int(tf.shape(y)[0])
-        if total == 0:
-            raise ValueError("The evaluation dataset is empty. Received: 0 examples")
-        return clean / total, robust / total, total
+    def batch_masks(self, x, y, epsilon):
+        return self._step(x, y, tf.constant(epsilon, tf.float32))

@@ -1,5 +1,6 @@
 """Robust accuracy at an epsilon grid, with gradient-masking sanity checks."""
 
+import math
 import time
 
 from nsladv.robustness.attacks import FGSM
@@ -35,9 +36,14 @@ def evaluate_robustness(
         near_zero: the accuracy threshold of that check.
 
     Returns:
-        A JSON-ready dict: `clean_accuracy`, `examples`, per-attack
-        `accuracy` by epsilon, `seconds` by attack, and `sanity` checks
-        (`pgd_not_above_fgsm`, `monotone_in_epsilon`,
+        A JSON-ready dict: `clean_accuracy`, `examples` (also as
+        `test_examples`), per-attack `accuracy` by epsilon, `worst_case` by
+        epsilon (the share of examples correct clean and under every attack
+        and restart, counted example by example: never the minimum of the
+        per-attack accuracies), `after_each_attack` (the worst case over the
+        first 1, 2, ... attacks, in the given order), `confidence_95` (the
+        Wilson interval of the worst case), `seconds` by attack, and `sanity`
+        checks (`pgd_not_above_fgsm`, `monotone_in_epsilon`,
         `large_epsilon_near_zero`) each with `passed` and details.
     """
     attacks = list(attacks or (FGSM, pgd()))
@@ -45,16 +51,25 @@ def evaluate_robustness(
     if not epsilons or epsilons[0] <= 0:
         raise ValueError(f"`epsilons` must be a non-empty list of values > 0. Received: epsilons={epsilons!r}")
     results = {"epsilons": epsilons, "attacks": {}, "seconds": {}, "clean_accuracy": None}
+    robust_so_far = {}  # epsilon key -> examples robust to every attack so far
+    curves = {_key(e): [] for e in epsilons}
     for attack in attacks:
         attacker = attack.batch_attacker(model, from_logits=from_logits)
         start = time.perf_counter()
         accuracy = {}
         for epsilon in epsilons:
-            clean, robust, total = attacker.accuracy(dataset, epsilon)
-            accuracy[_key(epsilon)] = robust
+            key = _key(epsilon)
+            clean, robust = attacker.masks(dataset, epsilon)
+            accuracy[key] = float(robust.mean())
+            robust_so_far[key] = robust & robust_so_far.get(key, clean)
+            curves[key].append(float(robust_so_far[key].mean()))
         results["attacks"][attack.name] = {"config": attack.get_config(), "accuracy": accuracy}
         results["seconds"][attack.name] = round(time.perf_counter() - start, 3)
-        results["clean_accuracy"], results["examples"] = clean, total
+        results["clean_accuracy"], results["examples"] = float(clean.mean()), len(clean)
+    results["test_examples"] = results["examples"]
+    results["worst_case"] = {key: float(mask.mean()) for key, mask in robust_so_far.items()}
+    results["after_each_attack"] = {key: dict(zip([a.name for a in attacks], curve)) for key, curve in curves.items()}
+    results["confidence_95"] = {key: wilson_interval(int(mask.sum()), len(mask)) for key, mask in robust_so_far.items()}
     if large_epsilon is not None:  # The last attacker is the strongest attack's, already compiled.
         results["large_epsilon"] = {
             "epsilon": large_epsilon,
@@ -67,6 +82,16 @@ def evaluate_robustness(
 
 def _key(epsilon):
     return f"{epsilon:g}"
+
+
+def wilson_interval(successes, n, z=1.959964):
+    """The Wilson score interval of a proportion (95% by default), as [low, high]."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, center - half), 6), round(min(1.0, center + half), 6)]
 
 
 def sanity_checks(results, *, near_zero=0.1):
