@@ -53,6 +53,9 @@ def test_harden_end_to_end(tmp_path, data_dir):
     assert written["pipeline"]["threat"]["epsilon"] == 0.1
     assert {"train_hardened_seconds", "evaluate_hardened_seconds"} <= set(written["timings"])
     assert (tmp_path / "run" / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "# Model card: tiny" in card and "**hardened**" in card and "**baseline**" in card
+    assert "linf ball of radius 0.1" in card and hardened["test_examples"] == 200
     export = pathlib.Path(written["export"])
     assert export == tmp_path / "saved_models" / "tiny" / "1"
     metadata = json.loads((export / "assets.extra" / "nsladv_metadata.json").read_text())
@@ -442,7 +445,7 @@ def test_harden_in_mixed_precision(tmp_path, data_dir):
     signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
     assert signature(image=tf.zeros((2, 28, 28, 1)))["logits"].dtype == tf.float32
     # The reported clean accuracy is the shipped model's on the same 100 digits, counted here by hand.
-    images, labels = data.as_arrays(data.load(data_dir=data_dir).test.take(100))
+    images, labels = data.as_arrays(data.spread(data.load(data_dir=data_dir).test, 100))
     predicted = signature(image=tf.constant(images))["class_ids"].numpy().reshape(-1)
     clean = report["evaluations"]["hardened"]["clean_accuracy"]
     assert clean == np.mean(predicted == labels) and clean > 0.5

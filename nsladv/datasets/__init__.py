@@ -16,6 +16,7 @@ _EXPORTS = {
     "few_labels": "nsladv.datasets.loading",
     "load": "nsladv.datasets.loading",
     "scale_image": "nsladv.datasets.loading",
+    "spread": "nsladv.datasets.loading",
     "pipeline": "nsladv.datasets.input_pipeline",
     "random_shift": "nsladv.datasets.input_pipeline",
     "random_shift_batch": "nsladv.datasets.input_pipeline",

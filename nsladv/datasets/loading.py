@@ -111,6 +111,21 @@ def few_labels(labels, per_class, *, seed=0):
     return np.sort(np.concatenate(rows))
 
 
+def spread(dataset, count):
+    """`count` examples evenly spaced over a dataset of known size (all of it when `count` is None or larger).
+
+    Test sets are often ordered (MNIST's first half comes from cleaner
+    writers than its second), so a subset is spread over the whole set,
+    never taken from its head.
+    """
+    total = int(dataset.cardinality())
+    if count is None or total < 0 or count >= total:
+        return dataset if count is None or total >= 0 else dataset.take(count)
+    indices = tf.constant(np.linspace(0, total - 1, count).round().astype(np.int64))
+    wanted = tf.scatter_nd(indices[:, None], tf.ones([count], tf.bool), [total])
+    return dataset.enumerate().filter(lambda i, _: wanted[i]).map(lambda _, example: example)
+
+
 def as_arrays(dataset):
     """(images, labels) NumPy arrays of an unbatched (image, label) dataset."""
     pairs = list(dataset.as_numpy_iterator())

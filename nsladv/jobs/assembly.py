@@ -36,7 +36,7 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
     Args:
         pipeline: an `nsladv.Pipeline`.
         data_dir: the TFDS data folder.
-        eval_examples: keep only the first N test examples.
+        eval_examples: evaluate on N test examples spread evenly over the test split.
         validation_fraction: overrides the pipeline's.
     """
     fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
@@ -73,7 +73,7 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
                 for n in (True, False)
             )
     validation = datasets.pipeline(splits.validation, batch_size=512, training=False)
-    test_split = splits.test if eval_examples is None else splits.test.take(eval_examples)
+    test_split = datasets.spread(splits.test, eval_examples)
     test = datasets.pipeline(test_split, batch_size=500, training=False)
     return PipelineData(splits, train, validation, test, plain_train, graph_info)
 

@@ -95,6 +95,37 @@ def _parser():
     tune.add_argument("--clean-floor", type=float, metavar="ACC", help="penalize trials under this clean accuracy")
     tune.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="attack a saved model white-box: report, plot and model card",
+        description="How robust is a model? Attack a .keras file, a SavedModel folder or a saved_models/<name> "
+        "base (its newest version) white-box on a TFDS dataset's test split, and write report.json, "
+        "robustness.png and model_card.md.",
+        epilog=_examples(
+            ("nsladv evaluate my_model.keras", "the offline MNIST test digits, standard attacks"),
+            ("nsladv evaluate saved_models/mnist --attacks quick --eval-examples 500", "a quick look"),
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("model", help="a .keras file, a SavedModel folder or a saved_models/<name> base")
+    evaluate.add_argument("--dataset", default="mnist_offline", help="TFDS dataset name (default: mnist_offline)")
+    evaluate.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
+    evaluate.add_argument(
+        "--epsilons",
+        type=_epsilons,
+        default=(0.1, 0.2, 0.3),
+        metavar="E1,E2",
+        help="L-inf radii (default: 0.1,0.2,0.3)",
+    )
+    evaluate.add_argument(
+        "--attacks",
+        choices=["standard", "quick"],
+        default="standard",
+        help="standard: FGSM, PGD-40 x3, APGD-CE, APGD-T; quick: FGSM, PGD-20, APGD-CE-50",
+    )
+    evaluate.add_argument("--eval-examples", type=_positive_int, metavar="N", help="N test examples, spread evenly")
+    evaluate.add_argument("--out", metavar="DIR", help="run folder (default: runs/evaluate/<model>)")
+
     serve = commands.add_parser(
         "serve",
         help="serve exported models through TF Serving's REST and gRPC APIs",
@@ -195,6 +226,16 @@ def _overrides(args):
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _epsilons(text):
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected radii > 0 separated by commas, received {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected radii > 0 separated by commas, received {text!r}")
+    return values
+
+
 def _fraction(text):
     try:
         value = float(text)
@@ -248,6 +289,19 @@ def _run(args):
             return 0
         finally:
             server.stop()
+    if args.command == "evaluate":
+        from nsladv.jobs import evaluate
+
+        evaluate.evaluate(
+            args.model,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            epsilons=args.epsilons,
+            attacks=args.attacks,
+            eval_examples=args.eval_examples,
+            out_dir=args.out,
+        )
+        return 0
     if args.command == "pipelines":
         for name, description in pipeline_lib.available_pipelines().items():
             print(f"{name:<16} {description}")

@@ -14,6 +14,7 @@ from nsladv.jobs import report as report_lib
 from nsladv.jobs import run_state
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
+from nsladv.jobs.model_card import write_model_card
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.schedules import EpsilonWarmup
 from nsladv.schedules import MultiplierWarmup
@@ -60,7 +61,7 @@ def harden(
         data_dir: the TFDS data folder.
         epochs: overrides the pipeline's epochs.
         baseline: also train the undefended model, for comparison.
-        eval_examples: evaluate on the first N test examples only.
+        eval_examples: evaluate on N test examples spread evenly over the test split.
         export: export the hardened base model for TF Serving.
         strategy: a `tf.distribute.Strategy` (or a name for
             `nsladv.distribute.make_strategy`); models are built and compiled
@@ -287,8 +288,29 @@ class _HardenJob:
             out_dir / "robustness.png",
             title=f"{self.pipeline.name}: white-box robust accuracy ({self.data.splits.info.name} test)",
         )
+        splits = self.data.splits
+        write_model_card(
+            out_dir / "model_card.md",
+            title=self.pipeline.name,
+            model={
+                "source": report["model"],
+                "inputs": f"images {splits.image_shape}, pixels in [0, 1]",
+                "classes": splits.num_classes,
+                "outputs": "logits" if self.from_logits else "probabilities",
+            },
+            dataset={"name": self.pipeline.dataset, "split": "test", "examples": evaluations["hardened"]["examples"]},
+            evaluations=evaluations,
+            hardening={
+                "threat": self.pipeline.threat.get_config(),
+                "regularization": self.pipeline.regularization.get_config(),
+            },
+            versions=report["versions"],
+        )
         self.log("\n" + report_lib.summary_table(evaluations))
-        self.log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}")
+        self.log(
+            f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}\n"
+            f"card:   {out_dir / 'model_card.md'}"
+        )
 
     def export(self, base, evaluation):
         """The hardened model's TF Serving version: exported now, or the one this run exported before."""

@@ -62,8 +62,8 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
                 markersize=4,
                 label=f"{label}: {name.upper()}",
             )
-    norm = next(iter(evaluations.values()))
-    norm = next(iter(norm["attacks"].values()))["config"]["threat"]["norm"]
+    configs = [a["config"] for a in next(iter(evaluations.values()))["attacks"].values()]
+    norm = next((c["threat"]["norm"] for c in configs if "threat" in c), "linf")
     ax.set_xlabel(f"epsilon ({'L-inf' if norm == 'linf' else norm.upper()} radius)")
     ax.set_ylabel("accuracy on the test split (%)")
     ax.set_ylim(-2, 102)

@@ -19,6 +19,7 @@ def evaluate_robustness(
     from_logits=True,
     large_epsilon=None,
     near_zero=0.1,
+    progress=None,
 ):
     """White-box robust accuracy of `model` on `dataset` at each epsilon.
 
@@ -34,6 +35,8 @@ def evaluate_robustness(
             for L-inf on [0, 1]); the strongest attack must drive accuracy
             below `near_zero` there, else gradients are masked.
         near_zero: the accuracy threshold of that check.
+        progress: called as `progress(attack name, epsilon, robust accuracy,
+            seconds)` after each attack at each epsilon (e.g. to log it).
 
     Returns:
         A JSON-ready dict: `clean_accuracy`, `examples` (also as
@@ -59,8 +62,11 @@ def evaluate_robustness(
         accuracy = {}
         for epsilon in epsilons:
             key = _key(epsilon)
+            started = time.perf_counter()
             clean, robust = attacker.masks(dataset, epsilon)
             accuracy[key] = float(robust.mean())
+            if progress is not None:
+                progress(attack.name, epsilon, accuracy[key], time.perf_counter() - started)
             robust_so_far[key] = robust & robust_so_far.get(key, clean)
             curves[key].append(float(robust_so_far[key].mean()))
         results["attacks"][attack.name] = {"config": attack.get_config(), "accuracy": accuracy}

@@ -1,0 +1,166 @@
+"""The evaluate job: how robust is a model, before or after hardening? A report, a plot and a model card."""
+
+import json
+import pathlib
+import time
+
+import keras
+import tensorflow as tf
+
+from nsladv import datasets
+from nsladv import export as export_lib
+from nsladv.classifier import check_classifier
+from nsladv.errors import ModelNotFoundError
+from nsladv.jobs import report as report_lib
+from nsladv.jobs.model_card import write_model_card
+from nsladv.robustness import FGSM
+from nsladv.robustness import apgd_ce
+from nsladv.robustness import apgd_t
+from nsladv.robustness import evaluate_robustness
+from nsladv.robustness import pgd
+
+ATTACK_SETS = {
+    # FGSM and PGD for the gradient-masking checks, then AutoAttack's two gradient attacks.
+    "standard": lambda: (FGSM, pgd(40, 3), apgd_ce(), apgd_t()),
+    "quick": lambda: (FGSM, pgd(20, 1), apgd_ce(steps=50)),
+}
+
+
+class SignatureModel:
+    """A SavedModel's serving signature, called like a Keras classifier (`model(x, training=False)`)."""
+
+    def __init__(self, path, signature=export_lib.SIGNATURE):
+        self.path = pathlib.Path(path)
+        self._loaded = tf.saved_model.load(str(self.path))
+        if signature not in self._loaded.signatures:
+            raise ModelNotFoundError(
+                f"The SavedModel has no signature {signature!r}. Received: signatures "
+                f"{sorted(self._loaded.signatures)} in {self.path}"
+            )
+        self._function = self._loaded.signatures[signature]
+        inputs = self._function.structured_input_signature[1]
+        if len(inputs) != 1:
+            raise ModelNotFoundError(
+                f"Expected a signature with one input (the image). Received: inputs {sorted(inputs)} in {self.path}"
+            )
+        (self._input,) = inputs
+        outputs = self._function.structured_outputs
+        self._output = "logits" if "logits" in outputs else next(iter(outputs))
+        self.layers = []
+        self.name = self.path.name
+
+    def __call__(self, x, training=False):
+        return self._function(**{self._input: tf.cast(x, tf.float32)})[self._output]
+
+    def count_params(self):
+        return sum(int(tf.size(v)) for v in self._loaded.variables)
+
+    @property
+    def metadata(self):
+        path = self.path / "assets.extra" / export_lib.METADATA_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_classifier(path):
+    """A `.keras` file, a SavedModel folder, or a `saved_models/<name>` base (its newest version).
+
+    Raises:
+        ModelNotFoundError: nothing of those at `path`.
+    """
+    path = pathlib.Path(path)
+    if path.is_file() and path.suffix == ".keras":
+        return keras.saving.load_model(path, compile=False)
+    if path.is_dir() and not (path / "saved_model.pb").is_file() and export_lib.versions(path):
+        path = path / str(export_lib.versions(path)[-1])
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return SignatureModel(path)
+    raise ModelNotFoundError(
+        "Expected a saved Keras model (.keras), a SavedModel folder or a TF Serving model base with numeric "
+        f"versions. Received: {str(path)!r}" + ("" if path.exists() else " (no such file or folder)")
+    )
+
+
+def evaluate(
+    model_path,
+    *,
+    dataset=datasets.DEFAULT_DATASET,
+    data_dir=None,
+    epsilons=(0.1, 0.2, 0.3),
+    attacks="standard",
+    eval_examples=None,
+    large_epsilon=0.5,
+    out_dir=None,
+    log=print,
+):
+    """Attacks a saved model white-box and writes report.json, robustness.png and model_card.md.
+
+    Args:
+        model_path: a `.keras` file, a SavedModel folder or a `saved_models/<name>` base.
+        dataset: a TFDS name; its test split is used.
+        data_dir: the TFDS data folder.
+        epsilons: the L-inf radii.
+        attacks: `"standard"` (FGSM, PGD-40 x3, APGD-CE, APGD-T) or `"quick"`.
+        eval_examples: evaluate on N test examples spread over the split.
+        large_epsilon: a destroying radius for the gradient-masking check.
+        out_dir: the run folder (default `runs/evaluate/<model name>`).
+        log: where progress goes.
+
+    Returns:
+        The report dict.
+    """
+    if attacks not in ATTACK_SETS:
+        raise ValueError(f"Unknown attack set. Expected one of {sorted(ATTACK_SETS)}. Received: attacks={attacks!r}")
+    model = load_classifier(model_path)
+    splits = datasets.load(dataset, data_dir=data_dir)
+    from_logits = not check_classifier(model, splits.image_shape, splits.num_classes)
+    test = datasets.pipeline(datasets.spread(splits.test, eval_examples), batch_size=500, training=False)
+    name = pathlib.Path(model_path).stem if pathlib.Path(model_path).is_file() else pathlib.Path(model_path).name
+    out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / "evaluate" / name)
+    chosen = ATTACK_SETS[attacks]()
+    log(
+        f"white-box evaluation of {model_path} on {dataset} (test): {', '.join(a.name for a in chosen)} "
+        f"at epsilon {', '.join(f'{e:g}' for e in epsilons)}"
+    )
+    start = time.perf_counter()
+    evaluation = evaluate_robustness(
+        model,
+        test,
+        epsilons=epsilons,
+        attacks=chosen,
+        from_logits=from_logits,
+        large_epsilon=large_epsilon,
+        progress=lambda attack, eps, robust, seconds: log(
+            f"  {attack:<8} at {eps:g}: {100 * robust:5.1f}% robust ({seconds:.0f} s)"
+        ),
+    )
+    metadata = getattr(model, "metadata", None)
+    report = {
+        "model": str(model_path),
+        "dataset": {"name": dataset, "split": "test", "examples": evaluation["examples"]},
+        "from_logits": from_logits,
+        "evaluations": {"model": evaluation},
+        "seconds": round(time.perf_counter() - start, 1),
+        "versions": report_lib.package_versions(),
+    }
+    report_lib.write_json(out_dir / "report.json", report)
+    report_lib.plot_robustness(
+        {"model": evaluation}, out_dir / "robustness.png", title=f"{name}: white-box robust accuracy ({dataset} test)"
+    )
+    write_model_card(
+        out_dir / "model_card.md",
+        title=name,
+        model={
+            "source": str(model_path),
+            "inputs": f"images {splits.image_shape}, pixels in [0, 1]",
+            "classes": splits.num_classes,
+            "outputs": "logits" if from_logits else "probabilities",
+            "parameters": f"{model.count_params():,}",
+        },
+        dataset=report["dataset"],
+        evaluations=report["evaluations"],
+        hardening=metadata,
+        versions=report["versions"],
+    )
+    log("\n" + report_lib.summary_table(report["evaluations"]))
+    log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}\ncard:   {out_dir / 'model_card.md'}")
+    return report
