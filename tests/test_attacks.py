@@ -71,12 +71,15 @@ def test_evaluate_robustness_on_the_linear_model():
     assert all(check["passed"] for check in result["sanity"].values()), result["sanity"]
 
 
-def _result(fgsm, pgd_acc, clean=0.9, large=0.0):
+def _result(fgsm, pgd_acc, clean=0.9, large=0.0, names=("fgsm", "pgd40")):
     keys = ["0.1", "0.3"]
     return {
         "epsilons": [0.1, 0.3],
         "clean_accuracy": clean,
-        "attacks": {"fgsm": {"accuracy": dict(zip(keys, fgsm))}, "pgd40": {"accuracy": dict(zip(keys, pgd_acc))}},
+        "attacks": {
+            names[0]: {"config": FGSM.get_config(), "accuracy": dict(zip(keys, fgsm))},
+            names[1]: {"config": pgd(40).get_config(), "accuracy": dict(zip(keys, pgd_acc))},
+        },
         "large_epsilon": {"epsilon": 0.5, "accuracy": large},
     }
 
@@ -155,3 +158,45 @@ def test_random_starts_repeat_under_a_seed():
         keras.utils.set_random_seed(11)
         runs.append(BatchAttacker(hidden_corner_classifier(), pgd(steps=5, restarts=2)).masks(dataset, 0.1)[1])
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_the_checks_go_by_settings_not_names():
+    checks = sanity_checks(_result([0.6, 0.4], [0.7, 0.3], names=("one_step", "many_steps")))
+    assert not checks["pgd_not_above_fgsm"]["passed"]
+    assert checks["pgd_not_above_fgsm"]["violations"][0]["single_step"] == "one_step"
+
+
+def masked_classifier(threshold=60):
+    """Rounds every pixel first: zero gradient everywhere, so gradient attacks cannot move.
+
+    Class 1 wins when more than `threshold` of the 64 pixels round up to 1.
+    """
+    inputs = keras.Input((8, 8, 1))
+    count = keras.ops.sum(keras.ops.round(inputs), axis=[1, 2, 3])
+    logits = keras.ops.stack([threshold - count, count - threshold], axis=1)
+    return keras.Model(inputs, logits)
+
+
+def test_square_finds_what_a_masked_model_hides_from_gradient_attacks():
+    from nsladv.robustness.square import Square
+
+    x = np.full((20, 8, 8, 1), 0.45, "float32")  # every pixel rounds down: class 0, correct
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(20, "int64"))).batch(10)
+    attacks = [Square(queries=1000), FGSM, pgd(steps=10, restarts=2)]  # the black box first: order does not matter
+    result = evaluate_robustness(masked_classifier(), dataset, epsilons=[0.1], attacks=attacks)
+    accuracy = {name: a["accuracy"]["0.1"] for name, a in result["attacks"].items()}
+    assert accuracy == {"square": 0.0, "fgsm": 1.0, "pgd10": 1.0}
+    assert result["worst_case"]["0.1"] == 0.0 and result["black_box_only"] == {"0.1": 20}
+    assert not result["sanity"]["black_box_finds_nothing_new"]["passed"]
+
+
+def test_square_finds_nothing_new_on_an_honest_model():
+    from nsladv.robustness.square import Square
+
+    images = np.random.default_rng(0).random((60, 8, 8, 1)).astype("float32")
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    labels = np.argmax(model.predict(images, verbose=0), 1)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(30)
+    result = evaluate_robustness(model, dataset, epsilons=[0.02], attacks=[pgd(20, 1), Square(queries=200)])
+    assert result["sanity"]["black_box_finds_nothing_new"]["passed"], result["black_box_only"]

@@ -121,7 +121,7 @@ def _parser():
         "--attacks",
         choices=["standard", "quick"],
         default="standard",
-        help="standard: FGSM, PGD-40 x3, APGD-CE, APGD-T; quick: FGSM, PGD-20, APGD-CE-50",
+        help="standard: FGSM, PGD-40 x3, APGD-CE, APGD-T, Square; quick: FGSM, PGD-20, APGD-CE-50",
     )
     evaluate.add_argument("--eval-examples", type=_positive_int, metavar="N", help="N test examples, spread evenly")
     evaluate.add_argument("--out", metavar="DIR", help="run folder (default: runs/evaluate/<model>)")

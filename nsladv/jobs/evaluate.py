@@ -14,14 +14,16 @@ from nsladv.errors import ModelNotFoundError
 from nsladv.jobs import report as report_lib
 from nsladv.jobs.model_card import write_model_card
 from nsladv.robustness import FGSM
+from nsladv.robustness import Square
 from nsladv.robustness import apgd_ce
 from nsladv.robustness import apgd_t
 from nsladv.robustness import evaluate_robustness
 from nsladv.robustness import pgd
 
 ATTACK_SETS = {
-    # FGSM and PGD for the gradient-masking checks, then AutoAttack's two gradient attacks.
-    "standard": lambda: (FGSM, pgd(40, 3), apgd_ce(), apgd_t()),
+    # FGSM and PGD for the gradient-masking checks, AutoAttack's two gradient attacks, and Square as the
+    # black-box check that finds what masked gradients hide.
+    "standard": lambda: (FGSM, pgd(40, 3), apgd_ce(), apgd_t(), Square(queries=1000)),
     "quick": lambda: (FGSM, pgd(20, 1), apgd_ce(steps=50)),
 }
 
@@ -99,7 +101,8 @@ def evaluate(
         dataset: a TFDS name; its test split is used.
         data_dir: the TFDS data folder.
         epsilons: the L-inf radii.
-        attacks: `"standard"` (FGSM, PGD-40 x3, APGD-CE, APGD-T) or `"quick"`.
+        attacks: `"standard"` (FGSM, PGD-40 x3, APGD-CE, APGD-T, Square with
+            1,000 queries) or `"quick"` (FGSM, PGD-20, APGD-CE with 50 steps).
         eval_examples: evaluate on N test examples spread over the split.
         large_epsilon: a destroying radius for the gradient-masking check.
         out_dir: the run folder (default `runs/evaluate/<model name>`).

@@ -28,6 +28,7 @@ from nsladv.robustness.apgd import APGD
 from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import Attack
 from nsladv.robustness.attacks import pgd
+from nsladv.robustness.square import Square
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -157,8 +158,10 @@ class Pipeline(KeywordOnly):
             )
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
-        if not all(isinstance(a, (Attack, APGD)) for a in self.eval_attacks):
-            raise ValueError(f"`eval_attacks` must be nsladv Attacks or APGD attacks. Received: {self.eval_attacks!r}")
+        if not all(isinstance(a, (Attack, APGD, Square)) for a in self.eval_attacks):
+            raise ValueError(
+                f"`eval_attacks` must be nsladv attacks (Attack, APGD, Square). Received: {self.eval_attacks!r}"
+            )
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

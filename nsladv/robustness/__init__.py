@@ -1,4 +1,4 @@
-"""Measuring robustness: white-box attacks (FGSM, PGD, Auto-PGD) and robust accuracy at an epsilon grid."""
+"""Measuring robustness: white-box attacks (FGSM, PGD, Auto-PGD), the black-box Square check, worst cases."""
 
 from nsladv.robustness.apgd import APGD
 from nsladv.robustness.apgd import APGDAttacker
@@ -12,12 +12,14 @@ from nsladv.robustness.attacks import fgsm
 from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.evaluation import sanity_checks
+from nsladv.robustness.square import Square
 
 __all__ = [
     "APGD",
     "APGDAttacker",
     "FGSM",
     "Attack",
+    "Square",
     "BatchAttacker",
     "adversarial_examples",
     "apgd_ce",

@@ -53,11 +53,16 @@ def evaluate_robustness(
     epsilons = sorted(float(e) for e in epsilons)
     if not epsilons or epsilons[0] <= 0:
         raise ValueError(f"`epsilons` must be a non-empty list of values > 0. Received: epsilons={epsilons!r}")
+    names = [a.name for a in attacks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Every attack needs a name of its own (reports key on it). Received: names {names}")
     results = {"epsilons": epsilons, "attacks": {}, "seconds": {}, "clean_accuracy": None}
     robust_so_far = {}  # epsilon key -> examples robust to every attack so far
+    white_box = {}  # epsilon key -> examples robust to every white-box attack
     curves = {_key(e): [] for e in epsilons}
+    attackers = {}
     for attack in attacks:
-        attacker = attack.batch_attacker(model, from_logits=from_logits)
+        attackers[attack.name] = attacker = attack.batch_attacker(model, from_logits=from_logits)
         start = time.perf_counter()
         accuracy = {}
         for epsilon in epsilons:
@@ -68,26 +73,49 @@ def evaluate_robustness(
             if progress is not None:
                 progress(attack.name, epsilon, accuracy[key], time.perf_counter() - started)
             robust_so_far[key] = robust & robust_so_far.get(key, clean)
+            if not _black_box(attack):
+                white_box[key] = robust & white_box.get(key, clean)
             curves[key].append(float(robust_so_far[key].mean()))
         results["attacks"][attack.name] = {"config": attack.get_config(), "accuracy": accuracy}
         results["seconds"][attack.name] = round(time.perf_counter() - start, 3)
         results["clean_accuracy"], results["examples"] = float(clean.mean()), len(clean)
     results["test_examples"] = results["examples"]
     results["worst_case"] = {key: float(mask.mean()) for key, mask in robust_so_far.items()}
-    results["after_each_attack"] = {key: dict(zip([a.name for a in attacks], curve)) for key, curve in curves.items()}
+    results["after_each_attack"] = {key: dict(zip(names, curve)) for key, curve in curves.items()}
     results["confidence_95"] = {key: wilson_interval(int(mask.sum()), len(mask)) for key, mask in robust_so_far.items()}
-    if large_epsilon is not None:  # The last attacker is the strongest attack's, already compiled.
+    if white_box and len(white_box[_key(epsilons[0])]) and any(_black_box(a) for a in attacks):
+        # Examples a black-box attack fooled that every white-box attack left robust.
+        results["black_box_only"] = {key: int((white_box[key] & ~robust_so_far[key]).sum()) for key in robust_so_far}
+    gradient_attacks = [a for a in attacks if not _black_box(a)]
+    if large_epsilon is not None and gradient_attacks:
+        # The white-box attack strongest at the largest epsilon, whatever its place in the list.
+        top = _key(epsilons[-1])
+        strongest = min(gradient_attacks, key=lambda a: results["attacks"][a.name]["accuracy"][top])
         results["large_epsilon"] = {
             "epsilon": large_epsilon,
-            "attack": attacks[-1].name,
-            "accuracy": attacker.accuracy(dataset, large_epsilon)[1],
+            "attack": strongest.name,
+            "accuracy": attackers[strongest.name].accuracy(dataset, large_epsilon)[1],
         }
     results["sanity"] = sanity_checks(results, near_zero=near_zero)
     return results
 
 
+def _black_box(attack):
+    return bool(getattr(attack, "black_box", False))
+
+
 def _key(epsilon):
     return f"{epsilon:g}"
+
+
+def _steps(attack_result):
+    """Gradient steps of an attack from its reported settings (None for a black-box attack)."""
+    config = attack_result.get("config", {})
+    if config.get("black_box") or "queries" in config:
+        return None
+    if "threat" in config:
+        return config["threat"]["steps"]
+    return config.get("steps")
 
 
 def wilson_interval(successes, n, z=1.959964):
@@ -101,24 +129,38 @@ def wilson_interval(successes, n, z=1.959964):
 
 
 def sanity_checks(results, *, near_zero=0.1):
-    """Gradient-masking checks on an `evaluate_robustness` result.
+    """Gradient-masking checks on an `evaluate_robustness` result, whatever the attacks' names and order.
 
-    - `pgd_not_above_fgsm`: a multi-step attack is at least as strong as FGSM.
+    - `pgd_not_above_fgsm`: every multi-step white-box attack is at least as
+      strong as every single-step one (FGSM), told apart by their settings.
     - `monotone_in_epsilon`: accuracy does not rise with epsilon.
     - `large_epsilon_near_zero`: at a destroying epsilon accuracy is near 0.
+    - `black_box_finds_nothing_new`: a black-box attack (Square) fooled no
+      example that every white-box attack left robust.
     """
     keys = [_key(e) for e in results["epsilons"]]
     checks = {}
     attacks = results["attacks"]
-    if "fgsm" in attacks and len(attacks) > 1:
+    single = {n: a for n, a in attacks.items() if _steps(a) == 1}
+    multi = {n: a for n, a in attacks.items() if _steps(a) not in (1, None)}
+    if single and multi:
         violations = [
-            {"attack": name, "epsilon": k, "accuracy": a["accuracy"][k], "fgsm": attacks["fgsm"]["accuracy"][k]}
-            for name, a in attacks.items()
-            if name != "fgsm"
+            {
+                "attack": name,
+                "epsilon": k,
+                "accuracy": a["accuracy"][k],
+                "single_step": s_name,
+                "single_step_accuracy": s["accuracy"][k],
+            }
+            for name, a in multi.items()
+            for s_name, s in single.items()
             for k in keys
-            if a["accuracy"][k] > attacks["fgsm"]["accuracy"][k] + TOLERANCE
+            if a["accuracy"][k] > s["accuracy"][k] + TOLERANCE
         ]
         checks["pgd_not_above_fgsm"] = {"passed": not violations, "violations": violations}
+    if "black_box_only" in results:
+        found = {k: n for k, n in results["black_box_only"].items() if n > 0}
+        checks["black_box_finds_nothing_new"] = {"passed": not found, "examples_by_epsilon": found}
     violations = []
     for name, a in attacks.items():
         curve = [results["clean_accuracy"]] + [a["accuracy"][k] for k in keys]

@@ -1,0 +1,102 @@
+"""The Square Attack (Andriushchenko et al., 2020), L-inf: a black-box check for gradient masking.
+
+Random search on the margin loss: starting from vertical stripes of +-epsilon,
+each query changes one random square window of the perturbation (per channel
+to +-epsilon) and keeps the change when the margin (the true class's logit
+minus the best other) drops. The window covers a share p of the image that
+halves on a fixed schedule. It uses predictions only, so masked or shattered
+gradients do not stop it: an example it fools that the white-box attacks left
+robust means those attacks were misled.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from nsladv.robustness.attacks import Counter
+
+# Iterations (per 10,000 queries) at which the window's share halves (the paper's schedule).
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Square:
+    """The Square Attack, L-inf.
+
+    Args:
+        name: label for reports.
+        queries: model queries per example (AutoAttack: 5,000).
+        p_init: the first window's share of the image (AutoAttack: 0.8).
+        clip_range: the valid input range.
+    """
+
+    name: str = "square"
+    queries: int = 1000
+    p_init: float = 0.8
+    clip_range: tuple = (0.0, 1.0)
+    black_box = True
+
+    def __post_init__(self):
+        if not isinstance(self.queries, int) or isinstance(self.queries, bool) or self.queries < 1:
+            raise ValueError(f"`queries` must be an integer >= 1. Received: queries={self.queries!r}")
+        if not 0 < self.p_init <= 1:
+            raise ValueError(f"`p_init` must be in (0, 1]. Received: p_init={self.p_init!r}")
+
+    @property
+    def norm(self):
+        return "linf"
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    def batch_attacker(self, model, *, from_logits=True):
+        return SquareAttacker(model, self)
+
+
+class SquareAttacker(Counter):
+    """Runs `Square` batch by batch; its random draws come from NumPy's global generator at construction."""
+
+    def __init__(self, model, attack):
+        self.model = model
+        self.attack = attack
+        self.rng = np.random.default_rng(np.random.randint(2**31 - 1))
+        self._predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
+
+    def _margins(self, x, y):
+        logits = self._predict(tf.constant(x, tf.float32)).numpy()
+        true = logits[np.arange(len(y)), y]
+        logits[np.arange(len(y)), y] = -np.inf
+        return true - logits.max(axis=1)
+
+    def _share(self, iteration):
+        scaled = iteration * 10_000 / self.attack.queries
+        return self.attack.p_init / 2 ** sum(scaled > at for at in _HALVINGS)
+
+    def batch_masks(self, x, y, epsilon):
+        x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
+        lo, hi = self.attack.clip_range
+        clean = self._margins(x, y) > 0
+        if x.ndim != 4:
+            raise ValueError(
+                f"The Square Attack takes images (batch, height, width, channels). Received: shape {x.shape}"
+            )
+        height, width, channels = x.shape[1:]
+        stripes = self.rng.choice([-epsilon, epsilon], size=(len(x), 1, width, channels))
+        adversarial = np.clip(x + stripes, lo, hi).astype(np.float32)
+        margins = self._margins(adversarial, y)
+        for iteration in range(1, self.attack.queries):
+            active = np.flatnonzero(clean & (margins > 0))
+            if active.size == 0:
+                break
+            side = int(np.clip(round(np.sqrt(self._share(iteration) * height * width)), 1, min(height, width) - 1))
+            top, left = self.rng.integers(0, height - side + 1), self.rng.integers(0, width - side + 1)
+            candidate = adversarial[active].copy()
+            window = self.rng.choice([-epsilon, epsilon], size=(active.size, 1, 1, channels))
+            patch = x[active, top : top + side, left : left + side] + window
+            candidate[:, top : top + side, left : left + side] = np.clip(patch, lo, hi)
+            new = self._margins(candidate, y[active])
+            better = new < margins[active]
+            adversarial[active[better]] = candidate[better]
+            margins[active[better]] = new[better]
+        return tf.constant(clean), tf.constant(clean & (margins > 0))
