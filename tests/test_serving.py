@@ -156,7 +156,6 @@ def test_status_and_metadata(server):
             400,
             "rectangular array of float32",
         ),
-        ("POST", "/v1/models/digits:predict", '{"instances": [[[[NaN]]]]}', 400, "contains NaN or infinity"),
         (
             "POST",
             "/v1/models/digits:predict",
@@ -218,7 +217,11 @@ def test_rest_errors_and_the_server_keeps_serving(server, method, path, body, st
             "FAILED_PRECONDITION",
             "not found",
         ),
-        ({"name": "digits", "inputs": {"image": np.full((1, *SHAPE), np.nan, "float32")}}, "INVALID_ARGUMENT", "NaN"),
+        (
+            {"name": "digits", "inputs": {"image": images(1).astype("float64")}, "convert_dtypes": False},
+            "INVALID_ARGUMENT",
+            "Expects arg[0] to be float but double is provided",
+        ),
     ],
 )
 def test_grpc_errors(server, kwargs, code, message):
@@ -311,3 +314,46 @@ def test_binds_loopback_by_default(models):
 def test_no_models():
     with pytest.raises(FileNotFoundError, match=r"No saved models at /nonexistent"):
         Server("/nonexistent", rest_port=0, grpc_port=0)
+
+
+def test_grpc_client_sends_the_signatures_dtype(server, models):
+    """TF Serving refuses a DT_DOUBLE tensor for a float32 input (TensorFlow's argument check:
+    "Expects arg[0] to be float but double is provided"); the client converts to the signature's dtype."""
+    x = images(3).astype("float64")
+    outputs = GrpcClient(server.grpc_target).predict("digits", {"image": x})
+    np.testing.assert_allclose(outputs["logits"], models[1][2].predict(x.astype("float32"), verbose=0), rtol=1e-5)
+
+
+def test_rest_converts_json_numbers_to_the_signatures_dtype(server, models):
+    """TF Serving's REST API parses JSON numbers into the signature's dtype (json_tensor.cc)."""
+    x = images(2, 5)
+    body = json.dumps({"inputs": {"image": x.astype("float64").tolist()}})
+    status, payload = http_request(server, "POST", "/v1/models/digits:predict", body)
+    assert status == 200
+    np.testing.assert_allclose(payload["outputs"]["logits"], models[1][2].predict(x, verbose=0), rtol=1e-5)
+
+
+def test_nan_and_infinity_pass_through_both_apis(tmp_path):
+    """TF Serving's REST API reads and writes NaN, Infinity and -Infinity (json_tensor.cc), and neither API
+    checks values for finiteness: the model computes on them and its outputs come back as they are."""
+    inputs = keras.Input(SHAPE)
+    linear = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))  # NaN in, NaN out
+    export.export_model(linear, tmp_path, "linear", input_shape=SHAPE)
+    special = [[[float("nan")], [float("inf")], [float("-inf")], [0.5]]] + [[[0.5]] * 4] * 3
+    body = json.dumps({"instances": [special]})
+    assert "NaN" in body and "-Infinity" in body
+    with Server(tmp_path, rest_port=0, grpc_port=0, poll_seconds=None) as running:
+        status, payload = http_request(running, "POST", "/v1/models/linear:predict", body)
+        assert status == 200, payload
+        assert np.isnan(np.asarray(payload["predictions"][0]["logits"], "float64")).all()
+        outputs = GrpcClient(running.grpc_target).predict("linear", {"image": np.asarray([special], "float32")})
+        assert np.isnan(outputs["logits"]).all()
+
+
+def test_status_codes_keep_their_meaning_over_http():
+    """TF Serving maps DEADLINE_EXCEEDED to HTTP 504 and CANCELLED to 499; the REST client maps them back."""
+    from nsladv.serving import client
+
+    assert ServingError("DEADLINE_EXCEEDED", "slow").http_status == 504
+    assert ServingError("CANCELLED", "gone").http_status == 499
+    assert client._CODE_OF_HTTP[504] == "DEADLINE_EXCEEDED" and client._CODE_OF_HTTP[499] == "CANCELLED"

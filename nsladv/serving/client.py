@@ -101,6 +101,7 @@ class GrpcClient:
         self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.timeout = timeout
+        self._dtypes = {}
 
     @staticmethod
     def _spec(spec, name, version, label):
@@ -117,14 +118,34 @@ class GrpcClient:
             code = error.code().name
             raise ServingError(code if code in HTTP_STATUS else "INTERNAL", error.details()) from None
 
-    def predict(self, name, inputs, *, version=None, label=None, signature_name="serving_default"):
+    def predict(self, name, inputs, *, version=None, label=None, signature_name="serving_default", convert_dtypes=True):
+        """{output name: np.ndarray} for `inputs` ({input name: array}, batch first).
+
+        TF Serving refuses a tensor whose dtype is not the signature's (a
+        float64 array for a float32 input); with `convert_dtypes` the client
+        reads the signature's dtypes once (GetModelMetadata) and converts.
+        """
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, name, version, label)
         request.model_spec.signature_name = signature_name
+        dtypes = self._input_dtypes(name, version, label, signature_name) if convert_dtypes else {}
         for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+            array = np.asarray(value)
+            if key in dtypes and array.dtype != dtypes[key]:
+                array = array.astype(dtypes[key])
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
         response = self._call(self.prediction.Predict, request)
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def _input_dtypes(self, name, version, label, signature_name):
+        key = (name, version, label, signature_name)
+        if key not in self._dtypes:
+            signatures = self.metadata(name, version=version, label=label).signature_def
+            found = signatures.get(signature_name)
+            if found is None:
+                return {}  # The server says what is wrong with the name when asked to predict.
+            self._dtypes[key] = {k: tf.as_dtype(v.dtype).as_numpy_dtype for k, v in found.inputs.items()}
+        return self._dtypes[key]
 
     def status(self, name, *, version=None, label=None):
         request = get_model_status_pb2.GetModelStatusRequest()

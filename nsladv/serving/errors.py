@@ -2,8 +2,11 @@
 
 import grpc
 
-# tensorflow::error::Code -> HTTP status, as TF Serving's HTTP server maps them.
+# tensorflow::error::Code -> HTTP status, as TF Serving's HTTP server maps them
+# (tensorflow_serving/model_servers/http_rest_api_handler ... ToHTTPStatusCode).
 HTTP_STATUS = {
+    "CANCELLED": 499,
+    "DEADLINE_EXCEEDED": 504,
     "INVALID_ARGUMENT": 400,
     "FAILED_PRECONDITION": 400,
     "OUT_OF_RANGE": 400,

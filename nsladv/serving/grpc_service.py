@@ -38,7 +38,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             except Exception as error:
                 raise ServingError("INVALID_ARGUMENT", f"Malformed input tensor: {error}") from None
-            outputs = predict_lib.run(signature, inputs, tuple(request.output_filter))
+            outputs = predict_lib.run(signature, inputs, tuple(request.output_filter), exact_dtypes=True)
         except ServingError as error:
             return _abort(context, error)
         response = predict_pb2.PredictResponse()

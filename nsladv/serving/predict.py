@@ -11,8 +11,12 @@ def input_specs(signature):
     return dict(signature.structured_input_signature[1])
 
 
-def validate(inputs, specs):
-    """Checks names, dtypes, shapes and values; returns {name: np.ndarray}.
+def validate(inputs, specs, *, exact_dtypes=False):
+    """Checks names, dtypes and shapes; returns {name: np.ndarray}.
+
+    As TF Serving does: REST's JSON numbers become the signature's dtype,
+    while a gRPC TensorProto must already have it (`exact_dtypes`); NaN and
+    infinities pass through to the model.
 
     Raises:
         ServingError: INVALID_ARGUMENT with what was expected and received.
@@ -27,8 +31,15 @@ def validate(inputs, specs):
             + (f" (unknown {unknown})" if unknown else ""),
         )
     arrays = {}
-    for name, spec in specs.items():
+    for index, (name, spec) in enumerate(sorted(specs.items())):
         value = inputs[name]
+        if exact_dtypes and isinstance(value, np.ndarray) and value.dtype != spec.dtype.as_numpy_dtype:
+            # TF Serving's words (TensorFlow's argument check): arg[i] counts the inputs in name order.
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Expects arg[{index}] to be {_tf_name(spec.dtype)} but "
+                f"{_tf_name(tf.as_dtype(value.dtype))} is provided",
+            )
         try:
             array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
         except (ValueError, TypeError):
@@ -36,11 +47,6 @@ def validate(inputs, specs):
                 "INVALID_ARGUMENT",
                 f"Input {name!r} must be a rectangular array of {spec.dtype.name} values. Received: {_describe(value)}",
             ) from None
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            raise ServingError(
-                "INVALID_ARGUMENT",
-                f"Input {name!r} contains NaN or infinity; expected finite {spec.dtype.name} values.",
-            )
         if not spec.shape.is_compatible_with(array.shape):
             expected = tuple(-1 if d is None else d for d in spec.shape.as_list())
             raise ServingError(
@@ -51,15 +57,20 @@ def validate(inputs, specs):
     return arrays
 
 
+def _tf_name(dtype):
+    """TensorFlow's C++ name of a dtype (`float`, `double`, `int32`), as its error messages say it."""
+    return {"float32": "float", "float64": "double", "float16": "half"}.get(dtype.name, dtype.name)
+
+
 def _describe(value):
     if isinstance(value, list):
         return f"a list of {len(value)} ({', '.join(sorted({type(v).__name__ for v in value})[:3])})"
     return f"a {type(value).__name__}"
 
 
-def run(signature, inputs, output_filter=()):
+def run(signature, inputs, output_filter=(), *, exact_dtypes=False):
     """Runs a signature on validated inputs: {output name: np.ndarray}."""
-    arrays = validate(inputs, input_specs(signature))
+    arrays = validate(inputs, input_specs(signature), exact_dtypes=exact_dtypes)
     outputs = signature(**{k: tf.constant(v) for k, v in arrays.items()})
     if output_filter:
         unknown = sorted(set(output_filter) - set(outputs))
