@@ -1,5 +1,6 @@
 """The local TF Serving API: real gRPC stubs and plain HTTP against the in-process model."""
 
+import concurrent.futures
 import http.client
 import json
 import shutil
@@ -357,3 +358,50 @@ def test_status_codes_keep_their_meaning_over_http():
     assert ServingError("DEADLINE_EXCEEDED", "slow").http_status == 504
     assert ServingError("CANCELLED", "gone").http_status == 499
     assert client._CODE_OF_HTTP[504] == "DEADLINE_EXCEEDED" and client._CODE_OF_HTTP[499] == "CANCELLED"
+
+
+def test_concurrent_requests_run_as_one_batch_and_each_gets_its_rows(models):
+    """TF Serving's --enable_batching: concurrent requests to one model and signature are batched into one
+    session run (tensorflow_serving/batching/batching_session.cc); each caller gets its own rows back."""
+    from nsladv.serving import BatchingParameters
+
+    parameters = BatchingParameters(max_batch_size=64, batch_timeout_micros=200_000, num_batch_threads=1)
+    inputs = [images(1 + i % 3, seed=i) for i in range(16)]
+    with Server(models[0], rest_port=0, grpc_port=0, poll_seconds=None, batching=parameters) as running:
+        for client in (GrpcClient(running.grpc_target), RestClient(running.rest_url)):
+            before = running.batcher.calls
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                results = list(pool.map(lambda x, c=client: c.predict("digits", {"image": x}), inputs))
+            assert running.batcher.calls - before < len(inputs) / 2  # 16 requests, a few calls
+            for x, outputs in zip(inputs, results):
+                np.testing.assert_allclose(outputs["logits"], models[1][2].predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_batching_refuses_a_request_larger_than_a_batch(models):
+    """TF Serving's batch scheduler: "Task size N is larger than maximum batch size M" (INVALID_ARGUMENT)."""
+    from nsladv.serving import BatchingParameters
+
+    with Server(
+        models[0], rest_port=0, grpc_port=0, poll_seconds=None, batching=BatchingParameters(max_batch_size=4)
+    ) as running:
+        with pytest.raises(ServingError) as error:
+            GrpcClient(running.grpc_target).predict("digits", {"image": images(5)})
+        assert error.value.code == "INVALID_ARGUMENT" and "Task size 5 is larger than maximum batch size 4" in str(
+            error.value
+        )
+        assert RestClient(running.rest_url).predict("digits", {"image": images(4)})["logits"].shape == (4, 3)
+
+
+def test_batching_parameters_file(tmp_path):
+    from nsladv.serving.batching import read_batching_parameters
+
+    path = tmp_path / "batching.config"
+    path.write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 500 }  # half a millisecond\n"
+        "num_batch_threads { value: 2 }\npad_variable_length_inputs: true\n"
+    )
+    parameters = read_batching_parameters(path)
+    assert (parameters.max_batch_size, parameters.batch_timeout_micros, parameters.num_batch_threads) == (16, 500, 2)
+    path.write_text("max_batch_sise { value: 16 }\n")
+    with pytest.raises(ValueError, match=r"Unknown batching parameter 'max_batch_sise'"):
+        read_batching_parameters(path)

@@ -6,6 +6,7 @@ import sys
 import traceback
 
 from nsladv.errors import NsladvError
+from nsladv.errors import SettingsError
 from nsladv.version import __version__
 
 _EPILOG = """examples:
@@ -145,6 +146,18 @@ def _parser():
     serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default: 8500)")
     serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
     serve.add_argument("--verbose", action="store_true", help="log every request")
+    serve.add_argument(
+        "--enable-batching",
+        "--enable_batching",
+        action="store_true",
+        help="batch concurrent predict requests, as TF Serving's --enable_batching",
+    )
+    serve.add_argument(
+        "--batching-parameters-file",
+        "--batching_parameters_file",
+        metavar="FILE",
+        help="TF Serving batching parameters (max_batch_size, batch_timeout_micros, ...)",
+    )
 
     commands.add_parser(
         "pipelines",
@@ -270,6 +283,19 @@ def _run(args):
     if args.command == "serve":
         from nsladv.serving import Server
 
+        batching = None
+        if args.enable_batching:
+            from nsladv.serving import BatchingParameters
+            from nsladv.serving.batching import read_batching_parameters
+
+            try:
+                batching = (
+                    read_batching_parameters(args.batching_parameters_file)
+                    if args.batching_parameters_file
+                    else BatchingParameters()
+                )
+            except (OSError, ValueError) as error:
+                raise SettingsError(f"--batching_parameters_file: {error}") from None
         server = Server(
             args.path,
             host=args.host,
@@ -277,6 +303,7 @@ def _run(args):
             grpc_port=args.grpc_port,
             poll_seconds=args.poll_seconds,
             verbose=args.verbose,
+            batching=batching,
         ).start()
         print(f"serving {', '.join(server.repository.names)} from {args.path}")
         print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")

@@ -6,10 +6,11 @@ README). The server follows TF Serving's API so the same clients work against
 both.
 """
 
+from nsladv.serving.batching import BatchingParameters
 from nsladv.serving.client import GrpcClient
 from nsladv.serving.client import RestClient
 from nsladv.serving.errors import ServingError
 from nsladv.serving.repository import ModelRepository
 from nsladv.serving.server import Server
 
-__all__ = ["GrpcClient", "ModelRepository", "RestClient", "Server", "ServingError"]
+__all__ = ["BatchingParameters", "GrpcClient", "ModelRepository", "RestClient", "Server", "ServingError"]

@@ -25,8 +25,9 @@ def _abort(context, error):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, repository):
+    def __init__(self, repository, batcher=None):
         self.repository = repository
+        self.batcher = batcher
 
     def Predict(self, request, context):
         try:
@@ -38,7 +39,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             except Exception as error:
                 raise ServingError("INVALID_ARGUMENT", f"Malformed input tensor: {error}") from None
-            outputs = predict_lib.run(signature, inputs, tuple(request.output_filter), exact_dtypes=True)
+            outputs = predict_lib.run(
+                signature,
+                inputs,
+                tuple(request.output_filter),
+                exact_dtypes=True,
+                batcher=self.batcher,
+                key=(loaded.name, loaded.version, signature_name),
+            )
         except ServingError as error:
             return _abort(context, error)
         response = predict_pb2.PredictResponse()

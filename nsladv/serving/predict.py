@@ -68,15 +68,22 @@ def _describe(value):
     return f"a {type(value).__name__}"
 
 
-def run(signature, inputs, output_filter=(), *, exact_dtypes=False):
-    """Runs a signature on validated inputs: {output name: np.ndarray}."""
+def run(signature, inputs, output_filter=(), *, exact_dtypes=False, batcher=None, key=None):
+    """Runs a signature on validated inputs: {output name: np.ndarray}.
+
+    With a `batcher` (`nsladv.serving.batching.Batcher`), the rows join
+    other requests to the same `key` (model, version, signature) in one call.
+    """
     arrays = validate(inputs, input_specs(signature), exact_dtypes=exact_dtypes)
-    outputs = signature(**{k: tf.constant(v) for k, v in arrays.items()})
     if output_filter:
-        unknown = sorted(set(output_filter) - set(outputs))
+        unknown = sorted(set(output_filter) - set(signature.structured_outputs))
         if unknown:
             raise ServingError(
-                "INVALID_ARGUMENT", f"output_filter names unknown outputs {unknown}. Outputs: {sorted(outputs)}"
+                "INVALID_ARGUMENT",
+                f"output_filter names unknown outputs {unknown}. Outputs: {sorted(signature.structured_outputs)}",
             )
-        outputs = {k: outputs[k] for k in output_filter}
-    return {k: v.numpy() for k, v in outputs.items()}
+    if batcher is not None:
+        outputs = batcher.run(key, signature, arrays)
+    else:
+        outputs = {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in arrays.items()}).items()}
+    return {k: outputs[k] for k in output_filter} if output_filter else outputs

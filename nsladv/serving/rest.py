@@ -19,6 +19,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 
 from nsladv.serving import predict as predict_lib
 from nsladv.serving.errors import ServingError
+from nsladv.serving.repository import DEFAULT_SIGNATURE
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -57,7 +58,7 @@ def metadata_json(repository, name, version, label):
     }
 
 
-def predict_json(repository, name, version, label, body):
+def predict_json(repository, name, version, label, body, batcher=None):
     try:
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
@@ -71,17 +72,19 @@ def predict_json(repository, name, version, label, body):
             f"Received keys: {sorted(request)}",
         )
     loaded = repository.resolve(name, version, label)
-    signature, _ = loaded.signature(request.get("signature_name"))
+    signature_name = request.get("signature_name") or DEFAULT_SIGNATURE
+    signature, _ = loaded.signature(signature_name)
     names = sorted(predict_lib.input_specs(signature))
+    batching = {"batcher": batcher, "key": (loaded.name, loaded.version, signature_name)}
     if "instances" in request:
-        outputs = predict_lib.run(signature, _rows_to_columns(request["instances"], names))
+        outputs = predict_lib.run(signature, _rows_to_columns(request["instances"], names), **batching)
         return {"predictions": _columns_to_rows(outputs)}
     inputs = request["inputs"]
     if not isinstance(inputs, dict):  # A tensor is a list or a number; an object names inputs.
         if len(names) != 1:
             raise ServingError("INVALID_ARGUMENT", f"'inputs' must be an object with keys {names}.")
         inputs = {names[0]: inputs}
-    outputs = predict_lib.run(signature, inputs)
+    outputs = predict_lib.run(signature, inputs, **batching)
     if len(outputs) == 1:
         return {"outputs": next(iter(outputs.values())).tolist()}
     return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
@@ -148,7 +151,9 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             raise ServingError(
                 "UNIMPLEMENTED" if parts["verb"] else "INVALID_ARGUMENT", f"POST {verb} is not supported; use :predict."
             )
-        return predict_json(self.server.repository, parts["name"], parts["version"], parts["label"], body)
+        return predict_json(
+            self.server.repository, parts["name"], parts["version"], parts["label"], body, self.server.batcher
+        )
 
     def _handle(self, method):
         try:
@@ -177,8 +182,9 @@ class RestServer(http.server.ThreadingHTTPServer):
     # then wait a second for TCP to retry.
     request_queue_size = 128
 
-    def __init__(self, address, repository, *, max_body_bytes, verbose=False):
+    def __init__(self, address, repository, *, max_body_bytes, verbose=False, batcher=None):
         super().__init__(address, RestHandler)
         self.repository = repository
+        self.batcher = batcher
         self.max_body_bytes = max_body_bytes
         self.verbose = verbose

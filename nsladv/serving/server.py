@@ -6,6 +6,9 @@ import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from nsladv.serving.batching import Batcher
+from nsladv.serving.batching import BatchingParameters
+from nsladv.serving.batching import read_batching_parameters
 from nsladv.serving.grpc_service import ModelService
 from nsladv.serving.grpc_service import PredictionService
 from nsladv.serving.repository import ModelRepository
@@ -24,6 +27,9 @@ class Server:
         poll_seconds: how often to look for new versions (None: never).
         max_body_bytes: largest request accepted.
         workers: gRPC worker threads.
+        batching: `BatchingParameters` (or a TF Serving batching parameters
+            file) to batch concurrent predict requests, as TF Serving's
+            `--enable_batching`; None serves each request on its own.
 
     Example:
 
@@ -44,14 +50,20 @@ class Server:
         max_body_bytes=DEFAULT_MAX_BODY_BYTES,
         workers=8,
         verbose=False,
+        batching=None,
     ):
         self.repository = ModelRepository(path)
+        if batching is not None and not isinstance(batching, BatchingParameters):
+            batching = read_batching_parameters(batching)
+        self.batcher = None if batching is None else Batcher(batching)
         self.host = host
         self.poll_seconds = poll_seconds
         self._rest = None
         self._grpc = None
         if rest_port is not None:
-            self._rest = RestServer((host, rest_port), self.repository, max_body_bytes=max_body_bytes, verbose=verbose)
+            self._rest = RestServer(
+                (host, rest_port), self.repository, max_body_bytes=max_body_bytes, verbose=verbose, batcher=self.batcher
+            )
         if grpc_port is not None:
             self._grpc = grpc.server(
                 concurrent.futures.ThreadPoolExecutor(max_workers=workers),
@@ -61,7 +73,7 @@ class Server:
                 ],
             )
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(self.repository), self._grpc
+                PredictionService(self.repository, self.batcher), self._grpc
             )
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.repository), self._grpc)
             self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
@@ -96,6 +108,8 @@ class Server:
             self._rest.server_close()
         if self._grpc is not None:
             self._grpc.stop(grace=2).wait()
+        if self.batcher is not None:
+            self.batcher.close()
 
     def wait(self):
         """Blocks until interrupted."""
