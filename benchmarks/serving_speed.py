@@ -1,12 +1,15 @@
-"""Predict throughput and latency over TF Serving's REST and gRPC APIs (nsladv serve).
+"""Predict throughput and latency over TF Serving's REST and gRPC APIs (nsladv serve), with and without batching.
 
-Exports the MNIST pipeline's CNN, starts `nsladv serve` in a subprocess on
-loopback, and sends batch-1 predict requests from 1, 4 and 16 client threads
-over REST, over gRPC, and, as the reference, straight to the SavedModel in
-this process. Each cell is bounded by a request count and a time limit; the
-transports take turns at each concurrency level.
+Exports the MNIST pipeline's CNN, starts two `nsladv serve` subprocesses on
+loopback, one plain and one with `--enable_batching` (max_batch_size 32,
+batch_timeout_micros 0, one batch thread: requests that arrive while a batch
+runs form the next one), and sends batch-1 predict requests from 1 and 16
+client threads over REST, over gRPC, and, as the reference, straight to the
+SavedModel in this process. Each cell is bounded by a request count and a time
+limit; the contenders take turns at each concurrency level, `--rounds` times,
+and the figures are medians over rounds.
 
-Usage: python -m benchmarks.serving_speed [--requests 300] [--seconds 20]
+Usage: python -m benchmarks.serving_speed [--requests 300] [--seconds 20] [--rounds 3]
 The last line printed is one JSON object.
 """
 
@@ -75,62 +78,82 @@ def measure(call, concurrency, requests, seconds):
     }
 
 
+def start_server(workdir, env, *extra):
+    rest_port, grpc_port = free_port(), free_port()
+    command = [sys.executable, "-m", "nsladv.jobs.cli", "serve", workdir, "--rest-port", str(rest_port)]
+    command += ["--grpc-port", str(grpc_port), "--poll-seconds", "0", *extra]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    rest = RestClient(f"http://127.0.0.1:{rest_port}")
+    wait_for(rest)
+    return process, rest, GrpcClient(f"127.0.0.1:{grpc_port}")
+
+
+def median_cell(rows):
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per cell (default 300)")
     parser.add_argument("--seconds", type=float, default=20.0, help="time limit per cell (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every cell (default 3)")
     args = parser.parse_args()
     image = np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)
+    servers = []
     with tempfile.TemporaryDirectory() as workdir:
         path = export.export_model(build_model((28, 28, 1), 10), workdir, "mnist", input_shape=(28, 28, 1))
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-        rest_port, grpc_port = free_port(), free_port()
+        parameters = os.path.join(workdir, "batching.config")
+        with open(parameters, "w") as f:
+            f.write("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nsladv.jobs.cli",
-                "serve",
-                workdir,
-                "--rest-port",
-                str(rest_port),
-                "--grpc-port",
-                str(grpc_port),
-                "--poll-seconds",
-                "0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
         try:
-            rest = RestClient(f"http://127.0.0.1:{rest_port}")
-            grpc_client = GrpcClient(f"127.0.0.1:{grpc_port}")
-            wait_for(rest)
-            transports = {
+            plain = start_server(workdir, env)
+            servers.append(plain[0])
+            batched = start_server(workdir, env, "--enable_batching", "--batching_parameters_file", parameters)
+            servers.append(batched[0])
+            contenders = {
                 "in_process": lambda: signature(image=tf.constant(image)),
-                "rest": lambda: rest.predict("mnist", {"image": image}),
-                "grpc": lambda: grpc_client.predict("mnist", {"image": image}),
+                "rest": lambda: plain[1].predict("mnist", {"image": image}),
+                "rest_batched": lambda: batched[1].predict("mnist", {"image": image}),
+                "grpc": lambda: plain[2].predict("mnist", {"image": image}),
+                "grpc_batched": lambda: batched[2].predict("mnist", {"image": image}),
             }
-            for call in transports.values():  # warm-up
+            for call in contenders.values():  # warm-up
                 for _ in range(10):
                     call()
-            results = {}
-            for concurrency in (1, 4, 16):
-                for name, call in transports.items():
-                    results[f"{name}@{concurrency}"] = measure(call, concurrency, args.requests, args.seconds)
+            rounds = {}
+            for _ in range(args.rounds):
+                for concurrency in (1, 16):
+                    for name, call in contenders.items():
+                        cell = measure(call, concurrency, args.requests, args.seconds)
+                        rounds.setdefault(f"{name}@{concurrency}", []).append(cell)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            for process in servers:
+                process.terminate()
+                process.wait(timeout=30)
+    results = {key: median_cell(rows) for key, rows in rounds.items()}
     print(
-        f"batch-1 predict, {args.requests} requests or {args.seconds:g} s per cell, server in a subprocess on loopback"
+        f"batch-1 predict, {args.requests} requests or {args.seconds:g} s per cell, medians of {args.rounds} rounds, "
+        "servers in subprocesses on loopback"
     )
-    print(f"{'transport':<12} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'transport':<14} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for key, row in results.items():
         name, concurrency = key.split("@")
-        print(f"{name:<12} {concurrency:>7} {row['per_second']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8}")
-    print(json.dumps(results))
+        print(f"{name:<14} {concurrency:>7} {row['per_second']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8}")
+
+    def ratio(key, a, b):
+        return round(results[a][key] / results[b][key], 3)
+
+    summary = {
+        "grpc_batched_over_unbatched_16": ratio("per_second", "grpc_batched@16", "grpc@16"),
+        "grpc_batched_over_inprocess_16": ratio("per_second", "grpc_batched@16", "in_process@1"),
+        "rest_batched_over_unbatched_16": ratio("per_second", "rest_batched@16", "rest@16"),
+        "grpc_batched_p99_over_unbatched_16": ratio("p99_ms", "grpc_batched@16", "grpc@16"),
+        "grpc_batched_p50_over_unbatched_1": ratio("p50_ms", "grpc_batched@1", "grpc@1"),
+        "rest_batched_p50_over_unbatched_1": ratio("p50_ms", "rest_batched@1", "rest@1"),
+    }
+    print(json.dumps({**summary, "cells": results}))
 
 
 if __name__ == "__main__":

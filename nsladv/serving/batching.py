@@ -2,10 +2,13 @@
 
 A request's rows wait in its model and signature's queue; the queue's thread
 takes the first waiting request, gathers more until `max_batch_size` rows or
-`batch_timeout_micros` after the first, runs the signature once on all their
-rows and hands each caller its own rows back. A lone request waits at most the
-timeout. The settings come from a batching parameters file in TF Serving's
-text format (`max_batch_size { value: 32 }` ...).
+`batch_timeout_micros` after the first, then, once one of `num_batch_threads`
+is free, runs the signature once on every row that has arrived (up to
+`max_batch_size`) and hands each caller its own rows back. A lone request
+waits at most the timeout; with a timeout of 0, requests that arrive while a
+batch runs form the next one, so batching costs a lone client nothing. The
+settings come from a batching parameters file in TF Serving's text format
+(`max_batch_size { value: 32 }` ...).
 """
 
 import collections
@@ -97,6 +100,7 @@ class Batcher:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.parameters.num_batch_threads, thread_name_prefix="nsladv-batch"
         )
+        self._free = threading.Semaphore(self.parameters.num_batch_threads)
 
     def run(self, key, signature, arrays):
         """The signature's outputs for this request's rows, computed in a batch with others."""
@@ -156,13 +160,22 @@ class _Queue:
                 deadline = time.monotonic() + parameters.batch_timeout_micros / 1e6
                 while self.rows < parameters.max_batch_size and (left := deadline - time.monotonic()) > 0:
                     self.ready.wait(left)
+            # A batch forms when a thread can run it: what arrives meanwhile joins it.
+            self.batcher._free.acquire()
+            with self.ready:
                 batch, rows = [], 0
                 while self.waiting and rows + self.waiting[0].rows <= parameters.max_batch_size:
                     request = self.waiting.popleft()
                     batch.append(request)
                     rows += request.rows
                 self.rows -= rows
-            self.batcher._pool.submit(self._run, batch)
+            try:
+                self.batcher._pool.submit(self._run, batch)
+            except RuntimeError:  # The batcher closed: nothing will run the batch.
+                self.batcher._free.release()
+                for request in batch:
+                    request.future.set_exception(ServingError("UNAVAILABLE", "The server is shutting down"))
+                return
 
     def _run(self, batch):
         try:
@@ -180,3 +193,5 @@ class _Queue:
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(error)
+        finally:
+            self.batcher._free.release()
