@@ -21,6 +21,16 @@ def _seed_and_policy():
     keras.config.set_dtype_policy("float32")
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One TFDS folder with the offline MNIST prepared (a few seconds), shared by the whole session."""
+    from nsladv import datasets
+
+    path = tmp_path_factory.mktemp("tfds")
+    datasets.load(data_dir=str(path))
+    return str(path)
+
+
 def toy_data(n=192, seed=0):
     """A learnable 3-class problem on [0, 1]^6: the class is the argmax of 3 sums."""
     rng = np.random.default_rng(seed)

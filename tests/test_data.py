@@ -11,13 +11,6 @@ from nsladv.datasets import loading
 from nsladv.datasets import mnist_offline
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    data.load(data_dir=str(path))  # Prepares once (a few seconds).
-    return str(path)
-
-
 def package_digits():
     images, labels = mnist_data()
     return images.reshape(-1, 28, 28, 1), labels

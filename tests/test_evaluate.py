@@ -15,13 +15,6 @@ from nsladv.jobs import evaluate as evaluate_job
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    data.load(data_dir=str(path))
-    return str(path)
-
-
 def small_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((28, 28, 1), name="image")

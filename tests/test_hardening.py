@@ -26,13 +26,6 @@ TINY = str(HERE / "tiny_pipeline.py")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tfds")
-    data.load(data_dir=str(path))
-    return str(path)
-
-
 def test_harden_end_to_end(tmp_path, data_dir):
     report = hardening.harden(
         load_pipeline(TINY),

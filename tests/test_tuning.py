@@ -24,8 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
+def digits(data_dir):
     splits = data.load(data_dir=data_dir)
     train = data.pipeline(splits.train.take(640), batch_size=128, training=True, seed=0)
     validation = data.pipeline(splits.validation.take(200), batch_size=100, training=False)

@@ -25,13 +25,14 @@ import dataclasses
 import tensorflow as tf
 
 from nsladv.robustness.attacks import Counter
+from nsladv.robustness.attacks import LinfSettings
 from nsladv.robustness.attacks import random_starts
 
 LOSSES = ("ce", "dlr-targeted")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class APGD:
+class APGD(LinfSettings):
     """An Auto-PGD attack, L-inf.
 
     Args:
@@ -61,13 +62,6 @@ class APGD:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{field}` must be an integer >= 1. Received: {field}={value!r}")
-
-    @property
-    def norm(self):
-        return "linf"
-
-    def get_config(self):
-        return dataclasses.asdict(self)
 
     def batch_attacker(self, model, *, from_logits=True):
         return APGDAttacker(model, self, from_logits=from_logits)

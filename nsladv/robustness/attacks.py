@@ -113,6 +113,17 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True, seed
     )
 
 
+class LinfSettings:
+    """What the L-inf attacks that are plain settings (APGD, Square) share: their norm and config."""
+
+    @property
+    def norm(self):
+        return "linf"
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+
 def random_starts():
     """A random-start generator of its own for each attacker, seeded from NumPy's global generator.
 

@@ -15,13 +15,14 @@ import numpy as np
 import tensorflow as tf
 
 from nsladv.robustness.attacks import Counter
+from nsladv.robustness.attacks import LinfSettings
 
 # Iterations (per 10,000 queries) at which the window's share halves (the paper's schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Square:
+class Square(LinfSettings):
     """The Square Attack, L-inf.
 
     Args:
@@ -42,13 +43,6 @@ class Square:
             raise ValueError(f"`queries` must be an integer >= 1. Received: queries={self.queries!r}")
         if not 0 < self.p_init <= 1:
             raise ValueError(f"`p_init` must be in (0, 1]. Received: p_init={self.p_init!r}")
-
-    @property
-    def norm(self):
-        return "linf"
-
-    def get_config(self):
-        return dataclasses.asdict(self)
 
     def batch_attacker(self, model, *, from_logits=True):
         return SquareAttacker(model, self)
