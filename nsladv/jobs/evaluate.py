@@ -132,9 +132,7 @@ def evaluate(
         attacks=chosen,
         from_logits=from_logits,
         large_epsilon=large_epsilon,
-        progress=lambda attack, eps, robust, seconds: log(
-            f"  {attack:<8} at {eps:g}: {100 * robust:5.1f}% robust ({seconds:.0f} s)"
-        ),
+        progress=lambda *result: log(report_lib.progress_line(*result)),
     )
     metadata = getattr(model, "metadata", None)
     report = {

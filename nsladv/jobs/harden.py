@@ -260,11 +260,15 @@ class _HardenJob:
                 attacks=pipeline.eval_attacks,
                 from_logits=self.from_logits,
                 large_epsilon=pipeline.large_epsilon,
+                progress=self._progress,
             )
             seconds = round(time.perf_counter() - start, 1)
             self.state.save_evaluation(label, evaluation, seconds)
         self.timings[f"evaluate_{label}_seconds"] = seconds
         return evaluation
+
+    def _progress(self, *result):
+        self.log(report_lib.progress_line(*result))
 
     def report(self, evaluations):
         report = {

@@ -21,6 +21,11 @@ def package_versions():
     return versions
 
 
+def progress_line(attack, epsilon, robust, seconds):
+    """One line of evaluation progress: an attack's result at one epsilon, and how long it took."""
+    return f"  {attack:<8} at {epsilon:g}: {100 * robust:5.1f}% robust ({seconds:.0f} s)"
+
+
 def write_json(path, content):
     """Writes JSON atomically (a reader never sees half a file)."""
     path = pathlib.Path(path)
