@@ -62,7 +62,11 @@ def pipeline(
             batching, and run `augment` and `batch_map` one element at a
             time, so that their random draws (stateful random ops) do not
             follow thread order. Default: True with a seed (else a seed
-            would fix neither the order nor the draws), False without.
+            would fix neither the order nor the draws) and for evaluation
+            (`training=False`: attacks line up their results example by
+            example, and a subset must be the same examples every time);
+            False for unseeded training. The option reaches every parallel
+            map upstream too (TFDS's decoding and scaling included).
         cache: cache decoded examples in memory after the first epoch.
         shuffle_buffer: shuffle buffer size.
         drop_remainder: drop the last partial batch (static batch shapes,
@@ -72,7 +76,8 @@ def pipeline(
         batch_map: a map applied to each batch (e.g. gathering features
             and graph neighbors for a batch of row indices).
     """
-    deterministic = seed is not None if deterministic is None else deterministic
+    if deterministic is None:
+        deterministic = seed is not None or not training
     # A stateful random op called from parallel threads draws in thread order.
     maps_in_parallel = None if deterministic else tf.data.AUTOTUNE
     if cache:
