@@ -220,6 +220,11 @@ def test_a_diverging_training_stops_with_an_error_that_names_the_epoch(tmp_path,
     assert not (tmp_path / "run" / "report.json").exists()
 
 
+def _writes_into(folder):
+    """Run and export folders under the test's own: a model that wrongly passed a check must not write into the repo."""
+    return ["--out", str(folder / "run"), "--saved-models", str(folder / "saved_models")]
+
+
 def run_cli(argv, capsys):
     code = cli.main(argv)
     return code, capsys.readouterr()
@@ -346,7 +351,10 @@ def test_cli_missing_pipeline_file(capsys):
 
 
 def test_cli_missing_model_file(capsys, tmp_path, data_dir):
-    code, out = run_cli(["harden", TINY, "--model", str(tmp_path / "none.keras"), "--data-dir", data_dir], capsys)
+    code, out = run_cli(
+        ["harden", TINY, "--model", str(tmp_path / "none.keras"), "--data-dir", data_dir, *_writes_into(tmp_path)],
+        capsys,
+    )
     assert code == 2 and "Expected a saved Keras model file (.keras)" in out.err and "(no such file)" in out.err
 
 
@@ -376,7 +384,7 @@ def test_cli_model_that_does_not_fit_the_data(capsys, tmp_path, data_dir, input_
     inputs = keras.Input(input_shape)
     path = tmp_path / "mismatch.keras"
     keras.Model(inputs, head(inputs)).save(path)
-    code, out = run_cli(["harden", TINY, "--model", str(path), "--data-dir", data_dir], capsys)
+    code, out = run_cli(["harden", TINY, "--model", str(path), "--data-dir", data_dir, *_writes_into(tmp_path)], capsys)
     assert code == 2 and message in out.err and "Traceback" not in out.err
 
 
