@@ -1,7 +1,5 @@
 """The model card: what a model is, how it was hardened, how robust it measured, and the limits of that claim."""
 
-import pathlib
-
 from nsladv.jobs import report as report_lib
 
 
@@ -70,9 +68,4 @@ def model_card(*, title, model, dataset, evaluations, hardening=None, versions=N
 
 def write_model_card(path, **card):
     """Writes `model_card(**card)` to `path` (atomically); returns the path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(model_card(**card))
-    partial.replace(path)
-    return path
+    return report_lib.write_text(path, model_card(**card))

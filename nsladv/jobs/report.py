@@ -26,13 +26,19 @@ def progress_line(attack, epsilon, robust, seconds):
     return f"  {attack:<8} at {epsilon:g}: {100 * robust:5.1f}% robust ({seconds:.0f} s)"
 
 
-def write_json(path, content):
-    """Writes JSON atomically (a reader never sees half a file)."""
+def write_text(path, text):
+    """Writes a text file atomically (a reader never sees half a file); returns its path."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n")
+    partial.write_text(text)
     os.replace(partial, path)
+    return path
+
+
+def write_json(path, content):
+    """Writes JSON atomically (a reader never sees half a file)."""
+    return write_text(path, json.dumps(content, indent=2, sort_keys=False) + "\n")
 
 
 def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box attack"):

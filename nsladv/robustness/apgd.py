@@ -164,7 +164,6 @@ class APGDAttacker(Counter):
             "rises": tf.zeros([batch], tf.int32),
             "last_best": loss,
             "halved_last": tf.ones([batch], tf.bool),
-            "since": tf.constant(0),
         }
         is_check = tf.constant([k in self._check for k in range(attack.steps)])
         lengths = tf.constant(_lengths(self._check, attack.steps), tf.int32)

@@ -83,7 +83,7 @@ def evaluate_robustness(
     results["worst_case"] = {key: float(mask.mean()) for key, mask in robust_so_far.items()}
     results["after_each_attack"] = {key: dict(zip(names, curve)) for key, curve in curves.items()}
     results["confidence_95"] = {key: wilson_interval(int(mask.sum()), len(mask)) for key, mask in robust_so_far.items()}
-    if white_box and len(white_box[_key(epsilons[0])]) and any(_black_box(a) for a in attacks):
+    if white_box and any(_black_box(a) for a in attacks):
         # Examples a black-box attack fooled that every white-box attack left robust.
         results["black_box_only"] = {key: int((white_box[key] & ~robust_so_far[key]).sum()) for key in robust_so_far}
     gradient_attacks = [a for a in attacks if not _black_box(a)]
@@ -101,7 +101,7 @@ def evaluate_robustness(
 
 
 def _black_box(attack):
-    return bool(getattr(attack, "black_box", False))
+    return bool(attack.get_config().get("black_box"))
 
 
 def _key(epsilon):
@@ -111,7 +111,7 @@ def _key(epsilon):
 def _steps(attack_result):
     """Gradient steps of an attack from its reported settings (None for a black-box attack)."""
     config = attack_result.get("config", {})
-    if config.get("black_box") or "queries" in config:
+    if config.get("black_box"):
         return None
     if "threat" in config:
         return config["threat"]["steps"]

@@ -36,13 +36,15 @@ class Square(LinfSettings):
     queries: int = 1000
     p_init: float = 0.8
     clip_range: tuple = (0.0, 1.0)
-    black_box = True
 
     def __post_init__(self):
         if not isinstance(self.queries, int) or isinstance(self.queries, bool) or self.queries < 1:
             raise ValueError(f"`queries` must be an integer >= 1. Received: queries={self.queries!r}")
         if not 0 < self.p_init <= 1:
             raise ValueError(f"`p_init` must be in (0, 1]. Received: p_init={self.p_init!r}")
+
+    def get_config(self):
+        return {**super().get_config(), "black_box": True}
 
     def batch_attacker(self, model, *, from_logits=True):
         return SquareAttacker(model, self)
