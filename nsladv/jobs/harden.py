@@ -304,10 +304,7 @@ class _HardenJob:
             },
             dataset={"name": self.pipeline.dataset, "split": "test", "examples": evaluations["hardened"]["examples"]},
             evaluations=evaluations,
-            hardening={
-                "threat": self.pipeline.threat.get_config(),
-                "regularization": self.pipeline.regularization.get_config(),
-            },
+            hardening=self._hardening(),
             versions=report["versions"],
         )
         self.log("\n" + report_lib.summary_table(evaluations))
@@ -315,6 +312,13 @@ class _HardenJob:
             f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}\n"
             f"card:   {out_dir / 'model_card.md'}"
         )
+
+    def _hardening(self):
+        """How the hardened model was trained, for its model card and its export's metadata."""
+        return {
+            "threat": self.pipeline.threat.get_config(),
+            "regularization": self.pipeline.regularization.get_config(),
+        }
 
     def export(self, base, evaluation):
         """The hardened model's TF Serving version: exported now, or the one this run exported before."""
@@ -329,11 +333,7 @@ class _HardenJob:
             self.data,
             saved_models=self.saved_models,
             from_logits=self.from_logits,
-            metadata={
-                "threat": pipeline.threat.get_config(),
-                "regularization": pipeline.regularization.get_config(),
-                "robustness": evaluation,
-            },
+            metadata={**self._hardening(), "robustness": evaluation},
         )
         self.state.save_export(path)
         self.log(f"exported for TF Serving: {path}")
