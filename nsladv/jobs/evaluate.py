@@ -13,19 +13,9 @@ from nsladv.classifier import check_classifier
 from nsladv.errors import ModelNotFoundError
 from nsladv.jobs import report as report_lib
 from nsladv.jobs.model_card import write_model_card
-from nsladv.robustness import FGSM
-from nsladv.robustness import Square
-from nsladv.robustness import apgd_ce
-from nsladv.robustness import apgd_t
+from nsladv.robustness import ATTACK_SETS
+from nsladv.robustness import attack_set
 from nsladv.robustness import evaluate_robustness
-from nsladv.robustness import pgd
-
-ATTACK_SETS = {
-    # FGSM and PGD for the gradient-masking checks, AutoAttack's two gradient attacks, and Square as the
-    # black-box check that finds what masked gradients hide.
-    "standard": lambda: (FGSM, pgd(40, 3), apgd_ce(), apgd_t(), Square(queries=1000)),
-    "quick": lambda: (FGSM, pgd(20, 1), apgd_ce(steps=50)),
-}
 
 
 class SignatureModel:
@@ -101,8 +91,11 @@ def evaluate(
         dataset: a TFDS name; its test split is used.
         data_dir: the TFDS data folder.
         epsilons: the L-inf radii.
-        attacks: `"standard"` (FGSM, PGD-40 x3, APGD-CE, APGD-T, Square with
-            1,000 queries) or `"quick"` (FGSM, PGD-20, APGD-CE with 50 steps).
+        attacks: an attack set of `nsladv.robustness.ATTACK_SETS`:
+            `"standard"` (FGSM, APGD-CE, APGD-T on 3 target classes, Square
+            with 1,000 queries), `"full"` (AutoAttack's settings: APGD-T on 9
+            targets, Square with 5,000 queries) or `"quick"` (FGSM, PGD-20,
+            APGD-CE with 50 steps).
         eval_examples: evaluate on N test examples spread over the split.
         large_epsilon: a destroying radius for the gradient-masking check.
         out_dir: the run folder (default `runs/evaluate/<model name>`).
@@ -119,7 +112,7 @@ def evaluate(
     test = datasets.pipeline(datasets.spread(splits.test, eval_examples), batch_size=500, training=False)
     name = pathlib.Path(model_path).stem if pathlib.Path(model_path).is_file() else pathlib.Path(model_path).name
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / "evaluate" / name)
-    chosen = ATTACK_SETS[attacks]()
+    chosen = attack_set(attacks)
     log(
         f"white-box evaluation of {model_path} on {dataset} (test): {', '.join(a.name for a in chosen)} "
         f"at epsilon {', '.join(f'{e:g}' for e in epsilons)}"

@@ -61,7 +61,8 @@ def harden(
         data_dir: the TFDS data folder.
         epochs: overrides the pipeline's epochs.
         baseline: also train the undefended model, for comparison.
-        eval_examples: evaluate on N test examples spread evenly over the test split.
+        eval_examples: evaluate on N test examples spread evenly over the test
+            split (default: the pipeline's `eval_examples`).
         export: export the hardened base model for TF Serving.
         strategy: a `tf.distribute.Strategy` (or a name for
             `nsladv.distribute.make_strategy`); models are built and compiled
@@ -84,6 +85,8 @@ def harden(
     """
     if epochs is not None:
         pipeline = pipeline.replace(epochs=epochs)
+    if eval_examples is not None:
+        pipeline = pipeline.replace(eval_examples=eval_examples)
     with _dtype_policy(mixed_precision):
         job = _HardenJob(
             pipeline=pipeline,
@@ -92,7 +95,6 @@ def harden(
             saved_models=saved_models,
             data_dir=data_dir,
             baseline=baseline,
-            eval_examples=eval_examples,
             strategy=strategy,
             mixed_precision=mixed_precision,
             callbacks=list(callbacks),
@@ -115,7 +117,7 @@ def _dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-_EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "large_epsilon")
+_EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "eval_examples", "large_epsilon")
 
 
 class _HardenJob:
@@ -130,7 +132,6 @@ class _HardenJob:
         saved_models,
         data_dir,
         baseline,
-        eval_examples,
         strategy,
         mixed_precision,
         callbacks,
@@ -160,12 +161,7 @@ class _HardenJob:
                     "mixed_precision": mixed_precision,
                 }
             ),
-            evaluation=run_state.fingerprint(
-                {
-                    **{k: settings[k] for k in _EVALUATION_SETTINGS},
-                    "eval_examples": eval_examples,
-                }
-            ),
+            evaluation=run_state.fingerprint({k: settings[k] for k in _EVALUATION_SETTINGS}),
             writer=self.chief,
         )
         if self.state.discarded:
@@ -174,7 +170,7 @@ class _HardenJob:
                 "are not reused"
             )
         keras.utils.set_random_seed(pipeline.seed)
-        self.data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=eval_examples)
+        self.data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples)
         self._log_data()
         self.contenders = self._contenders(baseline)
         self.timings = {}

@@ -25,9 +25,8 @@ from nsladv.errors import PipelineNotFoundError
 from nsladv.errors import SettingsError
 from nsladv.export import check_model_name
 from nsladv.robustness.apgd import APGD
-from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import Attack
-from nsladv.robustness.attacks import pgd
+from nsladv.robustness.evaluation import attack_set
 from nsladv.robustness.square import Square
 
 
@@ -102,10 +101,15 @@ class Pipeline(KeywordOnly):
         epsilon_warmup_epochs: epochs over which epsilon ramps from 0.
         multiplier_warmup_epochs: epochs over which the multiplier ramps.
         eval_epsilons: the evaluation grid.
-        eval_attacks: the evaluation attacks (default FGSM and PGD-40 with
-            3 restarts, L-inf).
+        eval_attacks: the evaluation attacks, run as a cascade (default the
+            "standard" set: FGSM, APGD-CE, APGD-T on 3 target classes, Square
+            with 1,000 queries; see `nsladv.robustness.ATTACK_SETS`).
+        eval_examples: evaluate on this many test examples spread evenly over
+            the test split (None: all of them).
         large_epsilon: a destroying radius for the gradient-masking check.
         validation_fraction: share of train held out for validation.
+        train_examples: train on this many training examples, spread evenly
+            over the training split (None: all of them).
         labels_per_class: train on only this many labelled images per class
             (chosen with `seed`; None: all).
         graph: a `GraphSetup` to add the graph term; the job then also
@@ -128,9 +132,11 @@ class Pipeline(KeywordOnly):
     epsilon_warmup_epochs: int = 0
     multiplier_warmup_epochs: int = 0
     eval_epsilons: tuple = (0.1, 0.2, 0.3)
-    eval_attacks: tuple = (FGSM, pgd(40, 3))
+    eval_attacks: tuple = dataclasses.field(default_factory=lambda: attack_set("standard"))
+    eval_examples: int = None
     large_epsilon: float = 0.5
     validation_fraction: float = 0.1
+    train_examples: int = None
     labels_per_class: int = None
     graph: GraphSetup = None
     seed: int = 0
@@ -147,15 +153,10 @@ class Pipeline(KeywordOnly):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
-        if self.labels_per_class is not None and (
-            not isinstance(self.labels_per_class, int)
-            or isinstance(self.labels_per_class, bool)
-            or self.labels_per_class < 1
-        ):
-            raise ValueError(
-                "`labels_per_class` must be an integer >= 1 or None. "
-                f"Received: labels_per_class={self.labels_per_class!r}"
-            )
+        for name in ("train_examples", "eval_examples", "labels_per_class"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{name}` must be an integer >= 1 or None. Received: {name}={value!r}")
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
         if not all(isinstance(a, (Attack, APGD, Square)) for a in self.eval_attacks):
@@ -213,8 +214,10 @@ class Pipeline(KeywordOnly):
             "multiplier_warmup_epochs": self.multiplier_warmup_epochs,
             "eval_epsilons": list(self.eval_epsilons),
             "eval_attacks": [a.get_config() for a in self.eval_attacks],
+            "eval_examples": self.eval_examples,
             "large_epsilon": self.large_epsilon,
             "validation_fraction": self.validation_fraction,
+            "train_examples": self.train_examples,
             "labels_per_class": self.labels_per_class,
             "graph": None if self.graph is None else self.graph.get_config(),
             "seed": self.seed,

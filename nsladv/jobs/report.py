@@ -26,6 +26,12 @@ def progress_line(attack, epsilon, robust, seconds):
     return f"  {attack:<8} at {epsilon:g}: {100 * robust:5.1f}% robust ({seconds:.0f} s)"
 
 
+def after_each_attack_rows(result):
+    """[(attack name, {epsilon key: share robust to it and every attack before it})] in run order."""
+    names = list(result["attacks"])
+    return [(name, {k: curve[name] for k, curve in result["after_each_attack"].items()}) for name in names]
+
+
 def write_text(path, text):
     """Writes a text file atomically (a reader never sees half a file); returns its path."""
     path = pathlib.Path(path)
@@ -56,22 +62,26 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colors = {"hardened": "#1f77b4", "without_graph": "#2ca02c", "baseline": "#d62728"}
-    styles = ["-", "--", ":", "-."]
+    styles = ["--", ":", "-."]
     for i, (label, result) in enumerate(evaluations.items()):
         color = colors.get(label, f"C{i + 2}")
         epsilons = [0.0] + result["epsilons"]
-        names = sorted(result["attacks"], key=lambda n: n != "fgsm")
-        for j, name in enumerate(names):
-            accuracy = result["attacks"][name]["accuracy"]
-            curve = [result["clean_accuracy"]] + [accuracy[f"{e:g}"] for e in result["epsilons"]]
+        keys = [f"{e:g}" for e in result["epsilons"]]
+        # Each attack that ran on every example on its own (thin), and the worst case over all of them (bold).
+        curves = [(name, a["accuracy"]) for name, a in result["attacks"].items() if "accuracy" in a]
+        if "worst_case" in result and len(result["attacks"]) > 1:
+            curves.append(("worst case", result["worst_case"]))
+        for j, (name, accuracy) in enumerate(curves):
+            worst = name == "worst case"
             ax.plot(
                 epsilons,
-                [100 * a for a in curve],
-                styles[j % len(styles)],
+                [100 * a for a in [result["clean_accuracy"]] + [accuracy[k] for k in keys]],
+                "-" if worst else styles[j % len(styles)],
                 color=color,
                 marker="o",
-                markersize=4,
-                label=f"{label}: {name.upper()}",
+                markersize=4 if worst else 3,
+                linewidth=2.2 if worst else 1.0,
+                label=f"{label}: {name if worst else name.upper()}",
             )
     configs = [a["config"] for a in next(iter(evaluations.values()))["attacks"].values()]
     norm = next((c["threat"]["norm"] for c in configs if "threat" in c), "linf")
@@ -90,19 +100,21 @@ def plot_robustness(evaluations, path, *, title="Robust accuracy under white-box
 
 
 def summary_table(evaluations):
-    """A plain-text table: one row per model and attack, and each model's worst case; one column per epsilon."""
+    """A plain-text table: per model, the share still robust after each attack (cumulative); one column per epsilon.
+
+    The last row of a model is its worst case: correct clean and under
+    every attack and restart, example by example.
+    """
     first = next(iter(evaluations.values()))
     keys = [f"{e:g}" for e in first["epsilons"]]
     width = max(10, *(len(label) for label in evaluations))
-    header = f"{'model':<{width}} {'attack':<8} {'clean':>7} " + " ".join(f"{'eps=' + k:>9}" for k in keys)
+    header = f"{'model':<{width}} {'after':<10} {'clean':>7} " + " ".join(f"{'eps=' + k:>9}" for k in keys)
     lines = [header, "-" * len(header)]
     for label, result in evaluations.items():
-        for name, attack in result["attacks"].items():
-            cells = " ".join(f"{100 * attack['accuracy'][k]:>8.1f}%" for k in keys)
-            lines.append(f"{label:<{width}} {name:<8} {100 * result['clean_accuracy']:>6.1f}% {cells}")
-        if "worst_case" in result and len(result["attacks"]) > 1:
-            cells = " ".join(f"{100 * result['worst_case'][k]:>8.1f}%" for k in keys)
-            lines.append(f"{label:<{width}} {'worst':<8} {100 * result['clean_accuracy']:>6.1f}% {cells}")
+        for i, (name, row) in enumerate(after_each_attack_rows(result)):
+            cells = " ".join(f"{100 * row[k]:>8.1f}%" for k in keys)
+            after = ("+" if i else "") + name
+            lines.append(f"{label:<{width}} {after:<10} {100 * result['clean_accuracy']:>6.1f}% {cells}")
     for label, result in evaluations.items():
         failed = [name for name, check in result.get("sanity", {}).items() if not check["passed"]]
         status = "all passed" if not failed else "FAILED: " + ", ".join(failed)

@@ -66,7 +66,7 @@ def tune_pipeline(
     data = pipeline_data(
         pipeline,
         data_dir=data_dir,
-        eval_examples=eval_examples,
+        eval_examples=pipeline.eval_examples if eval_examples is None else eval_examples,
         validation_fraction=pipeline.validation_fraction or 0.1,
     )
     splits, train, validation, test = data.splits, data.train, data.validation, data.test

@@ -10,12 +10,15 @@ from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import adversarial_examples
 from nsladv.robustness.attacks import fgsm
 from nsladv.robustness.attacks import pgd
+from nsladv.robustness.evaluation import ATTACK_SETS
+from nsladv.robustness.evaluation import attack_set
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.evaluation import sanity_checks
 from nsladv.robustness.square import Square
 
 __all__ = [
     "APGD",
+    "ATTACK_SETS",
     "APGDAttacker",
     "FGSM",
     "Attack",
@@ -24,6 +27,7 @@ __all__ = [
     "adversarial_examples",
     "apgd_ce",
     "apgd_t",
+    "attack_set",
     "evaluate_robustness",
     "fgsm",
     "pgd",

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from nsladv.robustness.attacks import Counter
 from nsladv.robustness.attacks import LinfSettings
+from nsladv.robustness.attacks import attack_seed
 from nsladv.robustness.attacks import random_starts
 
 LOSSES = ("ce", "dlr-targeted")
@@ -63,8 +64,8 @@ class APGD(LinfSettings):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{field}` must be an integer >= 1. Received: {field}={value!r}")
 
-    def batch_attacker(self, model, *, from_logits=True):
-        return APGDAttacker(model, self, from_logits=from_logits)
+    def batch_attacker(self, model, *, from_logits=True, seed=None):
+        return APGDAttacker(model, self, from_logits=from_logits, seed=seed)
 
 
 def apgd_ce(steps=100, restarts=1):
@@ -112,12 +113,13 @@ class APGDAttacker(Counter):
     iterate of any restart (or target) misclassifies it.
     """
 
-    def __init__(self, model, attack, *, from_logits=True):
+    def __init__(self, model, attack, *, from_logits=True, seed=None):
         self.model = model
         self.attack = attack
         self.from_logits = from_logits
         self._check = [int(k) for k in checkpoints(attack.steps)]
-        self._random = random_starts()
+        self.seed = attack_seed(seed)
+        self._random = random_starts(self.seed)
         self._run = tf.function(self._fooled, reduce_retracing=True)
 
     def _gradient(self, x, y, target):

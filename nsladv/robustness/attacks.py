@@ -64,9 +64,12 @@ class Attack:
     def get_config(self):
         return {"name": self.name, "restarts": self.restarts, "threat": self.threat.get_config()}
 
-    def batch_attacker(self, model, *, from_logits=True):
-        """The compiled runner `evaluate_robustness` uses (`nsladv.robustness.APGD` has one too)."""
-        return BatchAttacker(model, self, from_logits=from_logits)
+    def batch_attacker(self, model, *, from_logits=True, seed=None):
+        """The compiled runner `evaluate_robustness` uses (`nsladv.robustness.APGD` has one too).
+
+        `seed` fixes its random starts (None: drawn from NumPy's global generator).
+        """
+        return BatchAttacker(model, self, from_logits=from_logits, seed=seed)
 
 
 def fgsm(*, norm="linf", clip_range=(0.0, 1.0), name="fgsm"):
@@ -124,14 +127,23 @@ class LinfSettings:
         return dataclasses.asdict(self)
 
 
-def random_starts():
-    """A random-start generator of its own for each attacker, seeded from NumPy's global generator.
+def attack_seed(seed=None):
+    """An attacker's seed: `seed` itself, or one drawn from NumPy's global generator when None.
 
-    Two attackers never share random starts (a stateful op's seed would come
-    from its place in the traced graph, the same for two alike attacks), and
-    `keras.utils.set_random_seed` still fixes them all.
+    Drawing keeps two attackers from sharing random starts (a stateful op's
+    seed would come from its place in the traced graph, the same for two alike
+    attacks), and `keras.utils.set_random_seed` still fixes them all.
     """
-    return tf.random.Generator.from_seed(int(np.random.randint(2**31 - 1)))
+    if seed is None:
+        return int(np.random.randint(2**31 - 1))
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"An attack's seed must be an integer >= 0 or None. Received: seed={seed!r}")
+    return int(seed)
+
+
+def random_starts(seed=None):
+    """A random-start generator of its own for each attacker (see `attack_seed`)."""
+    return tf.random.Generator.from_seed(attack_seed(seed))
 
 
 class Counter:
@@ -167,11 +179,12 @@ class BatchAttacker(Counter):
         from_logits: whether the model outputs logits.
     """
 
-    def __init__(self, model, attack, *, from_logits=True):
+    def __init__(self, model, attack, *, from_logits=True, seed=None):
         self.model = model
         self.attack = attack
         self.from_logits = from_logits
-        self._random = random_starts()
+        self.seed = attack_seed(seed)
+        self._random = random_starts(self.seed)
         self._step = tf.function(self._correct, reduce_retracing=True)
 
     def _correct(self, x, y, epsilon):

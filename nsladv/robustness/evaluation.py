@@ -3,11 +3,35 @@
 import math
 import time
 
+import numpy as np
+import tensorflow as tf
+
+from nsladv.robustness.apgd import apgd_ce
+from nsladv.robustness.apgd import apgd_t
 from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import pgd
+from nsladv.robustness.square import Square
 
 # Accuracy differences within this are read as equal (a few examples of 1,000).
 TOLERANCE = 0.005
+
+
+# Named attack sets, weakest to strongest. Each starts with FGSM and one multi-step attack on every example
+# (the gradient-masking checks compare them) and ends with the black-box Square on what is still robust.
+ATTACK_SETS = {
+    "quick": lambda: (FGSM, pgd(20, 1), apgd_ce(steps=50)),
+    # AutoAttack's gradient attacks at full length, APGD-T on the 3 most likely wrong classes, a shorter Square.
+    "standard": lambda: (FGSM, apgd_ce(), apgd_t(target_classes=3), Square(queries=1000)),
+    # AutoAttack's standard settings for APGD-CE, APGD-T (9 target classes) and Square (5,000 queries); no FAB-T.
+    "full": lambda: (FGSM, apgd_ce(), apgd_t(target_classes=9), Square(queries=5000)),
+}
+
+
+def attack_set(name):
+    """A fresh tuple of the named attack set's attacks (`"quick"`, `"standard"` or `"full"`; see `ATTACK_SETS`)."""
+    if name not in ATTACK_SETS:
+        raise ValueError(f"Unknown attack set. Expected one of {list(ATTACK_SETS)}. Received: {name!r}")
+    return ATTACK_SETS[name]()
 
 
 def evaluate_robustness(
@@ -20,34 +44,51 @@ def evaluate_robustness(
     large_epsilon=None,
     near_zero=0.1,
     progress=None,
+    seed=0,
+    cascade=True,
 ):
     """White-box robust accuracy of `model` on `dataset` at each epsilon.
+
+    The attacks run in the given order, black-box ones (Square) last. With
+    `cascade` (AutoAttack's way, what makes strong attacks affordable) an
+    attack runs only on the examples every attack before it left robust,
+    except the reference attacks, which run on every example so that the
+    gradient-masking checks have independent figures to compare: the first
+    attack, every single-step one (FGSM), and the first multi-step white-box
+    one. An attack that ran on every example reports its own `accuracy`;
+    every attack reports how many examples it `attacked` and `fooled`.
 
     Args:
         model: the Keras classifier (the model being evaluated is the one
             attacked).
-        dataset: a batched `tf.data.Dataset` of `(x, y)`.
+        dataset: a batched `tf.data.Dataset` of `(x, y)`; it is read once
+            (into memory), then attacked in batches of its own size.
         epsilons: the grid of radii (> 0).
-        attacks: a sequence of `Attack`s or `APGD`s (default FGSM and PGD-40
-            with 3 restarts, L-inf, inputs in [0, 1]).
+        attacks: a sequence of `Attack`s, `APGD`s or `Square`s (default FGSM
+            and PGD-40 with 3 restarts, L-inf, inputs in [0, 1]).
         from_logits: whether the model outputs logits.
         large_epsilon: a radius large enough to destroy any image (e.g. 0.5
-            for L-inf on [0, 1]); the strongest attack must drive accuracy
-            below `near_zero` there, else gradients are masked.
+            for L-inf on [0, 1]); the strongest reference white-box attack
+            must drive accuracy below `near_zero` there, else gradients are
+            masked.
         near_zero: the accuracy threshold of that check.
-        progress: called as `progress(attack name, epsilon, robust accuracy,
-            seconds)` after each attack at each epsilon (e.g. to log it).
+        progress: called as `progress(attack name, epsilon, robust accuracy
+            after it, seconds)` after each attack at each epsilon.
+        seed: the attacks' random seeds are `seed`, `seed + 1`, ... in run
+            order (reported under each attack's `seed`).
+        cascade: False runs every attack on every example.
 
     Returns:
         A JSON-ready dict: `clean_accuracy`, `examples` (also as
-        `test_examples`), per-attack `accuracy` by epsilon, `worst_case` by
-        epsilon (the share of examples correct clean and under every attack
-        and restart, counted example by example: never the minimum of the
-        per-attack accuracies), `after_each_attack` (the worst case over the
-        first 1, 2, ... attacks, in the given order), `confidence_95` (the
-        Wilson interval of the worst case), `seconds` by attack, and `sanity`
-        checks (`pgd_not_above_fgsm`, `monotone_in_epsilon`,
-        `large_epsilon_near_zero`) each with `passed` and details.
+        `test_examples`), per attack its `config`, `seed`, `attacked` and
+        `fooled` counts by epsilon and (when it ran on every example) its
+        `accuracy` by epsilon; `worst_case` by epsilon (the share of examples
+        correct clean and under every attack and restart, counted example by
+        example: never the minimum of the per-attack accuracies),
+        `after_each_attack` (the worst case after the first 1, 2, ...
+        attacks, in run order), `confidence_95` (the Wilson interval of the
+        worst case), `seconds` by attack, and `sanity` checks (see
+        `sanity_checks`).
     """
     attacks = list(attacks or (FGSM, pgd()))
     epsilons = sorted(float(e) for e in epsilons)
@@ -56,48 +97,93 @@ def evaluate_robustness(
     names = [a.name for a in attacks]
     if len(set(names)) != len(names):
         raise ValueError(f"Every attack needs a name of its own (reports key on it). Received: names {names}")
-    results = {"epsilons": epsilons, "attacks": {}, "seconds": {}, "clean_accuracy": None}
-    robust_so_far = {}  # epsilon key -> examples robust to every attack so far
+    attacks = [a for a in attacks if not _black_box(a)] + [a for a in attacks if _black_box(a)]
+    x, y, batch_size = _in_memory(dataset)
+    clean = _correct(model, x, y, batch_size)
+    reference = _reference_attacks(attacks) if cascade else set(range(len(attacks)))
+    results = {"epsilons": epsilons, "attacks": {}, "seconds": {}, "clean_accuracy": float(clean.mean())}
+    results["examples"] = results["test_examples"] = len(y)
+    robust_so_far = {_key(e): clean for e in epsilons}  # examples robust to every attack so far
     white_box = {}  # epsilon key -> examples robust to every white-box attack
     curves = {_key(e): [] for e in epsilons}
     attackers = {}
-    for attack in attacks:
-        attackers[attack.name] = attacker = attack.batch_attacker(model, from_logits=from_logits)
+    for index, attack in enumerate(attacks):
+        attackers[attack.name] = attacker = attack.batch_attacker(model, from_logits=from_logits, seed=seed + index)
         start = time.perf_counter()
-        accuracy = {}
+        entry = {"config": attack.get_config(), "seed": seed + index, "attacked": {}, "fooled": {}}
+        if index in reference:
+            entry["accuracy"] = {}
         for epsilon in epsilons:
             key = _key(epsilon)
             started = time.perf_counter()
-            clean, robust = attacker.masks(dataset, epsilon)
-            accuracy[key] = float(robust.mean())
-            if progress is not None:
-                progress(attack.name, epsilon, accuracy[key], time.perf_counter() - started)
-            robust_so_far[key] = robust & robust_so_far.get(key, clean)
+            rows = np.flatnonzero(clean if index in reference else robust_so_far[key])
+            robust = np.zeros_like(clean)
+            if rows.size:
+                robust[rows] = _robust_rows(attacker, x, y, rows, batch_size, epsilon)
+            entry["attacked"][key], entry["fooled"][key] = int(rows.size), int(rows.size - robust[rows].sum())
+            if index in reference:
+                entry["accuracy"][key] = float(robust.mean())
+            robust_so_far[key] = robust & robust_so_far[key]
             if not _black_box(attack):
                 white_box[key] = robust & white_box.get(key, clean)
             curves[key].append(float(robust_so_far[key].mean()))
-        results["attacks"][attack.name] = {"config": attack.get_config(), "accuracy": accuracy}
+            if progress is not None:
+                progress(attack.name, epsilon, curves[key][-1], time.perf_counter() - started)
+        results["attacks"][attack.name] = entry
         results["seconds"][attack.name] = round(time.perf_counter() - start, 3)
-        results["clean_accuracy"], results["examples"] = float(clean.mean()), len(clean)
-    results["test_examples"] = results["examples"]
+    run_order = [a.name for a in attacks]
     results["worst_case"] = {key: float(mask.mean()) for key, mask in robust_so_far.items()}
-    results["after_each_attack"] = {key: dict(zip(names, curve)) for key, curve in curves.items()}
+    results["after_each_attack"] = {key: dict(zip(run_order, curve)) for key, curve in curves.items()}
     results["confidence_95"] = {key: wilson_interval(int(mask.sum()), len(mask)) for key, mask in robust_so_far.items()}
     if white_box and any(_black_box(a) for a in attacks):
         # Examples a black-box attack fooled that every white-box attack left robust.
         results["black_box_only"] = {key: int((white_box[key] & ~robust_so_far[key]).sum()) for key in robust_so_far}
-    gradient_attacks = [a for a in attacks if not _black_box(a)]
-    if large_epsilon is not None and gradient_attacks:
-        # The white-box attack strongest at the largest epsilon, whatever its place in the list.
+    measured = [a for i, a in enumerate(attacks) if i in reference and not _black_box(a)]
+    if large_epsilon is not None and measured:
+        # The reference white-box attack strongest at the largest epsilon, whatever its place in the list.
         top = _key(epsilons[-1])
-        strongest = min(gradient_attacks, key=lambda a: results["attacks"][a.name]["accuracy"][top])
-        results["large_epsilon"] = {
-            "epsilon": large_epsilon,
-            "attack": strongest.name,
-            "accuracy": attackers[strongest.name].accuracy(dataset, large_epsilon)[1],
-        }
+        strongest = min(measured, key=lambda a: results["attacks"][a.name]["accuracy"][top])
+        rows = np.arange(len(y))
+        large = _robust_rows(attackers[strongest.name], x, y, rows, batch_size, large_epsilon)
+        results["large_epsilon"] = {"epsilon": large_epsilon, "attack": strongest.name, "accuracy": float(large.mean())}
     results["sanity"] = sanity_checks(results, near_zero=near_zero)
     return results
+
+
+def _reference_attacks(attacks):
+    """Indices of the attacks that run on every example under a cascade (see `evaluate_robustness`)."""
+    chosen = {0}
+    multi_step = [i for i, a in enumerate(attacks) if _steps({"config": a.get_config()}) not in (1, None)]
+    chosen.update(i for i, a in enumerate(attacks) if _steps({"config": a.get_config()}) == 1)
+    chosen.update(multi_step[:1])
+    return chosen
+
+
+def _in_memory(dataset):
+    """(x, y, batch size) of a batched dataset of (x, y)."""
+    xs, ys = [], []
+    for x, y in dataset:
+        xs.append(np.asarray(x))
+        ys.append(np.asarray(y).reshape(-1).astype(np.int64))
+    if not ys or sum(len(y) for y in ys) == 0:
+        raise ValueError("The evaluation dataset is empty. Received: 0 examples")
+    return np.concatenate(xs), np.concatenate(ys), max(len(y) for y in ys)
+
+
+def _correct(model, x, y, batch_size):
+    """Whether the model classifies each example correctly (clean)."""
+    predictions = [
+        np.argmax(np.asarray(model(tf.constant(x[i : i + batch_size]), training=False)), axis=-1)
+        for i in range(0, len(y), batch_size)
+    ]
+    return np.concatenate(predictions) == y
+
+
+def _robust_rows(attacker, x, y, rows, batch_size, epsilon):
+    """Robust (correct clean and under the attack) for each of `rows`, attacked in batches."""
+    subset = tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(batch_size)
+    _, robust = attacker.masks(subset, epsilon)
+    return robust
 
 
 def _black_box(attack):
@@ -132,15 +218,17 @@ def sanity_checks(results, *, near_zero=0.1):
     """Gradient-masking checks on an `evaluate_robustness` result, whatever the attacks' names and order.
 
     - `pgd_not_above_fgsm`: every multi-step white-box attack is at least as
-      strong as every single-step one (FGSM), told apart by their settings.
-    - `monotone_in_epsilon`: accuracy does not rise with epsilon.
+      strong as every single-step one (FGSM), told apart by their settings
+      (among the attacks that ran on every example).
+    - `monotone_in_epsilon`: accuracy (each such attack's, and the worst
+      case) does not rise with epsilon.
     - `large_epsilon_near_zero`: at a destroying epsilon accuracy is near 0.
     - `black_box_finds_nothing_new`: a black-box attack (Square) fooled no
       example that every white-box attack left robust.
     """
     keys = [_key(e) for e in results["epsilons"]]
     checks = {}
-    attacks = results["attacks"]
+    attacks = {n: a for n, a in results["attacks"].items() if "accuracy" in a}  # ran on every example
     single = {n: a for n, a in attacks.items() if _steps(a) == 1}
     multi = {n: a for n, a in attacks.items() if _steps(a) not in (1, None)}
     if single and multi:
@@ -162,8 +250,11 @@ def sanity_checks(results, *, near_zero=0.1):
         found = {k: n for k, n in results["black_box_only"].items() if n > 0}
         checks["black_box_finds_nothing_new"] = {"passed": not found, "examples_by_epsilon": found}
     violations = []
-    for name, a in attacks.items():
-        curve = [results["clean_accuracy"]] + [a["accuracy"][k] for k in keys]
+    curves = {name: a["accuracy"] for name, a in attacks.items()}
+    if "worst_case" in results:
+        curves["worst case"] = results["worst_case"]
+    for name, accuracy in curves.items():
+        curve = [results["clean_accuracy"]] + [accuracy[k] for k in keys]
         labels = ["0"] + keys
         violations += [
             {

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from nsladv.robustness.attacks import Counter
 from nsladv.robustness.attacks import LinfSettings
+from nsladv.robustness.attacks import attack_seed
 
 # Iterations (per 10,000 queries) at which the window's share halves (the paper's schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -46,17 +47,18 @@ class Square(LinfSettings):
     def get_config(self):
         return {**super().get_config(), "black_box": True}
 
-    def batch_attacker(self, model, *, from_logits=True):
-        return SquareAttacker(model, self)
+    def batch_attacker(self, model, *, from_logits=True, seed=None):
+        return SquareAttacker(model, self, seed=seed)
 
 
 class SquareAttacker(Counter):
-    """Runs `Square` batch by batch; its random draws come from NumPy's global generator at construction."""
+    """Runs `Square` batch by batch; its random draws come from `seed` (None: NumPy's global generator)."""
 
-    def __init__(self, model, attack):
+    def __init__(self, model, attack, *, seed=None):
         self.model = model
         self.attack = attack
-        self.rng = np.random.default_rng(np.random.randint(2**31 - 1))
+        self.seed = attack_seed(seed)
+        self.rng = np.random.default_rng(self.seed)
         self._predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
 
     def _margins(self, x, y):
@@ -86,11 +88,15 @@ class SquareAttacker(Counter):
             if active.size == 0:
                 break
             side = int(np.clip(round(np.sqrt(self._share(iteration) * height * width)), 1, min(height, width) - 1))
-            top, left = self.rng.integers(0, height - side + 1), self.rng.integers(0, width - side + 1)
-            candidate = adversarial[active].copy()
+            # Each image gets a window of its own (the reference draws one per image).
+            top = self.rng.integers(0, height - side + 1, size=(active.size, 1))
+            left = self.rng.integers(0, width - side + 1, size=(active.size, 1))
+            rows, cols = np.arange(height)[None], np.arange(width)[None]
+            in_rows, in_cols = (rows >= top) & (rows < top + side), (cols >= left) & (cols < left + side)
+            inside = in_rows[:, :, None] & in_cols[:, None]
             window = self.rng.choice([-epsilon, epsilon], size=(active.size, 1, 1, channels))
-            patch = x[active, top : top + side, left : left + side] + window
-            candidate[:, top : top + side, left : left + side] = np.clip(patch, lo, hi)
+            patch = np.clip(x[active] + window, lo, hi)
+            candidate = np.where(inside[..., None], patch, adversarial[active]).astype(np.float32)
             new = self._margins(candidate, y[active])
             better = new < margins[active]
             adversarial[active[better]] = candidate[better]
