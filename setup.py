@@ -55,6 +55,9 @@ setup(
         # NSL's legacy Keras wrapper, run under tf-keras as the benchmark's
         # comparison baseline.
         "bench": ["tf-keras==2.21.0"],
+        # An independent cross-check of the robustness figure with IBM ART's
+        # attacks (python -m benchmarks.art_crosscheck).
+        "eval": ["adversarial-robustness-toolbox==1.20.1"],
     },
     entry_points={"console_scripts": ["nsladv=nsladv.jobs.cli:main"]},
 )

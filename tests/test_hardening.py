@@ -432,7 +432,7 @@ def test_cli_serve_without_models(capsys, tmp_path):
 
 def test_harden_in_mixed_precision(tmp_path, data_dir):
     report = hardening.harden(
-        load_pipeline(TINY),
+        load_pipeline(TINY).replace(epochs=3),
         mixed_precision="mixed_float16",
         out_dir=tmp_path / "run",
         saved_models=tmp_path / "sm",
@@ -449,7 +449,7 @@ def test_harden_in_mixed_precision(tmp_path, data_dir):
     images, labels = data.as_arrays(data.spread(data.load(data_dir=data_dir).test, 100))
     predicted = signature(image=tf.constant(images))["class_ids"].numpy().reshape(-1)
     clean = report["evaluations"]["hardened"]["clean_accuracy"]
-    assert clean == np.mean(predicted == labels) and clean > 0.15  # above chance: one epoch of 15 steps
+    assert clean == np.mean(predicted == labels) and clean > 0.3  # well above chance: 3 epochs of 15 steps
 
 
 def test_graph_pipeline_end_to_end(tmp_path, data_dir):
