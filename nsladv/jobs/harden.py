@@ -184,6 +184,8 @@ class _HardenJob:
         self.write_report(report, evaluations)
         if export:
             report["export"] = str(self.export(models["hardened"], evaluations["hardened"]))
+            # export_model reloaded it and compared its outputs with the evaluated model's on every evaluated digit.
+            report["export_matches_the_evaluated_model_on"] = evaluations["hardened"]["test_examples"]
             report_lib.write_json(self.out_dir / "report.json", report)
         return report
 
