@@ -1,8 +1,19 @@
-"""A guard against diverging training: a non-finite loss stops it with an error that says what to try."""
+"""Guards on adversarial training: a diverging loss, and robustness that collapses (catastrophic overfitting).
+
+`StopOnNonFiniteLoss` stops a training whose loss is NaN or infinite with an
+error that says what to try. `RobustnessMonitor` attacks a fixed batch of
+held-out examples with PGD after every epoch, keeps the weights of the epoch
+with the best robust accuracy (never chosen by clean accuracy alone), and
+stops training when robust accuracy collapses while the model still looks
+fine on clean data, the signature of catastrophic overfitting in single-step
+(FGSM) adversarial training.
+"""
 
 import math
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from nsladv.errors import TrainingDivergedError
 
@@ -44,3 +55,107 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def error(self, message):
         """The exception to raise (keras-tuner's failed-trial error in the tuner's subclass)."""
         return TrainingDivergedError(message)
+
+
+class RobustnessMonitor(keras.callbacks.Callback):
+    """PGD on a fixed held-out batch after every epoch; keeps the most robust epoch; stops on a collapse.
+
+    After each epoch it logs `robust_accuracy` (correct clean and under the
+    attack at `epsilon`) and `monitor_clean_accuracy` on `x, y`. The best
+    epoch is the one with the highest robust accuracy (ties: the higher clean
+    accuracy, then the earlier epoch). A *collapse* is an epoch whose robust
+    accuracy is more than `collapse_drop` below the best so far: training
+    stops there, as robustness rarely comes back after catastrophic
+    overfitting. At the end of training the best epoch's weights are restored
+    when `restore_best`.
+
+    Args:
+        model: the base model to attack (for `nsladv.AdversarialModel`, its
+            `base`), whose weights are kept and restored.
+        x, y: the held-out examples (a batch or two: the attack runs on all).
+        attack: an `nsladv.Attack` (default PGD-10, one random start).
+        epsilon: the radius (default: the model's training epsilon is not
+            known here, so it is required).
+        from_logits: whether the model outputs logits.
+        collapse_drop: the fall in robust accuracy, from the best so far, that
+            counts as a collapse (0.3: thirty points).
+        restore_best: restore the best epoch's weights when training ends.
+        seed: the attack's seed (the same random starts every epoch).
+        log: where the collapse message goes.
+
+    After training, `history` holds one dict per epoch, `best_epoch` the best
+    (0-based) and `collapsed_at` the epoch of a collapse (or None). A fit
+    resumed from a backup starts them afresh: the epochs before the
+    interruption are not compared.
+    """
+
+    def __init__(
+        self,
+        model,
+        x,
+        y,
+        *,
+        epsilon,
+        attack=None,
+        from_logits=True,
+        collapse_drop=0.3,
+        restore_best=True,
+        seed=0,
+        log=print,
+    ):
+        super().__init__()
+        from nsladv.robustness.attacks import pgd
+
+        if not 0 < collapse_drop <= 1:
+            raise ValueError(f"`collapse_drop` must be in (0, 1]. Received: collapse_drop={collapse_drop!r}")
+        self.base = model
+        self.x, self.y = np.asarray(x, np.float32), np.asarray(y).reshape(-1).astype(np.int64)
+        self.epsilon = float(epsilon)
+        self.attack = attack or pgd(10, 1)
+        self.from_logits = from_logits
+        self.collapse_drop = collapse_drop
+        self.restore_best = restore_best
+        self.seed = seed
+        self.log = log
+        self.history, self.best_epoch, self.collapsed_at = [], None, None
+        self._best_weights = self._attacker = None
+
+    def measure(self):
+        """(clean accuracy, robust accuracy) of the model now, on the monitor's examples."""
+        if self._attacker is None:
+            self._attacker = self.attack.batch_attacker(self.base, from_logits=self.from_logits, seed=self.seed)
+        attacker = self._attacker
+        attacker.reseed(self.seed)  # The same random starts every epoch.
+        batch = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(len(self.y))
+        clean, robust, _ = attacker.accuracy(batch, self.epsilon)
+        return clean, robust
+
+    @property
+    def best(self):
+        """The best epoch's entry of `history`, or None."""
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+
+    def on_train_begin(self, logs=None):
+        self.history, self.best_epoch, self.collapsed_at, self._best_weights = [], None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        clean, robust = self.measure()
+        self.history.append({"epoch": epoch, "clean_accuracy": clean, "robust_accuracy": robust})
+        if logs is not None:
+            logs["robust_accuracy"], logs["monitor_clean_accuracy"] = robust, clean
+        best = self.best
+        if best is None or (robust, clean) > (best["robust_accuracy"], best["clean_accuracy"]):
+            self.best_epoch, self._best_weights = epoch, self.base.get_weights()
+        elif robust < best["robust_accuracy"] - self.collapse_drop:
+            self.collapsed_at = epoch
+            self.model.stop_training = True
+            self.log(
+                f"robust accuracy collapsed at epoch {epoch + 1}: {100 * robust:.1f}% under "
+                f"{self.attack.name} at epsilon {self.epsilon:g}, from {100 * best['robust_accuracy']:.1f}% at "
+                f"epoch {best['epoch'] + 1} (clean {100 * clean:.1f}%): catastrophic overfitting; training stops"
+                + (" and the best epoch's weights come back" if self.restore_best else "")
+            )
+
+    def on_train_end(self, logs=None):
+        if self.restore_best and self._best_weights is not None:
+            self.base.set_weights(self._best_weights)

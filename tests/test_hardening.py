@@ -55,6 +55,11 @@ def test_harden_end_to_end(tmp_path, data_dir):
     assert metadata["robustness"]["clean_accuracy"] == hardened["clean_accuracy"]
     assert (tmp_path / "saved_models" / "models.config").exists()
     assert list((tmp_path / "run" / "logs" / "hardened").rglob("events.out.tfevents.*"))
+    # The adversarial training's monitor: PGD-10 on 500 validation digits after each epoch, the best one kept.
+    (epoch,) = written["training"]["hardened"]["epochs"]
+    assert set(written["training"]) == {"hardened"} and written["training"]["hardened"]["best_epoch"] == 0
+    assert written["training"]["hardened"]["monitor"]["examples"] == 500 and 0 <= epoch["robust_accuracy"] <= 1
+    assert written["export_matches_the_evaluated_model_on"] == 200
 
 
 def test_harden_a_users_saved_model(tmp_path, data_dir):

@@ -6,15 +6,18 @@ import time
 
 import keras
 
+from nsladv import datasets
 from nsladv import distribute
 from nsladv.classifier import check_classifier
 from nsladv.errors import ModelNotFoundError
+from nsladv.guards import RobustnessMonitor
 from nsladv.guards import StopOnNonFiniteLoss
 from nsladv.jobs import report as report_lib
 from nsladv.jobs import run_state
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
 from nsladv.jobs.model_card import write_model_card
+from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.schedules import EpsilonWarmup
 from nsladv.schedules import MultiplierWarmup
@@ -174,6 +177,7 @@ class _HardenJob:
         self._log_data()
         self.contenders = self._contenders(baseline)
         self.timings = {}
+        self.training_logs = {}
 
     def run(self, *, export):
         models = {label: self.model(label, graph, adversarial) for label, graph, adversarial in self.contenders}
@@ -202,9 +206,11 @@ class _HardenJob:
             base.load_weights(self.state.weights_path(label))
             self.log(f"the {_TITLES[label]} was trained by an earlier run: reusing it")
         else:
-            seconds = self._train(label, base, graph, adversarial)
-            self.state.save_model(label, base, seconds)
+            seconds, training_log = self._train(label, base, graph, adversarial)
+            self.state.save_model(label, base, seconds, training_log)
         self.timings[f"train_{label}_seconds"] = seconds
+        if self.state.training_log(label) is not None:
+            self.training_logs[label] = self.state.training_log(label)
         return base
 
     def _train(self, label, base, graph, adversarial):
@@ -223,6 +229,9 @@ class _HardenJob:
                 EpsilonWarmup(pipeline.epsilon_warmup_epochs),
                 MultiplierWarmup(pipeline.multiplier_warmup_epochs),
             ]
+        monitor = self._monitor(base) if adversarial else None
+        if monitor is not None:
+            callbacks.append(monitor)
         callbacks += [*self.callbacks, *_run_callbacks(self.out_dir, label, self.chief)]
         self.log(
             f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
@@ -237,7 +246,49 @@ class _HardenJob:
             shuffle=False,  # The pipeline shuffles.
             verbose=self.verbose,
         )
-        return round(time.perf_counter() - start, 1)
+        seconds = round(time.perf_counter() - start, 1)
+        if monitor is None:
+            return seconds, None
+        best = monitor.best
+        if best is not None:
+            self.log(
+                f"kept epoch {best['epoch'] + 1}, the most robust on the monitor's {len(monitor.y)} validation "
+                f"digits: {100 * best['robust_accuracy']:.1f}% under {monitor.attack.name} at "
+                f"epsilon {monitor.epsilon:g} (clean {100 * best['clean_accuracy']:.1f}%)"
+            )
+        return seconds, {
+            "monitor": {
+                "attack": monitor.attack.get_config(),
+                "epsilon": monitor.epsilon,
+                "examples": len(monitor.y),
+                "split": "validation",
+            },
+            "epochs": monitor.history,
+            "best_epoch": monitor.best_epoch,
+            "collapsed_at": monitor.collapsed_at,
+        }
+
+    def _monitor(self, base):
+        """The PGD check after every epoch (best epoch, collapse), or None when the pipeline turns it off."""
+        pipeline = self.pipeline
+        epsilon = pipeline.threat.epsilon
+        if (
+            not pipeline.monitor_examples
+            or not isinstance(epsilon, float)
+            or int(self.data.validation.cardinality()) == 0
+        ):
+            return None
+        x, y = datasets.as_arrays(datasets.spread(self.data.splits.validation, pipeline.monitor_examples))
+        return RobustnessMonitor(
+            base,
+            x,
+            y,
+            epsilon=epsilon,
+            attack=pgd(10, 1, clip_range=pipeline.threat.clip_range, norm=pipeline.threat.norm),
+            from_logits=self.from_logits,
+            seed=pipeline.seed,
+            log=self.log,
+        )
 
     def evaluate(self, label, model):
         """The white-box evaluation of a trained model: run now, or kept from an earlier run."""
@@ -277,6 +328,8 @@ class _HardenJob:
             "evaluations": evaluations,
             "timings": self.timings,
         }
+        if self.training_logs:
+            report["training"] = self.training_logs
         if self.data.graph is not None:
             report["graph"] = self.data.graph
         return report

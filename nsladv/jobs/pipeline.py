@@ -110,6 +110,11 @@ class Pipeline(KeywordOnly):
         validation_fraction: share of train held out for validation.
         train_examples: train on this many training examples, spread evenly
             over the training split (None: all of them).
+        monitor_examples: after every epoch of adversarial training, attack
+            this many validation examples with PGD-10 at the training
+            epsilon; the most robust epoch's weights are kept and a collapse
+            (catastrophic overfitting) stops training (0: no monitor; see
+            `nsladv.guards.RobustnessMonitor`).
         labels_per_class: train on only this many labelled images per class
             (chosen with `seed`; None: all).
         graph: a `GraphSetup` to add the graph term; the job then also
@@ -137,6 +142,7 @@ class Pipeline(KeywordOnly):
     large_epsilon: float = 0.5
     validation_fraction: float = 0.1
     train_examples: int = None
+    monitor_examples: int = 500
     labels_per_class: int = None
     graph: GraphSetup = None
     seed: int = 0
@@ -148,6 +154,14 @@ class Pipeline(KeywordOnly):
             raise ValueError(
                 "A pipeline needs `build_model(input_shape, num_classes) -> keras.Model`. "
                 f"Received: build_model={self.build_model!r}"
+            )
+        if (
+            not isinstance(self.monitor_examples, int)
+            or isinstance(self.monitor_examples, bool)
+            or self.monitor_examples < 0
+        ):
+            raise ValueError(
+                f"`monitor_examples` must be an integer >= 0. Received: monitor_examples={self.monitor_examples!r}"
             )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
@@ -218,6 +232,7 @@ class Pipeline(KeywordOnly):
             "large_epsilon": self.large_epsilon,
             "validation_fraction": self.validation_fraction,
             "train_examples": self.train_examples,
+            "monitor_examples": self.monitor_examples,
             "labels_per_class": self.labels_per_class,
             "graph": None if self.graph is None else self.graph.get_config(),
             "seed": self.seed,

@@ -48,7 +48,7 @@ class RunState:
             self._remove("models", "evaluations", "backup")
         if state and state.get("evaluation") != evaluation:
             self.discarded.append("evaluations")
-            state = {key: state[key] for key in ("training", "trained") if key in state}
+            state = {key: state[key] for key in ("training", "trained", "training_logs") if key in state}
             self._remove("evaluations")
         self._state = {"training": training, "evaluation": evaluation, "trained": {}, "evaluated": {}, **state}
 
@@ -61,7 +61,11 @@ class RunState:
         """Seconds the model took to train, or None if it is not trained yet."""
         return self._state["trained"].get(label) if self.weights_path(label).is_file() else None
 
-    def save_model(self, label, model, seconds):
+    def training_log(self, label):
+        """What the training of a model recorded besides its weights (e.g. robust accuracy per epoch), or None."""
+        return self._state.get("training_logs", {}).get(label)
+
+    def save_model(self, label, model, seconds, training_log=None):
         if not self.writer:
             return
         path = self.weights_path(label)
@@ -70,6 +74,8 @@ class RunState:
         model.save_weights(partial)
         os.replace(partial, path)
         self._state["trained"][label] = seconds
+        if training_log is not None:
+            self._state.setdefault("training_logs", {})[label] = training_log
         self._write()
 
     # Evaluations ------------------------------------------------------------------

@@ -198,5 +198,10 @@ class BatchAttacker(Counter):
             robust = robust & (tf.argmax(self.model(x_adv, training=False), axis=-1) == y)
         return clean, robust
 
+    def reseed(self, seed):
+        """Starts the random starts over from `seed` (the same starts as a fresh attacker's)."""
+        self.seed = attack_seed(seed)
+        self._random.reset_from_seed(self.seed)
+
     def batch_masks(self, x, y, epsilon):
         return self._step(x, y, tf.constant(epsilon, tf.float32))

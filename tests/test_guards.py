@@ -1,0 +1,92 @@
+"""The robustness monitor: best epoch by robust accuracy, and a staged catastrophic-overfitting collapse."""
+
+import keras
+import numpy as np
+import pytest
+
+from nsladv.guards import RobustnessMonitor
+
+# The label is x0 > 0.5; features 1 and 2 are equal in the data, so weight on
+# x1 - x2 changes nothing clean but lets an attacker push the logits freely.
+N = 200
+RNG = np.random.default_rng(0)
+X0 = (np.arange(N) + 0.5) / N
+TWIN = RNG.random(N)
+X = np.stack([X0, TWIN, TWIN], axis=1).astype("float32")
+Y = (X0 > 0.5).astype("int64")
+EPSILON = 0.1
+
+
+def weights(threshold, twin):
+    """logit1 - logit0 = 10 (x0 - threshold) + twin (x1 - x2)."""
+    kernel = np.zeros((3, 2), "float32")
+    kernel[:, 1] = [10.0, twin, -twin]
+    return [kernel, np.array([0.0, -10.0 * threshold], "float32")]
+
+
+# At epsilon 0.1 (robust: correct and |margin| > 0.1 * (10 + 2 * twin)):
+ROBUST = weights(0.55, 0.0)  # clean 95%, robust 80%: the best epoch
+CLEANER = weights(0.5, 4.0)  # clean 100%, robust 64%
+COLLAPSED = weights(0.5, 100.0)  # clean 100%, robust 0%: catastrophic overfitting
+
+
+class Stage(keras.callbacks.Callback):
+    """Sets the weights each epoch starts from (the learning rate is 0, so training keeps them)."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.set_weights(self.schedule[epoch])
+
+
+def staged_fit(schedule, **monitor_args):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    monitor = RobustnessMonitor(model, X, Y, epsilon=EPSILON, **monitor_args)
+    history = model.fit(
+        X,
+        Y,
+        batch_size=50,
+        epochs=len(schedule),
+        verbose=0,
+        callbacks=[Stage(schedule), monitor],
+    )
+    return model, monitor, history
+
+
+def test_the_best_epoch_is_the_most_robust_not_the_cleanest():
+    model, monitor, history = staged_fit([CLEANER, ROBUST, CLEANER])
+    clean = [h["clean_accuracy"] for h in monitor.history]
+    robust = [h["robust_accuracy"] for h in monitor.history]
+    assert clean == pytest.approx([1.0, 0.95, 1.0])
+    assert robust == pytest.approx([0.64, 0.80, 0.64])
+    assert monitor.best_epoch == 1 and monitor.collapsed_at is None
+    for got, want in zip(model.get_weights(), ROBUST):
+        np.testing.assert_array_equal(got, want)  # restored: the cleaner last epoch is not kept
+    assert history.history["robust_accuracy"] == pytest.approx(robust)
+
+
+def test_a_collapse_stops_training_and_brings_back_the_best_epoch():
+    messages = []
+    schedule = [CLEANER, ROBUST, CLEANER, COLLAPSED, CLEANER, ROBUST]
+    model, monitor, history = staged_fit(schedule, log=messages.append)
+    robust = [h["robust_accuracy"] for h in monitor.history]
+    assert robust[:3] == pytest.approx([0.64, 0.80, 0.64]) and robust[3] < 0.05
+    assert monitor.collapsed_at == 3 and len(history.history["loss"]) == 4  # stopped at the collapse
+    assert "collapsed at epoch 4: " in messages[0] and "from 80.0% at epoch 2" in messages[0]
+    for got, want in zip(model.get_weights(), ROBUST):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_fall_smaller_than_the_threshold_is_no_collapse():
+    _, monitor, history = staged_fit([ROBUST, CLEANER, ROBUST], collapse_drop=0.2)
+    assert monitor.collapsed_at is None and len(history.history["loss"]) == 3
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match=r"`collapse_drop` must be in \(0, 1\]. Received: collapse_drop=0"):
+        RobustnessMonitor(
+            keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), X, Y, epsilon=0.1, collapse_drop=0
+        )
