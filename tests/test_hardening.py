@@ -335,7 +335,10 @@ def test_cli_overrides_reach_the_report(tmp_path, data_dir, capsys):
 
 
 def test_pipeline_overrides_keep_the_steps_travel():
-    pipeline = load_pipeline(str(HERE.parent / "pipelines" / "mnist.py"))  # PGD-5, step 0.1 at epsilon 0.3
+    import nsladv
+
+    threat = nsladv.ThreatModel(epsilon=0.3, steps=5, step_size=0.1, random_start=True, clip_range=(0.0, 1.0))
+    pipeline = load_pipeline(TINY).replace(threat=threat)  # PGD-5, step 0.1 at epsilon 0.3
     changed = pipeline.with_overrides(epsilon=0.15, steps=10)
     assert changed.threat.epsilon == 0.15 and changed.threat.steps == 10
     assert changed.threat.step_size == pytest.approx(0.1 / 0.3 * 5 / 10 * 0.15)
