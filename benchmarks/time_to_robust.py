@@ -1,0 +1,344 @@
+"""Time to robustness: nsladv's default recipe, hand-written Madry PGD training, Wong's FGSM-RS, NSL's legacy wrapper.
+
+Every contender trains the default pipeline's CNN (pipelines/mnist.py) from the
+same initial weights on the same data: the standard MNIST training digits
+(54,000; the last 6,000 are validation), batch 128, Adam. After every epoch
+the base model is attacked on the same 200 test digits (spread over the
+standard 10,000) at L-inf epsilon 0.3 with the same worst-case cascade: FGSM,
+APGD-CE (100 steps), APGD-T (100 steps, 3 target classes), an example robust
+only if every attack fails (fixed seeds). Training time excludes those
+evaluations.
+
+Contenders (budgets: the defaults below, about 45 minutes in all on 2 cores):
+
+- `nsladv`: `nsladv harden`'s default recipe (PGD-3, step 0.2, random start,
+  label distance x3, 3 epochs of epsilon warm-up, cosine learning rate from
+  2e-3), its full 20 epochs;
+- `madry_pgd7`: Madry-style PGD adversarial training written by hand in Keras 3:
+  PGD-7, step 0.1 (k x step = 2.33 epsilon), random start, the loss on the
+  adversarial examples only; 8 epochs, Adam 1e-3 with cosine decay, and the
+  same 3-epoch epsilon warm-up (without it PGD training at 0.3 from scratch
+  can stay at chance on MNIST);
+- `fgsm_rs`: Wong et al.'s FGSM with a random start (uniform in the ball,
+  one step of 1.25 epsilon, projected), 10 epochs, Adam with a one-cycle
+  learning rate peaking at 5e-3, the same warm-up;
+- `nsl_legacy`: NSL's own `nsl.keras.AdversarialRegularization` under tf-keras
+  (FGSM at 0.3, multiplier 3), 10 epochs, in a subprocess; its weights are
+  loaded into the Keras 3 model after each epoch to be attacked.
+
+Passes are forward+backward passes per training example, per epoch: nsladv
+3 (attack) + 2 (the clean and the neighbor batch in the training step) = 5;
+PGD-k k + 1; FGSM-RS 2; NSL's FGSM 1 + 2 = 3.
+
+`time_to_target_ratio`: nsladv's training time until its robust accuracy first
+reaches what Madry-style training reaches at the end of its budget, divided by
+Madry's whole training time (goal: <= 0.2). `passes_to_target_ratio`: the same
+in passes. Neither is defined if nsladv never gets there (then null).
+
+Usage: python -m benchmarks.time_to_robust [--out runs/time_to_robust] [--eval-examples 200]
+It writes time_to_robust.png and time_to_robust.json in --out; the last line printed is one JSON object.
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import nsladv
+from nsladv import datasets as data
+from nsladv.robustness import FGSM
+from nsladv.robustness import apgd_ce
+from nsladv.robustness import apgd_t
+from nsladv.robustness import evaluate_robustness
+from nsladv.schedules import EpsilonWarmup
+
+EPSILON = 0.3
+BATCH = 128
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def default_pipeline():
+    return nsladv.load_pipeline("mnist")
+
+
+class Recorder:
+    """Robust accuracy after every epoch, against cumulative training seconds and passes."""
+
+    def __init__(self, name, base, test, passes_per_epoch, seed):
+        self.name, self.base, self.test = name, base, test
+        self.passes_per_epoch, self.seed = passes_per_epoch, seed
+        self.points = []  # (epoch, train seconds so far, passes so far, clean, robust)
+        self.seconds = 0.0
+
+    def epoch_done(self, seconds):
+        self.seconds += seconds
+        result = evaluate_robustness(
+            self.base,
+            self.test,
+            epsilons=[EPSILON],
+            attacks=[FGSM, apgd_ce(), apgd_t(target_classes=3)],
+            seed=self.seed,
+        )
+        epoch = len(self.points) + 1
+        point = {
+            "epoch": epoch,
+            "train_seconds": round(self.seconds, 1),
+            "passes": epoch * self.passes_per_epoch,
+            "clean": result["clean_accuracy"],
+            "robust": result["worst_case"][f"{EPSILON:g}"],
+        }
+        self.points.append(point)
+        print(
+            f"{self.name:<11} epoch {epoch:>2}: {point['train_seconds']:7.1f} s, {point['passes']:>4} passes, "
+            f"clean {100 * point['clean']:5.1f}%, robust {100 * point['robust']:5.1f}%",
+            flush=True,
+        )
+
+
+def timed_epoch(fit_one_epoch):
+    start = time.perf_counter()
+    fit_one_epoch()
+    return time.perf_counter() - start
+
+
+def run_nsladv(base, train, steps_per_epoch, recorder, epochs):
+    pipeline = default_pipeline()
+    model = nsladv.AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
+    schedule = keras.optimizers.schedules.CosineDecay(pipeline.learning_rate, decay_steps=epochs * steps_per_epoch)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    warmup = EpsilonWarmup(pipeline.epsilon_warmup_epochs)
+    for epoch in range(epochs):
+        recorder.epoch_done(
+            timed_epoch(
+                lambda epoch=epoch: model.fit(
+                    train, initial_epoch=epoch, epochs=epoch + 1, callbacks=[warmup], verbose=0
+                )
+            )
+        )
+
+
+def hand_written(base, train, steps_per_epoch, recorder, epochs, *, steps, step_size, schedule, warmup_epochs):
+    """PGD-k (Madry) or FGSM with a random start (Wong, `steps=1`) in a plain Keras 3 / TF training step."""
+    optimizer = keras.optimizers.Adam(schedule(epochs * steps_per_epoch))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    radius = tf.Variable(0.0, trainable=False)
+
+    @tf.function
+    def train_step(x, y):
+        x_adv = tf.clip_by_value(x + tf.random.uniform(tf.shape(x), -radius, radius), 0.0, 1.0)
+        for _ in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                loss = loss_fn(y, base(x_adv, training=False))
+            step = step_size * radius / EPSILON * tf.sign(tape.gradient(loss, x_adv))
+            x_adv = tf.clip_by_value(tf.clip_by_value(x_adv + step, x - radius, x + radius), 0.0, 1.0)
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, base(x_adv, training=True))
+        grads = tape.gradient(loss, base.trainable_variables)
+        optimizer.apply(grads, base.trainable_variables)
+        return loss
+
+    def one_epoch(epoch):
+        radius.assign(EPSILON * min(1.0, (epoch + 1) / warmup_epochs) if warmup_epochs else EPSILON)
+        for x, y in train:
+            train_step(x, y)
+
+    for epoch in range(epochs):
+        recorder.epoch_done(timed_epoch(lambda epoch=epoch: one_epoch(epoch)))
+
+
+def one_cycle(peak):
+    """Wong et al.'s schedule: linear up to `peak` over the first half, down to 0 over the second."""
+
+    def make(total_steps):
+        half = max(1, total_steps // 2)
+
+        class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(self, step):
+                step = tf.cast(step, tf.float32)
+                return tf.where(step < half, peak * step / half, peak * tf.maximum(0.0, 2.0 - step / half))
+
+            def get_config(self):
+                return {"peak": peak, "half": half}
+
+        return OneCycle()
+
+    return make
+
+
+def run_nsl_legacy(base, x, y, recorder, epochs, workdir):
+    """NSL's AdversarialRegularization under tf-keras in a subprocess, one epoch per request."""
+    arrays, weights = pathlib.Path(workdir) / "train.npz", pathlib.Path(workdir) / "weights.npz"
+    np.savez(arrays, x=x, y=y, **{f"w{i}": w for i, w in enumerate(base.get_weights())})
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.time_to_robust_nsl_worker", str(arrays), str(weights), str(BATCH)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        if worker.stdout.readline().strip() != "ready":
+            raise RuntimeError("the NSL legacy worker did not start; run it alone to see why")
+        for _ in range(epochs):
+            worker.stdin.write("epoch\n")
+            worker.stdin.flush()
+            seconds = float(worker.stdout.readline())
+            with np.load(weights) as saved:
+                base.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
+            recorder.epoch_done(seconds)
+    finally:
+        worker.stdin.close()
+        worker.wait(timeout=60)
+
+
+def time_to(points, target, key):
+    """The `key` (train_seconds or passes) at the first epoch whose robust accuracy reaches `target`, or None."""
+    return next((p[key] for p in points if p["robust"] >= target - 1e-9), None)
+
+
+def plot(results, target, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for name, points in results.items():
+        for ax, key, label in ((axes[0], "train_seconds", "training time (s)"), (axes[1], "passes", "passes")):
+            ax.plot(
+                [0] + [p[key] for p in points], [0] + [100 * p["robust"] for p in points], marker="o", ms=3, label=name
+            )
+            ax.set_xlabel(label)
+    for ax in axes:
+        if target is not None:
+            ax.axhline(100 * target, color="grey", ls=":", lw=1, label="Madry-style final")
+        ax.set_ylabel(f"worst-case robust accuracy at L-inf {EPSILON:g} (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Time to robustness on the standard MNIST (2 CPU cores)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/time_to_robust")
+    parser.add_argument("--eval-examples", type=int, default=200)
+    parser.add_argument("--nsladv-epochs", type=int, default=None, help="default: the pipeline's (20)")
+    parser.add_argument("--madry-epochs", type=int, default=8)
+    parser.add_argument("--fgsm-epochs", type=int, default=10)
+    parser.add_argument("--nsl-epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    splits = data.load()
+    x, y = data.as_arrays(splits.train)
+    y = y.astype(np.int64)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=args.seed).batch(BATCH).prefetch(2)
+    steps_per_epoch = math.ceil(len(y) / BATCH)
+    test = data.pipeline(data.spread(splits.test, args.eval_examples), batch_size=200, training=False)
+    pipeline = default_pipeline()
+    keras.utils.set_random_seed(args.seed)
+    initial = pipeline.build_model((28, 28, 1), 10).get_weights()
+
+    def fresh():
+        keras.utils.set_random_seed(args.seed)
+        base = pipeline.build_model((28, 28, 1), 10)
+        base.set_weights(initial)
+        return base
+
+    passes = {"madry_pgd7": 8, "fgsm_rs": 2, "nsl_legacy": 3, "nsladv": 5}
+    results, started = {}, time.perf_counter()
+    contenders = [
+        (
+            "madry_pgd7",
+            lambda base, rec: hand_written(
+                base,
+                train,
+                steps_per_epoch,
+                rec,
+                args.madry_epochs,
+                steps=7,
+                step_size=0.1,
+                schedule=lambda total: keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=total),
+                warmup_epochs=3,
+            ),
+        ),
+        (
+            "fgsm_rs",
+            lambda base, rec: hand_written(
+                base,
+                train,
+                steps_per_epoch,
+                rec,
+                args.fgsm_epochs,
+                steps=1,
+                step_size=1.25 * EPSILON,
+                schedule=one_cycle(5e-3),
+                warmup_epochs=3,
+            ),
+        ),
+        (
+            "nsladv",
+            lambda base, rec: run_nsladv(base, train, steps_per_epoch, rec, args.nsladv_epochs or pipeline.epochs),
+        ),
+    ]
+    for name, run in contenders:
+        base = fresh()
+        recorder = Recorder(name, base, test, passes[name], args.seed)
+        run(base, recorder)
+        results[name] = recorder.points
+    with tempfile.TemporaryDirectory() as workdir:
+        base = fresh()
+        recorder = Recorder("nsl_legacy", base, test, passes["nsl_legacy"], args.seed)
+        run_nsl_legacy(base, x, y, recorder, args.nsl_epochs, workdir)
+        results["nsl_legacy"] = recorder.points
+
+    madry = results["madry_pgd7"][-1]
+    target = madry["robust"]
+    to_time, to_passes = (time_to(results["nsladv"], target, key) for key in ("train_seconds", "passes"))
+    summary = {
+        "target_robust_accuracy": target,
+        "madry_train_seconds": madry["train_seconds"],
+        "madry_passes": madry["passes"],
+        "nsladv_seconds_to_target": to_time,
+        "nsladv_passes_to_target": to_passes,
+        "time_to_target_ratio": None if to_time is None else round(to_time / madry["train_seconds"], 3),
+        "passes_to_target_ratio": None if to_passes is None else round(to_passes / madry["passes"], 3),
+        "final": {name: points[-1] for name, points in results.items()},
+        "eval_examples": args.eval_examples,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    print(f"\n{'contender':<11} {'epochs':>6} {'train s':>8} {'passes':>6} {'clean':>7} {'robust':>7}")
+    for name, points in results.items():
+        last = points[-1]
+        print(
+            f"{name:<11} {last['epoch']:>6} {last['train_seconds']:>8.1f} {last['passes']:>6} "
+            f"{100 * last['clean']:>6.1f}% {100 * last['robust']:>6.1f}%"
+        )
+    plot(results, target, out / "time_to_robust.png")
+    (out / "time_to_robust.json").write_text(json.dumps({"summary": summary, "epochs": results}, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
