@@ -512,3 +512,15 @@ def test_graph_pipeline_settings_are_checked():
         nsladv.Pipeline(build_model=build, labels_per_class=0)
     with pytest.raises(ValueError, match=r"needs `regularization=nsladv.GraphRegularization\(..., max_neighbors=K\)`"):
         nsladv.GraphSetup(regularization=nsladv.GraphRegularization())
+
+
+def test_full_evaluation_is_one_flag(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(hardening, "harden", lambda pipeline, **kwargs: seen.update(pipeline=pipeline, **kwargs))
+    assert cli.main(["harden", TINY, "--full-evaluation"]) == 0
+    pipeline = seen["pipeline"]
+    assert [a.name for a in pipeline.eval_attacks] == ["fgsm", "apgd-ce", "apgd-t", "square"]
+    assert pipeline.eval_attacks[2].target_classes == 9 and pipeline.eval_attacks[3].queries == 5000
+    assert pipeline.eval_examples is None and seen["eval_examples"] is None  # all 10,000 test digits
+    code, out = run_cli(["harden", TINY, "--full-evaluation", "--eval-examples", "100"], capsys)
+    assert code == 2 and "--full-evaluation attacks the whole test split; drop --eval-examples" in out.err

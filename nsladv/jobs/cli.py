@@ -125,7 +125,18 @@ def _parser():
         help="standard: FGSM, APGD-CE, APGD-T (3 targets), Square (1,000 queries); full: AutoAttack's settings "
         "(APGD-T on 9 targets, Square 5,000 queries); quick: FGSM, PGD-20, APGD-CE-50",
     )
-    evaluate.add_argument("--eval-examples", type=_positive_int, metavar="N", help="N test examples, spread evenly")
+    evaluate.add_argument(
+        "--eval-examples",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="N test examples, spread evenly over the test split (default: 1000)",
+    )
+    evaluate.add_argument(
+        "--full-evaluation",
+        action="store_true",
+        help="the whole test split and the full attack set (AutoAttack's settings); hours on 2 CPU cores",
+    )
     evaluate.add_argument("--out", metavar="DIR", help="run folder (default: runs/evaluate/<model>)")
 
     serve = commands.add_parser(
@@ -333,8 +344,8 @@ def _run(args):
             dataset=args.dataset,
             data_dir=args.data_dir,
             epsilons=args.epsilons,
-            attacks=args.attacks,
-            eval_examples=args.eval_examples,
+            attacks="full" if args.full_evaluation else args.attacks,
+            eval_examples=None if args.full_evaluation else args.eval_examples,
             out_dir=args.out,
         )
         return 0
