@@ -30,7 +30,7 @@ PIPELINE = nsladv.Pipeline(
         epsilon=0.3, norm="linf", steps=3, step_size=0.2, random_start=True, clip_range=(0.0, 1.0)
     ),
     regularization=nsladv.Regularization(multiplier=3.0, distance="label"),
-    epochs=20,
+    epochs=10,
     batch_size=128,
     learning_rate=2e-3,
     epsilon_warmup_epochs=3,
