@@ -62,12 +62,14 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
     After each epoch it logs `robust_accuracy` (correct clean and under the
     attack at `epsilon`) and `monitor_clean_accuracy` on `x, y`. The best
-    epoch is the one with the highest robust accuracy (ties: the higher clean
-    accuracy, then the earlier epoch). A *collapse* is an epoch whose robust
-    accuracy is more than `collapse_drop` below the best so far: training
-    stops there, as robustness rarely comes back after catastrophic
-    overfitting. At the end of training the best epoch's weights are restored
-    when `restore_best`.
+    epoch is the one with the highest robust accuracy (clean accuracy never
+    decides; ties go to the later, longer-trained epoch). A *collapse* is an
+    epoch whose robust accuracy is more than `collapse_drop` below the best
+    so far: training stops there, as robustness rarely comes back after
+    catastrophic overfitting. When training ends with `restore_best`, the
+    last epoch's weights stay if its robust accuracy is within `tolerance` of
+    the best's (a difference the monitor's few examples cannot tell apart),
+    and the best epoch's weights come back otherwise; `kept_epoch` says which.
 
     Args:
         model: the base model to attack (for `nsladv.AdversarialModel`, its
@@ -79,12 +81,16 @@ class RobustnessMonitor(keras.callbacks.Callback):
         from_logits: whether the model outputs logits.
         collapse_drop: the fall in robust accuracy, from the best so far, that
             counts as a collapse (0.3: thirty points).
-        restore_best: restore the best epoch's weights when training ends.
+        restore_best: restore the best epoch's weights when training ends
+            (see `tolerance`).
+        tolerance: how far below the best the last epoch's robust accuracy
+            may be and still be kept (0.01: one point).
         seed: the attack's seed (the same random starts every epoch).
         log: where the collapse message goes.
 
     After training, `history` holds one dict per epoch, `best_epoch` the best
-    (0-based) and `collapsed_at` the epoch of a collapse (or None). A fit
+    (0-based), `kept_epoch` the one whose weights the model ends with and
+    `collapsed_at` the epoch of a collapse (or None). A fit
     resumed from a backup starts them afresh: the epochs before the
     interruption are not compared.
     """
@@ -100,6 +106,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
         from_logits=True,
         collapse_drop=0.3,
         restore_best=True,
+        tolerance=0.01,
         seed=0,
         log=print,
     ):
@@ -115,6 +122,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
         self.from_logits = from_logits
         self.collapse_drop = collapse_drop
         self.restore_best = restore_best
+        if not 0 <= tolerance < 1:
+            raise ValueError(f"`tolerance` must be in [0, 1). Received: tolerance={tolerance!r}")
+        self.tolerance = tolerance
+        self.kept_epoch = None
         self.seed = seed
         self.log = log
         self.history, self.best_epoch, self.collapsed_at = [], None, None
@@ -137,6 +148,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.history, self.best_epoch, self.collapsed_at, self._best_weights = [], None, None, None
+        self.kept_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
         clean, robust = self.measure()
@@ -144,7 +156,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
         if logs is not None:
             logs["robust_accuracy"], logs["monitor_clean_accuracy"] = robust, clean
         best = self.best
-        if best is None or (robust, clean) > (best["robust_accuracy"], best["clean_accuracy"]):
+        if best is None or robust >= best["robust_accuracy"]:
             self.best_epoch, self._best_weights = epoch, self.base.get_weights()
         elif robust < best["robust_accuracy"] - self.collapse_drop:
             self.collapsed_at = epoch
@@ -157,5 +169,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
             )
 
     def on_train_end(self, logs=None):
-        if self.restore_best and self._best_weights is not None:
+        if not self.history:
+            return
+        last, best = self.history[-1], self.best
+        self.kept_epoch = last["epoch"]
+        if self.restore_best and last["robust_accuracy"] < best["robust_accuracy"] - self.tolerance:
             self.base.set_weights(self._best_weights)
+            self.kept_epoch = best["epoch"]

@@ -62,7 +62,7 @@ def test_the_best_epoch_is_the_most_robust_not_the_cleanest():
     robust = [h["robust_accuracy"] for h in monitor.history]
     assert clean == pytest.approx([1.0, 0.95, 1.0])
     assert robust == pytest.approx([0.64, 0.80, 0.64])
-    assert monitor.best_epoch == 1 and monitor.collapsed_at is None
+    assert monitor.best_epoch == monitor.kept_epoch == 1 and monitor.collapsed_at is None
     for got, want in zip(model.get_weights(), ROBUST):
         np.testing.assert_array_equal(got, want)  # restored: the cleaner last epoch is not kept
     assert history.history["robust_accuracy"] == pytest.approx(robust)
@@ -78,6 +78,15 @@ def test_a_collapse_stops_training_and_brings_back_the_best_epoch():
     assert "collapsed at epoch 4: " in messages[0] and "from 80.0% at epoch 2" in messages[0]
     for got, want in zip(model.get_weights(), ROBUST):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_last_epoch_stays_when_it_is_within_the_tolerance_of_the_best():
+    # The same robust accuracy at the end: ties go to the later epoch, whatever the clean accuracy says.
+    model, monitor, _ = staged_fit([ROBUST, CLEANER, ROBUST])
+    assert monitor.best_epoch == monitor.kept_epoch == 2
+    # A last epoch 16 points below the best is restored away at tolerance 0.2 only when it exceeds it.
+    _, lenient, _ = staged_fit([ROBUST, CLEANER], tolerance=0.2)
+    assert lenient.best_epoch == 0 and lenient.kept_epoch == 1
 
 
 def test_a_fall_smaller_than_the_threshold_is_no_collapse():

@@ -249,12 +249,12 @@ class _HardenJob:
         seconds = round(time.perf_counter() - start, 1)
         if monitor is None:
             return seconds, None
-        best = monitor.best
-        if best is not None:
+        if monitor.kept_epoch is not None:
+            kept = next(h for h in monitor.history if h["epoch"] == monitor.kept_epoch)
             self.log(
-                f"kept epoch {best['epoch'] + 1}, the most robust on the monitor's {len(monitor.y)} validation "
-                f"digits: {100 * best['robust_accuracy']:.1f}% under {monitor.attack.name} at "
-                f"epsilon {monitor.epsilon:g} (clean {100 * best['clean_accuracy']:.1f}%)"
+                f"kept epoch {kept['epoch'] + 1} (most robust: epoch {monitor.best_epoch + 1}) on the monitor's "
+                f"{len(monitor.y)} validation digits: {100 * kept['robust_accuracy']:.1f}% under "
+                f"{monitor.attack.name} at epsilon {monitor.epsilon:g} (clean {100 * kept['clean_accuracy']:.1f}%)"
             )
         return seconds, {
             "monitor": {
@@ -265,6 +265,7 @@ class _HardenJob:
             },
             "epochs": monitor.history,
             "best_epoch": monitor.best_epoch,
+            "kept_epoch": monitor.kept_epoch,
             "collapsed_at": monitor.collapsed_at,
         }
 
