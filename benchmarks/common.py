@@ -1,6 +1,8 @@
 """What the benchmarks share: the MNIST-size CNN and interleaved timing."""
 
 import statistics
+import sys
+import time
 
 
 def small_cnn(k, num_classes=10):
@@ -35,3 +37,21 @@ def interleaved(contenders, rounds):
 def median_ratio(numerator, denominator):
     """Median of the per-round ratios numerator[i] / denominator[i]."""
     return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def answer_epochs(train_epoch, after_epoch=None):
+    """A benchmark worker's side of the epoch protocol on stdin/stdout.
+
+    For each line `epoch`, times one `train_epoch()`, then calls
+    `after_epoch()` (untimed, e.g. to write weights) and prints the seconds;
+    any other line, or the end of input, stops it.
+    """
+    for line in sys.stdin:
+        if line.strip() != "epoch":
+            break
+        start = time.perf_counter()
+        train_epoch()
+        seconds = time.perf_counter() - start
+        if after_epoch is not None:
+            after_epoch()
+        print(f"{seconds:.6f}", flush=True)

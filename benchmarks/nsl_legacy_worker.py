@@ -7,13 +7,13 @@ stdin/stdout: it prints `ready` after a warm-up epoch, then answers each line
 
 import os
 import sys
-import time
 
 import numpy as np
 
 assert os.environ.get("TF_USE_LEGACY_KERAS") == "1", "run with TF_USE_LEGACY_KERAS=1"
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import answer_epochs  # noqa: E402
 from benchmarks.common import small_cnn  # noqa: E402
 from nsladv import _nsl  # noqa: E402 - the bridge alone: nsladv's package init loads nothing of Keras 3
 
@@ -44,12 +44,7 @@ def main(data_path, batch_size, epsilon, multiplier):
     )
     model.fit(dataset, epochs=1, verbose=0)
     print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "epoch":
-            break
-        start = time.perf_counter()
-        model.fit(dataset, epochs=1, verbose=0)
-        print(f"{time.perf_counter() - start:.6f}", flush=True)
+    answer_epochs(lambda: model.fit(dataset, epochs=1, verbose=0))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ prints the seconds the epoch took. It prints `ready` first.
 
 import os
 import sys
-import time
 
 import numpy as np
 
 assert os.environ.get("TF_USE_LEGACY_KERAS") == "1", "run with TF_USE_LEGACY_KERAS=1"
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import answer_epochs  # noqa: E402
 from nsladv import _nsl  # noqa: E402 - the bridge alone: nsladv's package init loads nothing of Keras 3
 
 
@@ -53,16 +53,13 @@ def main(data_path, weights_path, batch_size):
         optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "epoch":
-            break
-        start = time.perf_counter()
-        model.fit(dataset, epochs=1, verbose=0)
-        seconds = time.perf_counter() - start
+
+    def write_weights():
         partial = weights_path + ".partial.npz"
         np.savez(partial, **{f"w{i}": w for i, w in enumerate(base.get_weights())})
         os.replace(partial, weights_path)
-        print(f"{seconds:.6f}", flush=True)
+
+    answer_epochs(lambda: model.fit(dataset, epochs=1, verbose=0), write_weights)
 
 
 if __name__ == "__main__":

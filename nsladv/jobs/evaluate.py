@@ -13,7 +13,6 @@ from nsladv.classifier import check_classifier
 from nsladv.errors import ModelNotFoundError
 from nsladv.jobs import report as report_lib
 from nsladv.jobs.model_card import write_model_card
-from nsladv.robustness import ATTACK_SETS
 from nsladv.robustness import attack_set
 from nsladv.robustness import evaluate_robustness
 
@@ -104,15 +103,13 @@ def evaluate(
     Returns:
         The report dict.
     """
-    if attacks not in ATTACK_SETS:
-        raise ValueError(f"Unknown attack set. Expected one of {sorted(ATTACK_SETS)}. Received: attacks={attacks!r}")
+    chosen = attack_set(attacks)  # An unknown name fails here, before anything loads.
     model = load_classifier(model_path)
     splits = datasets.load(dataset, data_dir=data_dir)
     from_logits = not check_classifier(model, splits.image_shape, splits.num_classes)
     test = datasets.pipeline(datasets.spread(splits.test, eval_examples), batch_size=500, training=False)
     name = pathlib.Path(model_path).stem if pathlib.Path(model_path).is_file() else pathlib.Path(model_path).name
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / "evaluate" / name)
-    chosen = attack_set(attacks)
     log(
         f"white-box evaluation of {model_path} on {dataset} (test): {', '.join(a.name for a in chosen)} "
         f"at epsilon {', '.join(f'{e:g}' for e in epsilons)}"

@@ -30,7 +30,7 @@ ATTACK_SETS = {
 def attack_set(name):
     """A fresh tuple of the named attack set's attacks (`"quick"`, `"standard"` or `"full"`; see `ATTACK_SETS`)."""
     if name not in ATTACK_SETS:
-        raise ValueError(f"Unknown attack set. Expected one of {list(ATTACK_SETS)}. Received: {name!r}")
+        raise ValueError(f"Unknown attack set. Expected one of {list(ATTACK_SETS)}. Received: attacks={name!r}")
     return ATTACK_SETS[name]()
 
 
