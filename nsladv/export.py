@@ -29,6 +29,7 @@ import tensorflow as tf
 from nsladv.errors import ExportError
 
 SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serving_bytes"
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "nsladv_metadata.json"
 MODELS_CONFIG = "models.config"
@@ -75,6 +76,45 @@ def serving_function(model, input_shape, input_name="image", from_logits=True):
         }
 
     return serve
+
+
+def bytes_serving_function(serve, input_shape, input_name="image"):
+    """The `serving_bytes` function: encoded PNG or JPEG images -> `serve`'s outputs.
+
+    Its input, `<input_name>_bytes` (a string per image, sent as `{"b64": ...}`
+    over REST), is decoded in the graph with `tf.io.decode_image` to the
+    model's channels, checked against its height and width (INVALID_ARGUMENT
+    otherwise), and scaled to [0, 1] as the training data was (`pixels / 255`).
+    None when the input is not an image (height, width, 1 or 3 channels).
+    """
+    if len(input_shape) != 3 or input_shape[-1] not in (1, 3):
+        return None
+    height, width, channels = (int(d) for d in input_shape)
+    spec = tf.TensorSpec([None], tf.string, name=f"{input_name}_bytes")
+
+    def decode(encoded):
+        image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+        check = tf.debugging.assert_equal(
+            tf.shape(image)[:2],
+            tf.constant([height, width]),
+            message=f"Each image must be {height}x{width} pixels (PNG or JPEG); received height and width",
+        )
+        with tf.control_dependencies([check]):
+            # A reshape, not ensure_shape: Grappler may run ensure_shape's check before the assert.
+            return tf.reshape(image, [height, width, channels])
+
+    @tf.function(input_signature=[spec])
+    def serve_bytes(encoded):
+        images = tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8))
+        return serve(tf.cast(images, tf.float32) / 255.0)
+
+    return serve_bytes
+
+
+def encode_png(images):
+    """PNG bytes of [0, 1] float images (batch first), as a client of `serving_bytes` sends them."""
+    pixels = np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+    return [tf.io.encode_png(image).numpy() for image in pixels]
 
 
 def export_model(
@@ -130,6 +170,9 @@ def export_model(
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(SIGNATURE, serve)
+        serve_bytes = bytes_serving_function(serve, input_shape, input_name)
+        if serve_bytes is not None:
+            archive.add_endpoint(BYTES_SIGNATURE, serve_bytes)
         archive.write_out(str(partial), verbose=False)
         extra = partial / "assets.extra"
         extra.mkdir()
@@ -154,6 +197,14 @@ def check_export(path, serve, inputs, *, chunk=500):
     reloaded = tf.saved_model.load(str(path))
     signature = reloaded.signatures[SIGNATURE]
     inputs = np.asarray(inputs, np.float32)
+    if BYTES_SIGNATURE in reloaded.signatures:
+        # The bytes signature must give serving_default's outputs on the same (8-bit) pixels.
+        pixels = np.round(np.clip(inputs[:16], 0, 1) * 255.0) / 255.0
+        expected = signature(tf.constant(pixels, tf.float32))
+        got = reloaded.signatures[BYTES_SIGNATURE](tf.constant(encode_png(pixels)))
+        for key, value in expected.items():
+            if not np.allclose(got[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-5):
+                raise ExportError(f"The reloaded export's {BYTES_SIGNATURE} {key!r} differs from {SIGNATURE}'s.")
     batches = [inputs[:1]] + [inputs[i : i + chunk] for i in range(0, len(inputs), chunk)]
     for batch in batches:
         expected = serve(tf.constant(batch))

@@ -438,6 +438,22 @@ def test_cli_serve_without_models(capsys, tmp_path):
     assert code == 2 and "No saved models at" in out.err
 
 
+def test_cli_serve_refuses_what_tf_serving_refuses_to_start_with(capsys, tmp_path):
+    (tmp_path / "models.config").write_text(
+        'model_config_list { config { name: "mnist" base_path: "/models/mnist" model_platform: "tensorflow" } }'
+    )
+    argv = ["serve", "--model_config_file", str(tmp_path / "models.config"), "--rest-port", "0", "--grpc-port", "0"]
+    code, out = run_cli(argv, capsys)
+    assert code == 2 and "Could not find base path /models/mnist for servable mnist" in out.err
+    code, out = run_cli(["serve", str(tmp_path), *argv[1:]], capsys)
+    assert code == 2 and "Give a folder or --model_config_file, not both" in out.err
+    (tmp_path / "monitoring.config").write_text("prometheus_config { enabled: true }")
+    code, out = run_cli(
+        ["serve", str(tmp_path), "--monitoring_config_file", str(tmp_path / "monitoring.config")], capsys
+    )
+    assert code == 2 and "Unknown or malformed field enabled" in out.err
+
+
 def test_harden_in_mixed_precision(tmp_path, data_dir):
     report = hardening.harden(
         load_pipeline(TINY).replace(epochs=3),

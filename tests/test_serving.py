@@ -186,7 +186,7 @@ def test_status_and_metadata(server):
             400,
             'Serving signature key "x" not found',
         ),
-        ("GET", "/v1/models/digits/versions/3", None, 404, "Specific(digits, 3)"),
+        ("GET", "/v1/models/digits/versions/3", None, 404, "Could not find version 3 of model digits"),
         ("GET", "/v2/whatever", None, 400, "Malformed request"),
         (
             "POST",
@@ -249,12 +249,18 @@ def test_models_config_policy_and_labels(tmp_path, models):
     shutil.copytree(models[0] / "digits", tmp_path / "digits")
     config = model_server_config_pb2.ModelServerConfig()
     entry = config.model_config_list.config.add()
-    entry.name, entry.base_path, entry.model_platform = "digits", "/models/digits", "tensorflow"
+    entry.name, entry.base_path, entry.model_platform = "digits", str(tmp_path / "digits"), "tensorflow"
     entry.model_version_policy.all.SetInParent()
     entry.version_labels["stable"] = 1
     entry.version_labels["canary"] = 2
     (tmp_path / "models.config").write_text(text_format.MessageToString(config))
-    with Server(tmp_path, rest_port=0, grpc_port=None, poll_seconds=None) as local:
+    with Server(
+        config_file=tmp_path / "models.config",
+        rest_port=0,
+        grpc_port=None,
+        poll_seconds=None,
+        allow_version_labels_for_unavailable_models=True,  # labels in the first config need it, as in TF Serving
+    ) as local:
         client = RestClient(local.rest_url)
         assert [s["version"] for s in client.status("digits")["model_version_status"]] == ["2", "1"]
         x = images(2)

@@ -151,12 +151,55 @@ def _parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument(
-        "path", nargs="?", default="saved_models", help="saved_models/ or one model folder (default: saved_models)"
+        "path",
+        nargs="?",
+        help="a folder of model folders or one model folder, each served at its latest version "
+        "(default: saved_models; its models.config is for the container: see --model_config_file)",
+    )
+    serve.add_argument(
+        "--model-config-file",
+        "--model_config_file",
+        metavar="FILE",
+        help="serve a TF Serving models.config instead (base paths must exist as written)",
+    )
+    serve.add_argument(
+        "--model-config-file-poll-wait-seconds",
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0,
+        metavar="S",
+        help="reread the model config file every S seconds (default: 0, never)",
+    )
+    serve.add_argument(
+        "--allow-version-labels-for-unavailable-models",
+        "--allow_version_labels_for_unavailable_models",
+        action="store_true",
+        help="let a new label name a version that is not loaded yet, as TF Serving's flag",
+    )
+    serve.add_argument(
+        "--monitoring-config-file",
+        "--monitoring_config_file",
+        metavar="FILE",
+        help='serve Prometheus metrics as this config says (prometheus_config { enable: true, path: "..." })',
+    )
+    serve.add_argument(
+        "--rest-api-timeout-in-ms",
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=30000,
+        metavar="MS",
+        help="a request waiting longer for the model fails with DEADLINE_EXCEEDED (default: 30000)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default: 8501)")
     serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default: 8500)")
-    serve.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
+    serve.add_argument(
+        "--poll-seconds",
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=2.0,
+        help="how often to look for new versions (default: 2)",
+    )
     serve.add_argument("--verbose", action="store_true", help="log every request")
     serve.add_argument(
         "--enable-batching",
@@ -302,6 +345,7 @@ def _run(args):
 
     if args.command == "serve":
         from nsladv.serving import Server
+        from nsladv.serving import ServingError
 
         batching = None
         if args.enable_batching:
@@ -316,18 +360,36 @@ def _run(args):
                 )
             except (OSError, ValueError) as error:
                 raise SettingsError(f"--batching_parameters_file: {error}") from None
-        server = Server(
-            args.path,
-            host=args.host,
-            rest_port=args.rest_port,
-            grpc_port=args.grpc_port,
-            poll_seconds=args.poll_seconds,
-            verbose=args.verbose,
-            batching=batching,
-        ).start()
-        print(f"serving {', '.join(server.repository.names)} from {args.path}")
+        if args.path and args.model_config_file:
+            raise SettingsError(
+                "Give a folder or --model_config_file, not both. "
+                f"Received: {args.path!r} and {args.model_config_file!r}"
+            )
+        if args.rest_api_timeout_in_ms <= 0:
+            raise SettingsError(f"--rest_api_timeout_in_ms must be positive. Received: {args.rest_api_timeout_in_ms}")
+        try:
+            server = Server(
+                None if args.model_config_file else (args.path or "saved_models"),
+                config_file=args.model_config_file,
+                host=args.host,
+                rest_port=args.rest_port,
+                grpc_port=args.grpc_port,
+                poll_seconds=args.poll_seconds,
+                config_poll_seconds=args.model_config_file_poll_wait_seconds or None,
+                allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+                verbose=args.verbose,
+                batching=batching,
+                monitoring=args.monitoring_config_file,
+                request_timeout=args.rest_api_timeout_in_ms / 1000,
+            ).start()
+        except (ServingError, OSError, ValueError) as error:  # what TF Serving would refuse to start with
+            raise SettingsError(f"nsladv serve cannot start: {error}") from None
+        source = args.model_config_file or args.path or "saved_models"
+        print(f"serving {', '.join(server.repository.names)} from {source}")
         print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")
         print(f"  gRPC  {server.grpc_target}  (tensorflow_serving PredictionService, ModelService)")
+        if server.monitoring is not None and server.monitoring.enable:
+            print(f"  metrics {server.rest_url}{server.monitoring.path}")
         print("Ctrl-C to stop.", flush=True)
         try:
             server.wait()

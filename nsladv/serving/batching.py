@@ -102,8 +102,12 @@ class Batcher:
         )
         self._free = threading.Semaphore(self.parameters.num_batch_threads)
 
-    def run(self, key, signature, arrays):
-        """The signature's outputs for this request's rows, computed in a batch with others."""
+    def run(self, key, signature, arrays, *, deadline=None):
+        """The signature's outputs for this request's rows, computed in a batch with others.
+
+        A request still queued at `deadline` (`time.monotonic()`) leaves the
+        queue with DEADLINE_EXCEEDED.
+        """
         request = _Request(arrays)
         limit = self.parameters.max_batch_size
         if request.rows > limit:
@@ -115,7 +119,13 @@ class Batcher:
             if queue is None:
                 queue = self._queues[key] = _Queue(self, signature)
         queue.put(request)
-        return request.future.result()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return request.future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            if request.future.cancel():  # still queued: it will not run
+                raise ServingError("DEADLINE_EXCEEDED", "Deadline exceeded while waiting for a batch") from None
+            return request.future.result()  # its batch is running: it finishes
 
     def close(self):
         for queue in list(self._queues.values()):
@@ -166,9 +176,13 @@ class _Queue:
                 batch, rows = [], 0
                 while self.waiting and rows + self.waiting[0].rows <= parameters.max_batch_size:
                     request = self.waiting.popleft()
-                    batch.append(request)
-                    rows += request.rows
-                self.rows -= rows
+                    self.rows -= request.rows
+                    if request.future.set_running_or_notify_cancel():  # False: its caller gave up
+                        batch.append(request)
+                        rows += request.rows
+            if not batch:
+                self.batcher._free.release()
+                continue
             try:
                 self.batcher._pool.submit(self._run, batch)
             except RuntimeError:  # The batcher closed: nothing will run the batch.

@@ -16,9 +16,11 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from nsladv.serving.errors import HTTP_STATUS
 from nsladv.serving.errors import ServingError
 
+# REST errors carry only the HTTP status: where several codes share one, the most common is named.
+_PREFERRED = ("INVALID_ARGUMENT", "INTERNAL", "ABORTED")
 _CODE_OF_HTTP = {}
-for _code, _status in HTTP_STATUS.items():
-    _CODE_OF_HTTP.setdefault(_status, _code)
+for _code in (*_PREFERRED, *HTTP_STATUS):
+    _CODE_OF_HTTP.setdefault(HTTP_STATUS[_code], _code)
 
 
 def _model_path(name, version=None, label=None):

@@ -3,19 +3,35 @@
 import grpc
 
 # tensorflow::error::Code -> HTTP status, as TF Serving's HTTP server maps them
-# (tensorflow_serving/model_servers/http_rest_api_handler ... ToHTTPStatusCode).
+# (tensorflow_serving/model_servers/http_server.cc, ToHTTPStatusCode).
 HTTP_STATUS = {
     "CANCELLED": 499,
-    "DEADLINE_EXCEEDED": 504,
+    "UNKNOWN": 500,
     "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "OUT_OF_RANGE": 400,
+    "DEADLINE_EXCEEDED": 504,
     "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
     "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
     "UNIMPLEMENTED": 501,
-    "UNAVAILABLE": 503,
     "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
 }
+
+
+def op_error_code(error):
+    """The status name of a TensorFlow op error (`tf.errors.OpError`): its own code, as TF Serving passes it on."""
+    import tensorflow as tf
+
+    for name in HTTP_STATUS:
+        if error.error_code == getattr(tf.errors, name):
+            return name
+    return "UNKNOWN"
 
 
 class ServingError(Exception):

@@ -1,9 +1,12 @@
 """Validated prediction: named input arrays in, named output arrays out."""
 
+import time
+
 import numpy as np
 import tensorflow as tf
 
 from nsladv.serving.errors import ServingError
+from nsladv.serving.errors import op_error_code
 
 
 def input_specs(signature):
@@ -57,6 +60,13 @@ def validate(inputs, specs, *, exact_dtypes=False):
     return arrays
 
 
+def _op_message(error):
+    """An op error's own words, without the graph's stack trace and node names."""
+    lines = [line.strip() for line in error.message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("[[") and not line.startswith("<stack")]
+    return lines[-1] if lines else str(error)
+
+
 def _tf_name(dtype):
     """TensorFlow's C++ name of a dtype (`float`, `double`, `int32`), as its error messages say it."""
     return {"float32": "float", "float64": "double", "float16": "half"}.get(dtype.name, dtype.name)
@@ -68,11 +78,13 @@ def _describe(value):
     return f"a {type(value).__name__}"
 
 
-def run(signature, inputs, output_filter=(), *, exact_dtypes=False, batcher=None, key=None):
+def run(signature, inputs, output_filter=(), *, exact_dtypes=False, batcher=None, key=None, deadline=None):
     """Runs a signature on validated inputs: {output name: np.ndarray}.
 
     With a `batcher` (`nsladv.serving.batching.Batcher`), the rows join
     other requests to the same `key` (model, version, signature) in one call.
+    `deadline` (`time.monotonic()` seconds): a request still waiting for the
+    model then fails with DEADLINE_EXCEEDED (a call under way is not cut short).
     """
     arrays = validate(inputs, input_specs(signature), exact_dtypes=exact_dtypes)
     if output_filter:
@@ -82,8 +94,13 @@ def run(signature, inputs, output_filter=(), *, exact_dtypes=False, batcher=None
                 "INVALID_ARGUMENT",
                 f"output_filter names unknown outputs {unknown}. Outputs: {sorted(signature.structured_outputs)}",
             )
-    if batcher is not None:
-        outputs = batcher.run(key, signature, arrays)
-    else:
-        outputs = {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in arrays.items()}).items()}
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ServingError("DEADLINE_EXCEEDED", "Deadline exceeded before the model ran")
+    try:
+        if batcher is not None:
+            outputs = batcher.run(key, signature, arrays, deadline=deadline)
+        else:
+            outputs = {k: v.numpy() for k, v in signature(**{k: tf.constant(v) for k, v in arrays.items()}).items()}
+    except tf.errors.OpError as error:  # TF Serving answers with the op's own status (bad image bytes, ...)
+        raise ServingError(op_error_code(error), _op_message(error)) from None
     return {k: outputs[k] for k in output_filter} if output_filter else outputs

@@ -1,4 +1,4 @@
-"""Runs the REST and gRPC servers over one repository, polling for new versions."""
+"""Runs the REST and gRPC servers over one repository, polling for new versions and config changes."""
 
 import concurrent.futures
 
@@ -11,6 +11,9 @@ from nsladv.serving.batching import BatchingParameters
 from nsladv.serving.batching import read_batching_parameters
 from nsladv.serving.grpc_service import ModelService
 from nsladv.serving.grpc_service import PredictionService
+from nsladv.serving.metrics import Metrics
+from nsladv.serving.metrics import MonitoringConfig
+from nsladv.serving.metrics import read_monitoring_config
 from nsladv.serving.repository import ModelRepository
 from nsladv.serving.rest import RestServer
 
@@ -21,15 +24,30 @@ class Server:
     """TF Serving's REST (default 8501) and gRPC (default 8500) APIs, on loopback.
 
     Args:
-        path: `saved_models/` (with or without models.config), or one model folder.
+        path: a folder of model folders (`saved_models/`) or one model folder;
+            every model found is served (latest version). Its models.config
+            is not read: give it as `config_file`.
+        config_file: a TF Serving model config file (`--model_config_file`),
+            read strictly: base paths as written, labels only on loaded versions.
         host: the address to bind (loopback unless told otherwise).
         rest_port, grpc_port: ports (0 picks a free one; None disables that API).
-        poll_seconds: how often to look for new versions (None: never).
+        poll_seconds: how often to look for new versions (None: never), as
+            `--file_system_poll_wait_seconds`.
+        config_poll_seconds: how often to reread `config_file` (None: never),
+            as `--model_config_file_poll_wait_seconds`.
+        allow_version_labels_for_unavailable_models: as TF Serving's flag.
         max_body_bytes: largest request accepted.
         workers: gRPC worker threads.
         batching: `BatchingParameters` (or a TF Serving batching parameters
             file) to batch concurrent predict requests, as TF Serving's
             `--enable_batching`; None serves each request on its own.
+        monitoring: a `MonitoringConfig` (or a TF Serving monitoring config
+            file) to serve Prometheus metrics over REST; None serves none.
+            Requests are counted either way (`server.metrics`).
+        request_timeout: seconds a request may wait for the model before it
+            fails with DEADLINE_EXCEEDED (TF Serving's
+            `--rest_api_timeout_in_ms` defaults to 30 s); gRPC clients'
+            deadlines apply too.
 
     Example:
 
@@ -41,18 +59,34 @@ class Server:
 
     def __init__(
         self,
-        path,
+        path=None,
         *,
+        config_file=None,
         host="127.0.0.1",
         rest_port=8501,
         grpc_port=8500,
         poll_seconds=2.0,
+        config_poll_seconds=None,
+        allow_version_labels_for_unavailable_models=False,
         max_body_bytes=DEFAULT_MAX_BODY_BYTES,
         workers=8,
         verbose=False,
         batching=None,
+        monitoring=None,
+        request_timeout=30.0,
     ):
-        self.repository = ModelRepository(path)
+        if monitoring is not None and not isinstance(monitoring, MonitoringConfig):
+            monitoring = read_monitoring_config(monitoring)
+        if not (isinstance(request_timeout, (int, float)) and request_timeout > 0):
+            raise ValueError(f"`request_timeout` must be a positive number of seconds. Received: {request_timeout!r}")
+        self.repository = ModelRepository(
+            path,
+            config_file=config_file,
+            allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
+        )
+        self.metrics = Metrics()
+        self.monitoring = monitoring
+        self.config_poll_seconds = config_poll_seconds
         if batching is not None and not isinstance(batching, BatchingParameters):
             batching = read_batching_parameters(batching)
         self.batcher = None if batching is None else Batcher(batching)
@@ -62,7 +96,14 @@ class Server:
         self._grpc = None
         if rest_port is not None:
             self._rest = RestServer(
-                (host, rest_port), self.repository, max_body_bytes=max_body_bytes, verbose=verbose, batcher=self.batcher
+                (host, rest_port),
+                self.repository,
+                max_body_bytes=max_body_bytes,
+                verbose=verbose,
+                batcher=self.batcher,
+                metrics=self.metrics,
+                monitoring=monitoring,
+                request_timeout=request_timeout,
             )
         if grpc_port is not None:
             self._grpc = grpc.server(
@@ -73,7 +114,7 @@ class Server:
                 ],
             )
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(self.repository, self.batcher), self._grpc
+                PredictionService(self.repository, self.batcher, self.metrics, request_timeout), self._grpc
             )
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.repository), self._grpc)
             self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
@@ -97,8 +138,7 @@ class Server:
             self._rest_thread.start()
         if self._grpc is not None:
             self._grpc.start()
-        if self.poll_seconds:
-            self.repository.start_polling(self.poll_seconds)
+        self.repository.start_polling(self.poll_seconds, config_seconds=self.config_poll_seconds)
         return self
 
     def stop(self):

@@ -1,0 +1,145 @@
+"""Request metrics in Prometheus' text format, under TF Serving's names.
+
+TF Serving (tensorflow_serving/servables/tensorflow/util.cc) counts every
+request as `/tensorflow/serving/request_count{model_name, status}` and times
+the successful ones as `/tensorflow/serving/request_latency{model_name, API,
+entrypoint}` in microseconds (buckets 10 * 1.8^k, 33 of them); its Prometheus
+exporter (tensorflow_serving/util/prometheus_exporter.cc) writes the names
+with ':' for '/'. Those two are kept here, name for name; the version and
+signature a request reached, which TF Serving's metrics do not carry, are in
+`nsladv_serving_requests_total` and `nsladv_serving_request_latency_seconds`,
+kept by `prometheus-client`. The endpoint is on only when a monitoring config
+enables it (TF Serving's `--monitoring_config_file`).
+"""
+
+import bisect
+import dataclasses
+import pathlib
+import re
+import threading
+
+import prometheus_client
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import Metric
+
+DEFAULT_PATH = "/monitoring/prometheus/metrics"  # TF Serving's PrometheusExporter::kPrometheusPath
+# monitoring::Buckets::Exponential(10, 1.8, 33): limits 10 * 1.8^i for i < 32, then +Inf.
+LATENCY_BUCKETS_MICROS = tuple(10 * 1.8**i for i in range(32))
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringConfig:
+    """TF Serving's `MonitoringConfig`: whether and where Prometheus metrics are served."""
+
+    enable: bool = True
+    path: str = DEFAULT_PATH
+
+    def __post_init__(self):
+        if not self.path.startswith("/"):
+            raise ValueError(f"The metrics path must start with '/'. Received: path={self.path!r}")
+
+
+_ENTRY = re.compile(r"(\w+)\s*:\s*(\"[^\"]*\"|\w+)")
+
+
+def read_monitoring_config(path):
+    """The `MonitoringConfig` of a TF Serving `--monitoring_config_file` (text format)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No monitoring config file at {path}. Received: {str(path)!r}")
+    text = re.sub(r"#.*", "", path.read_text())
+    match = re.fullmatch(r"\s*prometheus_config\s*:?\s*\{(?P<body>[^}]*)\}\s*", text)
+    if not match:
+        raise ValueError(
+            f'Cannot read {path}: expected `prometheus_config {{ enable: true, path: "{DEFAULT_PATH}" }}`. '
+            f"Received: {text.strip()!r}"
+        )
+    fields = {}
+    body = match.group("body")
+    for name, value in _ENTRY.findall(body):
+        if name == "enable" and value in ("true", "false"):
+            fields["enable"] = value == "true"
+        elif name == "path" and value.startswith('"'):
+            fields["path"] = value.strip('"') or DEFAULT_PATH
+        else:
+            raise ValueError(f"Unknown or malformed field {name}: {value} in {path}. Expected `enable` and `path`.")
+    if _ENTRY.sub("", body).replace(",", "").strip():
+        raise ValueError(f"Cannot read {path}: stray text {_ENTRY.sub('', body).strip()!r} in prometheus_config.")
+    return MonitoringConfig(enable=fields.get("enable", False), path=fields.get("path", DEFAULT_PATH))
+
+
+class Metrics:
+    """What the server served: counts by status and latencies, for Prometheus."""
+
+    def __init__(self):
+        self.registry = prometheus_client.CollectorRegistry()
+        self._lock = threading.Lock()
+        self._counts = {}  # (model_name, status) -> n
+        self._latency = {}  # (model_name, API, entrypoint) -> [bucket counts..., sum]
+        labels = ("model_name", "version", "signature_name", "API", "entrypoint", "status")
+        self.requests = prometheus_client.Counter(
+            "nsladv_serving_requests",
+            "Requests by model, version, signature, API, entrypoint and status.",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = prometheus_client.Histogram(
+            "nsladv_serving_request_latency_seconds",
+            "Wall time of successful requests by model, version, signature, API and entrypoint.",
+            labels[:-1],
+            registry=self.registry,
+        )
+        self.registry.register(_TFServingCollector(self))
+
+    def record(self, *, model_name, api, entrypoint, status, seconds, version="", signature_name=""):
+        """Counts one request (status: a TF Serving code name, "OK" for success)."""
+        with self._lock:
+            self._counts[model_name, status] = self._counts.get((model_name, status), 0) + 1
+            if status == "OK":
+                micros = seconds * 1e6
+                cell = self._latency.setdefault((model_name, api, entrypoint), [0] * (len(LATENCY_BUCKETS_MICROS) + 2))
+                cell[bisect.bisect_left(LATENCY_BUCKETS_MICROS, micros)] += 1
+                cell[-1] += micros
+        version = "" if version is None else str(version)
+        self.requests.labels(model_name, version, signature_name, api, entrypoint, status).inc()
+        if status == "OK":
+            self.latency.labels(model_name, version, signature_name, api, entrypoint).observe(seconds)
+
+    def count(self, model_name, status="OK"):
+        with self._lock:
+            return self._counts.get((model_name, status), 0)
+
+    def exposition(self):
+        """The Prometheus text format (bytes)."""
+        return prometheus_client.generate_latest(self.registry)
+
+
+class _TFServingCollector:
+    """TF Serving's two request metrics under its exact names (no `_total` suffix: TF Serving writes none)."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def collect(self):
+        with self.metrics._lock:
+            counts = dict(self.metrics._counts)
+            latency = {k: list(v) for k, v in self.metrics._latency.items()}
+        name = ":tensorflow:serving:request_count"
+        # "unknown" keeps the sample's name as TF Serving writes it; prometheus-client would append _total
+        # to a counter's.
+        family = Metric(name, "The total number of requests.", "unknown")
+        for (model_name, status), n in sorted(counts.items()):
+            family.add_sample(name, {"model_name": model_name, "status": status}, n)
+        yield family
+        histogram = HistogramMetricFamily(
+            ":tensorflow:serving:request_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            labels=["model_name", "API", "entrypoint"],
+        )
+        for labels, cell in sorted(latency.items()):
+            cumulative, buckets = 0, []
+            for limit, n in zip((*LATENCY_BUCKETS_MICROS, float("inf")), cell[:-1]):
+                cumulative += n
+                buckets.append(("+Inf" if limit == float("inf") else repr(limit), cumulative))
+            histogram.add_metric(list(labels), buckets, cell[-1])
+        yield histogram
