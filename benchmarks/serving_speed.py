@@ -9,12 +9,20 @@ SavedModel in this process. Each cell is bounded by a request count and a time
 limit; the contenders take turns at each concurrency level, `--rounds` times,
 and the figures are medians over rounds.
 
+The clients are lean, so that they measure the server rather than themselves
+(they share the 2 cores with it): each sends one request serialized once (the
+gRPC PredictRequest's bytes through the channel's raw method; the REST JSON
+body over a kept-alive connection per thread) and checks the reply's status.
+Before timing, every contender's reply is decoded once and checked against the
+in-process model's classes.
+
 Usage: python -m benchmarks.serving_speed [--requests 300] [--seconds 20] [--rounds 3]
 The last line printed is one JSON object.
 """
 
 import argparse
 import concurrent.futures
+import http.client
 import json
 import os
 import socket
@@ -22,10 +30,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 
 from nsladv import export
 from nsladv.pipelines.mnist import build_model
@@ -88,6 +98,35 @@ def start_server(workdir, env, *extra):
     return process, rest, GrpcClient(f"127.0.0.1:{grpc_port}")
 
 
+def grpc_call(client, image):
+    """A batch-1 Predict whose request is serialized once: the call sends bytes and receives bytes."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mnist"
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(image))
+    body = request.SerializeToString()
+    method = client.channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+    return lambda: method(body, timeout=30)
+
+
+def rest_call(client, image):
+    """A batch-1 predict over one kept-alive HTTP connection per client thread; the body is encoded once."""
+    host, port = client.url.removeprefix("http://").split(":")
+    body = json.dumps({"inputs": {"image": image.tolist()}}).encode()
+    local = threading.local()
+
+    def call():
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        local.connection.request("POST", "/v1/models/mnist:predict", body, {"Content-Type": "application/json"})
+        response = local.connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        return data
+
+    return call
+
+
 def median_cell(rows):
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
@@ -114,13 +153,23 @@ def main():
             servers.append(batched[0])
             contenders = {
                 "in_process": lambda: signature(image=tf.constant(image)),
-                "rest": lambda: plain[1].predict("mnist", {"image": image}),
-                "rest_batched": lambda: batched[1].predict("mnist", {"image": image}),
-                "grpc": lambda: plain[2].predict("mnist", {"image": image}),
-                "grpc_batched": lambda: batched[2].predict("mnist", {"image": image}),
+                "rest": rest_call(plain[1], image),
+                "rest_batched": rest_call(batched[1], image),
+                "grpc": grpc_call(plain[2], image),
+                "grpc_batched": grpc_call(batched[2], image),
             }
-            for call in contenders.values():  # warm-up
-                for _ in range(10):
+            expected = int(signature(image=tf.constant(image))["class_ids"].numpy()[0])
+            for name, call in contenders.items():  # every reply decoded once and checked, then a warm-up
+                reply = call()
+                if name.startswith("grpc"):
+                    got = tf.make_ndarray(predict_pb2.PredictResponse.FromString(reply).outputs["class_ids"])[0]
+                elif name.startswith("rest"):
+                    got = json.loads(reply)["outputs"]["class_ids"][0]
+                else:
+                    got = reply["class_ids"].numpy()[0]
+                if int(got) != expected:
+                    raise RuntimeError(f"{name} answered class {got}; the model says {expected}")
+                for _ in range(20):
                     call()
             rounds = {}
             for _ in range(args.rounds):

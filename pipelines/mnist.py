@@ -1,4 +1,4 @@
-"""The standard MNIST (offline default): a small CNN, PGD-3 adversarial training at L-inf 0.3.
+"""The standard MNIST (offline default): a small CNN, PGD-5 adversarial training at L-inf 0.3.
 
 Why these settings, what else was tried, and what they reach: docs/results.md.
 """
@@ -23,11 +23,13 @@ def build_model(input_shape, num_classes):
 
 PIPELINE = nsladv.Pipeline(
     name="mnist",
-    description="the standard MNIST (offline); PGD-3 training at L-inf 0.3, random start; AutoAttack-grade evaluation",
+    description="the standard MNIST (offline); PGD-5 training at L-inf 0.3, random start; AutoAttack-grade evaluation",
     dataset="mnist_offline",
     build_model=build_model,
+    # PGD-5 with steps of 0.1 (k x step = 1.67 epsilon): PGD-3 with steps of 0.2 collapsed in two of four runs
+    # (one of 20 epochs; catastrophic overfitting); PGD-5 held 94-97% on the monitor from epoch 3 (docs/results.md).
     threat=nsladv.ThreatModel(
-        epsilon=0.3, norm="linf", steps=3, step_size=0.2, random_start=True, clip_range=(0.0, 1.0)
+        epsilon=0.3, norm="linf", steps=5, step_size=0.1, random_start=True, clip_range=(0.0, 1.0)
     ),
     regularization=nsladv.Regularization(multiplier=3.0, distance="label"),
     epochs=10,
