@@ -118,10 +118,11 @@ def test_bytes_signature_gives_serving_defaults_classes_over_rest_b64_and_grpc(b
         np.testing.assert_allclose(
             [row["logits"] for row in payload["predictions"]], expected["logits"], rtol=1e-5, atol=1e-6
         )
-        got = GrpcClient(server.grpc_target).predict(
-            "digits", {"image_bytes": np.asarray(encoded, dtype=object)}, signature_name="serving_bytes"
-        )
-        np.testing.assert_array_equal(got["class_ids"], expected["class_ids"])
+        for client in (GrpcClient(server.grpc_target), RestClient(server.rest_url)):
+            got = client.predict(
+                "digits", {"image_bytes": np.asarray(encoded, dtype=object)}, signature_name="serving_bytes"
+            )
+            np.testing.assert_array_equal(got["class_ids"], expected["class_ids"])
         # A JPEG decodes too (lossy: only the shape is checked).
         jpeg = tf.io.encode_jpeg(tf.constant(np.uint8(x[0] * 255))).numpy()
         status, payload = rest(
@@ -190,8 +191,9 @@ def test_string_outputs_named_bytes_come_back_as_b64(tmp_path):
             "echo": "plain",
             "echo_bytes": {"b64": base64.b64encode(b"plain").decode()},
         }
-        got = GrpcClient(server.grpc_target).predict("echo", {"text": np.asarray([raw], dtype=object)})
-        assert got["echo_bytes"].tolist() == [raw]
+        for client in (GrpcClient(server.grpc_target), RestClient(server.rest_url)):
+            got = client.predict("echo", {"text": np.asarray([raw], dtype=object)})
+            assert got["echo_bytes"].tolist() == [raw]
 
 
 # 4. Configuration and labels ---------------------------------------------------------------------------------

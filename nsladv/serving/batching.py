@@ -1,18 +1,22 @@
 """Request batching, as TF Serving's `--enable_batching`: concurrent requests to one signature run as one call.
 
-A request's rows wait in its model and signature's queue; the queue's thread
-takes the first waiting request, gathers more until `max_batch_size` rows or
-`batch_timeout_micros` after the first, then, once one of `num_batch_threads`
-is free, runs the signature once on every row that has arrived (up to
-`max_batch_size`) and hands each caller its own rows back. A lone request
-waits at most the timeout; with a timeout of 0, requests that arrive while a
-batch runs form the next one, so batching costs a lone client nothing. The
-settings come from a batching parameters file in TF Serving's text format
-(`max_batch_size { value: 32 }` ...).
+A request's rows wait in its model and signature's queue. A batch opens with
+the oldest waiting request and closes at `max_batch_size` rows or
+`batch_timeout_micros` after that request arrived; once one of
+`num_batch_threads` is free, the signature runs once on every row that has
+arrived (up to `max_batch_size`, first come first served) and each caller gets
+its own rows back. More than `max_enqueued_batches` full batches waiting is
+UNAVAILABLE, a request larger than a batch INVALID_ARGUMENT, as in TF
+Serving's batch scheduler.
+
+The batch runs in the thread of one of its callers (the first to find a free
+slot), not in a thread of its own: a lone request then costs no thread
+handoff, and with a timeout of 0 requests that arrive while a batch runs form
+the next one. The settings come from a batching parameters file in TF
+Serving's text format (`max_batch_size { value: 32 }` ...).
 """
 
 import collections
-import concurrent.futures
 import dataclasses
 import pathlib
 import re
@@ -79,7 +83,10 @@ class _Request:
     def __init__(self, arrays):
         self.arrays = arrays
         self.rows = len(next(iter(arrays.values())))
-        self.future = concurrent.futures.Future()
+        self.arrived = time.monotonic()
+        self.taken = False  # in a batch: it will get its rows or the batch's error
+        self.done = False
+        self.result = self.error = None
 
 
 class Batcher:
@@ -94,118 +101,97 @@ class Batcher:
     def __init__(self, parameters=None):
         self.parameters = parameters or BatchingParameters()
         self.calls = 0
-        self._calls_lock = threading.Lock()
-        self._queues = {}
-        self._lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.parameters.num_batch_threads, thread_name_prefix="nsladv-batch"
-        )
-        self._free = threading.Semaphore(self.parameters.num_batch_threads)
+        self._queues = {}  # key -> deque of waiting _Requests
+        self._running = 0  # batches running, across all queues
+        self._open = True
+        self._changed = threading.Condition()
 
     def run(self, key, signature, arrays, *, deadline=None):
         """The signature's outputs for this request's rows, computed in a batch with others.
 
         A request still queued at `deadline` (`time.monotonic()`) leaves the
-        queue with DEADLINE_EXCEEDED.
+        queue with DEADLINE_EXCEEDED; one whose batch runs gets its rows.
         """
+        parameters = self.parameters
         request = _Request(arrays)
-        limit = self.parameters.max_batch_size
-        if request.rows > limit:
+        if request.rows > parameters.max_batch_size:
             raise ServingError(
-                "INVALID_ARGUMENT", f"Task size {request.rows} is larger than maximum batch size {limit}"
+                "INVALID_ARGUMENT",
+                f"Task size {request.rows} is larger than maximum batch size {parameters.max_batch_size}",
             )
-        with self._lock:
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = _Queue(self, signature)
-        queue.put(request)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return request.future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            if request.future.cancel():  # still queued: it will not run
-                raise ServingError("DEADLINE_EXCEEDED", "Deadline exceeded while waiting for a batch") from None
-            return request.future.result()  # its batch is running: it finishes
-
-    def close(self):
-        for queue in list(self._queues.values()):
-            queue.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Queue:
-    """One signature's waiting requests and the thread that forms their batches."""
-
-    def __init__(self, batcher, signature):
-        self.batcher = batcher
-        self.signature = signature
-        self.waiting = collections.deque()
-        self.rows = 0
-        self.ready = threading.Condition()
-        self.open = True
-        threading.Thread(target=self._form_batches, name="nsladv-batching", daemon=True).start()
-
-    def put(self, request):
-        parameters = self.batcher.parameters
-        with self.ready:
-            if self.rows + request.rows > parameters.max_enqueued_batches * parameters.max_batch_size:
+        with self._changed:
+            if not self._open:
+                raise ServingError("UNAVAILABLE", "The server is shutting down")
+            queue = self._queues.setdefault(key, collections.deque())
+            if sum(r.rows for r in queue) + request.rows > parameters.max_enqueued_batches * parameters.max_batch_size:
                 raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full")
-            self.waiting.append(request)
-            self.rows += request.rows
-            self.ready.notify()
+            queue.append(request)
+            self._changed.notify_all()
+            batch = self._wait_or_lead(queue, request, deadline)
+        if batch is not None:
+            self._run(signature, batch)
+        if request.error is not None:
+            raise request.error
+        return request.result
 
-    def close(self):
-        with self.ready:
-            self.open = False
-            self.ready.notify()
-
-    def _form_batches(self):
-        parameters = self.batcher.parameters
+    def _wait_or_lead(self, queue, request, deadline):
+        """Waits until the request is done (None) or this thread should run a batch (the batch, taken)."""
+        parameters = self.parameters
         while True:
-            with self.ready:
-                while self.open and not self.waiting:
-                    self.ready.wait()
-                if not self.open:
-                    return
-                deadline = time.monotonic() + parameters.batch_timeout_micros / 1e6
-                while self.rows < parameters.max_batch_size and (left := deadline - time.monotonic()) > 0:
-                    self.ready.wait(left)
-            # A batch forms when a thread can run it: what arrives meanwhile joins it.
-            self.batcher._free.acquire()
-            with self.ready:
-                batch, rows = [], 0
-                while self.waiting and rows + self.waiting[0].rows <= parameters.max_batch_size:
-                    request = self.waiting.popleft()
-                    self.rows -= request.rows
-                    if request.future.set_running_or_notify_cancel():  # False: its caller gave up
-                        batch.append(request)
-                        rows += request.rows
-            if not batch:
-                self.batcher._free.release()
-                continue
-            try:
-                self.batcher._pool.submit(self._run, batch)
-            except RuntimeError:  # The batcher closed: nothing will run the batch.
-                self.batcher._free.release()
-                for request in batch:
-                    request.future.set_exception(ServingError("UNAVAILABLE", "The server is shutting down"))
-                return
+            if request.done:
+                return None
+            if queue and queue[0] is request and self._running < parameters.num_batch_threads:
+                # The oldest waiting request's batch closes when full or at its timeout; its thread runs it.
+                rows = sum(r.rows for r in queue)
+                closes = queue[0].arrived + parameters.batch_timeout_micros / 1e6
+                now = time.monotonic()
+                if rows >= parameters.max_batch_size or now >= closes:
+                    batch, size = [], 0
+                    while queue and size + queue[0].rows <= parameters.max_batch_size:
+                        taken = queue.popleft()
+                        taken.taken = True
+                        batch.append(taken)
+                        size += taken.rows
+                    self._running += 1
+                    return batch
+                wait = closes - now
+            else:
+                wait = None
+            if deadline is not None and not request.taken:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    queue.remove(request)
+                    self._changed.notify_all()
+                    raise ServingError("DEADLINE_EXCEEDED", "Deadline exceeded while waiting for a batch")
+                wait = left if wait is None else min(wait, left)
+            self._changed.wait(wait)
 
-    def _run(self, batch):
+    def _run(self, signature, batch):
         try:
             names = list(batch[0].arrays)
             joined = {n: tf.constant(np.concatenate([r.arrays[n] for r in batch])) for n in names}
-            outputs = {k: v.numpy() for k, v in self.signature(**joined).items()}
-            with self.batcher._calls_lock:
-                self.batcher.calls += 1
+            outputs = {k: v.numpy() for k, v in signature(**joined).items()}
             start = 0
             for request in batch:
                 end = start + request.rows
-                request.future.set_result({k: v[start:end] for k, v in outputs.items()})
+                request.result = {k: v[start:end] for k, v in outputs.items()}
                 start = end
         except Exception as error:  # every caller of the batch gets the failure
             for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
-        finally:
-            self.batcher._free.release()
+                request.error = error
+        with self._changed:
+            self.calls += 1
+            self._running -= 1
+            for request in batch:
+                request.done = True
+            self._changed.notify_all()
+
+    def close(self):
+        """Refuses new requests; the waiting ones fail with UNAVAILABLE."""
+        with self._changed:
+            self._open = False
+            for queue in self._queues.values():
+                while queue:
+                    request = queue.popleft()
+                    request.error, request.done = ServingError("UNAVAILABLE", "The server is shutting down"), True
+            self._changed.notify_all()

@@ -1,5 +1,6 @@
 """Clients for TF Serving's REST and gRPC APIs (this server's or a real TF Serving's)."""
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -30,6 +31,42 @@ def _model_path(name, version=None, label=None):
     elif label is not None:
         path += f"/labels/{label}"
     return path
+
+
+def _is_b64(value):
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _json_ready(value):
+    """An input as JSON: numbers as lists, bytes as TF Serving's {"b64": ...} objects."""
+    array = np.asarray(value)
+    if array.dtype.kind not in ("O", "S"):
+        return array.tolist()
+
+    def encode(item):
+        if isinstance(item, bytes):
+            return {"b64": base64.b64encode(item).decode()}
+        return item
+
+    return np.vectorize(encode, otypes=[object])(array).tolist()
+
+
+def _array(value):
+    """A JSON output as an array; {"b64": ...} objects become bytes."""
+
+    def decode(item):
+        if isinstance(item, list):
+            return [decode(i) for i in item]
+        return base64.b64decode(item["b64"]) if _is_b64(item) else item
+
+    decoded = decode(value)
+    return np.asarray(decoded, dtype=object) if _contains_bytes(decoded) else np.asarray(decoded)
+
+
+def _contains_bytes(value):
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, bytes)
 
 
 class RestClient:
@@ -66,21 +103,25 @@ class RestClient:
             raise ServingError(_CODE_OF_HTTP.get(error.code, "INTERNAL"), message) from None
 
     def predict(self, name, inputs, *, version=None, label=None, signature_name=None, row_format=False):
-        """{output name: np.ndarray} for `inputs` ({input name: array}, batch first)."""
-        inputs = {k: np.asarray(v).tolist() for k, v in inputs.items()}
+        """{output name: np.ndarray} for `inputs` ({input name: array}, batch first).
+
+        Bytes (an array of `bytes`, such as encoded images for `serving_bytes`)
+        go as `{"b64": ...}`; outputs written so come back as bytes.
+        """
+        inputs = {k: _json_ready(v) for k, v in inputs.items()}
         body = {"signature_name": signature_name} if signature_name else {}
         if row_format:
             batch = len(next(iter(inputs.values())))
             body["instances"] = [{k: v[i] for k, v in inputs.items()} for i in range(batch)]
             rows = self._call(_model_path(name, version, label) + ":predict", body)["predictions"]
-            if rows and isinstance(rows[0], dict):
-                return {k: np.asarray([row[k] for row in rows]) for k in rows[0]}
-            return {"outputs": np.asarray(rows)}
+            if rows and isinstance(rows[0], dict) and not _is_b64(rows[0]):
+                return {k: _array([row[k] for row in rows]) for k in rows[0]}
+            return {"outputs": _array(rows)}
         body["inputs"] = inputs
         outputs = self._call(_model_path(name, version, label) + ":predict", body)["outputs"]
-        if isinstance(outputs, dict):
-            return {k: np.asarray(v) for k, v in outputs.items()}
-        return {"outputs": np.asarray(outputs)}
+        if isinstance(outputs, dict) and not _is_b64(outputs):
+            return {k: _array(v) for k, v in outputs.items()}
+        return {"outputs": _array(outputs)}
 
     def status(self, name, *, version=None, label=None):
         return self._call(_model_path(name, version, label))

@@ -69,7 +69,7 @@ class Server:
         config_poll_seconds=None,
         allow_version_labels_for_unavailable_models=False,
         max_body_bytes=DEFAULT_MAX_BODY_BYTES,
-        workers=8,
+        workers=16,
         verbose=False,
         batching=None,
         monitoring=None,
