@@ -87,6 +87,7 @@ class _Request:
         self.taken = False  # in a batch: it will get its rows or the batch's error
         self.done = False
         self.result = self.error = None
+        self.wake = threading.Event()  # set when it is done, or may have become able to run a batch
 
 
 class Batcher:
@@ -104,7 +105,7 @@ class Batcher:
         self._queues = {}  # key -> deque of waiting _Requests
         self._running = 0  # batches running, across all queues
         self._open = True
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def run(self, key, signature, arrays, *, deadline=None):
         """The signature's outputs for this request's rows, computed in a batch with others.
@@ -119,52 +120,58 @@ class Batcher:
                 "INVALID_ARGUMENT",
                 f"Task size {request.rows} is larger than maximum batch size {parameters.max_batch_size}",
             )
-        with self._changed:
+        with self._lock:
             if not self._open:
                 raise ServingError("UNAVAILABLE", "The server is shutting down")
             queue = self._queues.setdefault(key, collections.deque())
             if sum(r.rows for r in queue) + request.rows > parameters.max_enqueued_batches * parameters.max_batch_size:
                 raise ServingError("UNAVAILABLE", "The batch scheduling queue to which this task was submitted is full")
             queue.append(request)
-            self._changed.notify_all()
-            batch = self._wait_or_lead(queue, request, deadline)
-        if batch is not None:
-            self._run(signature, batch)
+            if queue[0] is not request and sum(r.rows for r in queue) >= parameters.max_batch_size:
+                queue[0].wake.set()  # the head's batch is full: it need not wait for its timeout
+        while True:
+            with self._lock:
+                batch, wait = self._next(queue, request, deadline)
+            if batch is not None:
+                self._run(signature, batch)
+            if request.done:
+                break
+            if batch is None:
+                request.wake.wait(wait)
+                request.wake.clear()
         if request.error is not None:
             raise request.error
         return request.result
 
-    def _wait_or_lead(self, queue, request, deadline):
-        """Waits until the request is done (None) or this thread should run a batch (the batch, taken)."""
+    def _next(self, queue, request, deadline):
+        """Under the lock: (a batch this thread takes and runs, or None; how long to wait otherwise)."""
         parameters = self.parameters
-        while True:
-            if request.done:
-                return None
-            if queue and queue[0] is request and self._running < parameters.num_batch_threads:
-                # The oldest waiting request's batch closes when full or at its timeout; its thread runs it.
-                rows = sum(r.rows for r in queue)
-                closes = queue[0].arrived + parameters.batch_timeout_micros / 1e6
-                now = time.monotonic()
-                if rows >= parameters.max_batch_size or now >= closes:
-                    batch, size = [], 0
-                    while queue and size + queue[0].rows <= parameters.max_batch_size:
-                        taken = queue.popleft()
-                        taken.taken = True
-                        batch.append(taken)
-                        size += taken.rows
-                    self._running += 1
-                    return batch
-                wait = closes - now
-            else:
-                wait = None
-            if deadline is not None and not request.taken:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    queue.remove(request)
-                    self._changed.notify_all()
-                    raise ServingError("DEADLINE_EXCEEDED", "Deadline exceeded while waiting for a batch")
-                wait = left if wait is None else min(wait, left)
-            self._changed.wait(wait)
+        if request.done:
+            return None, None
+        wait = None
+        if queue and queue[0] is request and self._running < parameters.num_batch_threads:
+            # The oldest waiting request's batch closes when full or at its timeout; its thread runs it.
+            closes = request.arrived + parameters.batch_timeout_micros / 1e6
+            now = time.monotonic()
+            if now >= closes or sum(r.rows for r in queue) >= parameters.max_batch_size:
+                batch, size = [], 0
+                while queue and size + queue[0].rows <= parameters.max_batch_size:
+                    taken = queue.popleft()
+                    taken.taken = True
+                    batch.append(taken)
+                    size += taken.rows
+                self._running += 1
+                return batch, None
+            wait = closes - now
+        if deadline is not None and not request.taken:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                queue.remove(request)
+                if queue:
+                    queue[0].wake.set()
+                raise ServingError("DEADLINE_EXCEEDED", "Deadline exceeded while waiting for a batch")
+            wait = left if wait is None else min(wait, left)
+        return None, wait
 
     def _run(self, signature, batch):
         try:
@@ -179,19 +186,22 @@ class Batcher:
         except Exception as error:  # every caller of the batch gets the failure
             for request in batch:
                 request.error = error
-        with self._changed:
+        with self._lock:
             self.calls += 1
             self._running -= 1
             for request in batch:
                 request.done = True
-            self._changed.notify_all()
+                request.wake.set()
+            for queue in self._queues.values():  # a slot is free: each queue's oldest request may run its batch
+                if queue:
+                    queue[0].wake.set()
 
     def close(self):
         """Refuses new requests; the waiting ones fail with UNAVAILABLE."""
-        with self._changed:
+        with self._lock:
             self._open = False
             for queue in self._queues.values():
                 while queue:
                     request = queue.popleft()
                     request.error, request.done = ServingError("UNAVAILABLE", "The server is shutting down"), True
-            self._changed.notify_all()
+                    request.wake.set()
