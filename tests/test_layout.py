@@ -2,6 +2,7 @@
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
 import zipfile
@@ -68,3 +69,12 @@ def test_a_wheel_ships_pipelines_inside_nsladv_only(tmp_path):
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert tops == {"nsladv"}
     assert {"nsladv/pipelines/__init__.py", "nsladv/pipelines/mnist.py", "nsladv/jobs/cli.py"} <= set(names)
+
+
+def test_docker_commands_pin_the_serving_image_to_the_exporting_tensorflow():
+    """An untagged tensorflow/serving image can be older or newer than the TensorFlow that wrote the SavedModel
+    and fail with "Op type not registered": every docker command names the TensorFlow that setup.py pins."""
+    pinned = re.search(r'"tensorflow==([\d.]+)"', (ROOT / "setup.py").read_text()).group(1)
+    for doc in ("README.md", "saved_models/README.md"):
+        images = re.findall(r"tensorflow/serving(\S*)", (ROOT / doc).read_text())
+        assert images and all(image == f":{pinned}" for image in images), (doc, images, pinned)

@@ -37,7 +37,7 @@ class BatchingParameters:
         max_batch_size: most rows in one call.
         batch_timeout_micros: longest a request waits for others to join it.
         max_enqueued_batches: how many full batches may wait; more is UNAVAILABLE.
-        num_batch_threads: threads running batches, across all queues.
+        num_batch_threads: batches running at once, across all queues.
     """
 
     max_batch_size: int = 32

@@ -163,7 +163,6 @@ class ModelRepository:
         self.config = model_server_config_pb2.ModelServerConfig()
         self._poller = None
         self._stop = threading.Event()
-        self.events = []  # (model, version, state, error) as they happen, for logs and tests
         initial = read_config_file(self.config_file) if self.config_file else folder_config(self.path)
         if load:
             self.reload(initial)
@@ -264,7 +263,6 @@ class ModelRepository:
             states = dict(self._states.get(name, {}))
             states[version] = status
             self._states[name] = states
-        self.events.append((name, version, status.state, status.error_message))
 
     def refresh(self):
         """Loads wanted versions not yet loaded and unloads unwanted ones.
@@ -309,6 +307,7 @@ class ModelRepository:
         except Exception as error:
             message = f"Failed to load servable version {version} of {model.name} from {path}: {error}"
             self._set_state(model.name, version, VersionStatus("END", _error_code(error), message.strip()))
+            print(f"nsladv serve: {message.strip()}", flush=True)  # as TF Serving logs it; the status keeps it
             return
         with self._lock:
             versions = dict(self._loaded.get(model.name, {}))
