@@ -1,7 +1,6 @@
 """The local TF Serving API: real gRPC stubs and plain HTTP against the in-process model."""
 
 import concurrent.futures
-import http.client
 import json
 import shutil
 import threading
@@ -13,6 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from serving_helpers import SHAPE
+from serving_helpers import classifier
+from serving_helpers import http_request
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
@@ -24,15 +26,6 @@ from nsladv.serving import GrpcClient
 from nsladv.serving import RestClient
 from nsladv.serving import Server
 from nsladv.serving import ServingError
-
-SHAPE = (4, 4, 1)
-
-
-def classifier(seed):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(SHAPE)
-    h = keras.layers.Dense(8, activation="relu")(keras.layers.Flatten()(inputs))
-    return keras.Model(inputs, keras.layers.Dense(3)(h))
 
 
 def images(n, seed=0):
@@ -53,16 +46,6 @@ def models(tmp_path_factory):
 def server(models):
     with Server(models[0], rest_port=0, grpc_port=0, poll_seconds=None, max_body_bytes=200_000) as running:
         yield running
-
-
-def http_request(server, method, path, body=None, headers=None):
-    host, port = server.rest_url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    payload = json.loads(response.read())
-    connection.close()
-    return response.status, payload
 
 
 def test_rest_and_grpc_predictions_equal_the_model(server, models):

@@ -5,18 +5,18 @@ Sources are cited as paths in github.com/tensorflow/serving (read at commit 9d98
 
 import base64
 import concurrent.futures
-import http.client
-import json
 import shutil
 import threading
 import time
 
 import grpc
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from serving_helpers import SHAPE
+from serving_helpers import classifier
+from serving_helpers import http_request
 from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
@@ -32,15 +32,7 @@ from nsladv.serving import ServingError
 from nsladv.serving.metrics import MonitoringConfig
 from nsladv.serving.metrics import read_monitoring_config
 
-SHAPE = (4, 4, 1)
-AVAILABLE, END = 30, 50  # ModelVersionStatus.State
-
-
-def classifier(seed):
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(SHAPE)
-    h = keras.layers.Dense(8, activation="relu")(keras.layers.Flatten()(inputs))
-    return keras.Model(inputs, keras.layers.Dense(3)(h))
+END = 50  # ModelVersionStatus.State
 
 
 def digits(n, seed=0):
@@ -76,18 +68,6 @@ def write_config(path, *entries):
     partial.replace(path)
 
 
-def rest(server, method, path, body=None):
-    host, port = server.rest_url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    connection.request(method, path, body=None if body is None else json.dumps(body))
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    if response.getheader("Content-Type", "").startswith("application/json"):
-        return response.status, json.loads(data)
-    return response.status, data.decode()
-
-
 def reload_config(server, config):
     stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.grpc_target))
     request = model_management_pb2.ReloadConfigRequest(config=config)
@@ -112,7 +92,7 @@ def test_bytes_signature_gives_serving_defaults_classes_over_rest_b64_and_grpc(b
             "signature_name": "serving_bytes",
             "instances": [{"image_bytes": {"b64": base64.b64encode(e).decode()}} for e in encoded],
         }
-        status, payload = rest(server, "POST", "/v1/models/digits:predict", body)
+        status, payload = http_request(server, "POST", "/v1/models/digits:predict", body)
         assert status == 200, payload
         np.testing.assert_array_equal([row["class_ids"] for row in payload["predictions"]], expected["class_ids"])
         np.testing.assert_allclose(
@@ -125,14 +105,14 @@ def test_bytes_signature_gives_serving_defaults_classes_over_rest_b64_and_grpc(b
             np.testing.assert_array_equal(got["class_ids"], expected["class_ids"])
         # A JPEG decodes too (lossy: only the shape is checked).
         jpeg = tf.io.encode_jpeg(tf.constant(np.uint8(x[0] * 255))).numpy()
-        status, payload = rest(
+        status, payload = http_request(
             server,
             "POST",
             "/v1/models/digits:predict",
             {"signature_name": "serving_bytes", "inputs": {"b64": base64.b64encode(jpeg).decode()}},
         )
         assert status == 400 and "must have shape (-1,)" in payload["error"]  # one image where a batch is due
-        status, payload = rest(
+        status, payload = http_request(
             server,
             "POST",
             "/v1/models/digits:predict",
@@ -153,7 +133,7 @@ def test_bad_image_bytes_are_invalid_argument_on_both_apis(base, value, message)
     """Decoding errors are the op's INVALID_ARGUMENT, which TF Serving maps to HTTP 400
     (model_servers/http_server.cc, ToHTTPStatusCode) and passes on over gRPC."""
     with Server(base, rest_port=0, grpc_port=0, poll_seconds=None) as server:
-        status, payload = rest(
+        status, payload = http_request(
             server,
             "POST",
             "/v1/models/digits:predict",
@@ -184,7 +164,7 @@ def test_string_outputs_named_bytes_come_back_as_b64(tmp_path):
     with Server(tmp_path, rest_port=0, grpc_port=0, poll_seconds=None) as server:
         raw = b"\x89PNG\xff"
         body = {"instances": [{"b64": base64.b64encode(raw).decode()}, "plain"]}
-        status, payload = rest(server, "POST", "/v1/models/echo:predict", body)
+        status, payload = http_request(server, "POST", "/v1/models/echo:predict", body)
         assert status == 200, payload
         assert payload["predictions"][0]["echo_bytes"] == {"b64": base64.b64encode(raw).decode()}
         assert payload["predictions"][1] == {
@@ -324,13 +304,13 @@ def test_states_and_a_failed_load_are_reported_on_both_apis(tmp_path):
     with Server(tmp_path, rest_port=0, grpc_port=0, poll_seconds=None) as server:
         export.export_model(classifier(2), tmp_path, "digits", input_shape=SHAPE)
         server.repository.refresh()
-        status, body = rest(server, "GET", "/v1/models/digits")
+        status, body = http_request(server, "GET", "/v1/models/digits")
         assert [(s["version"], s["state"]) for s in body["model_version_status"]] == [("2", "AVAILABLE"), ("1", "END")]
         broken = tmp_path / "digits" / "3"
         broken.mkdir()
         (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
         server.repository.refresh()
-        status, body = rest(server, "GET", "/v1/models/digits/versions/3")
+        status, body = http_request(server, "GET", "/v1/models/digits/versions/3")
         assert status == 200
         (entry,) = body["model_version_status"]
         assert entry["state"] == "END" and entry["status"]["error_code"] != "OK"
@@ -375,7 +355,7 @@ def test_prometheus_metrics_count_what_was_served(base, tmp_path):
             grpc_client.predict("digits", {"image": digits(1)})
         with pytest.raises(ServingError):
             grpc_client.predict("digits", {"image": digits(1)}, version=7, convert_dtypes=False)
-        status, text = rest(server, "GET", "/monitoring/prometheus/metrics")
+        status, text = http_request(server, "GET", "/monitoring/prometheus/metrics")
         assert status == 200
         lines = set(text.splitlines())
         assert ':tensorflow:serving:request_count{model_name="digits",status="OK"} 5.0' in lines
@@ -394,7 +374,7 @@ def test_prometheus_metrics_count_what_was_served(base, tmp_path):
         )
         assert per_version in lines
     with Server(base, rest_port=0, grpc_port=None, poll_seconds=None) as server:
-        status, _ = rest(server, "GET", "/monitoring/prometheus/metrics")
+        status, _ = http_request(server, "GET", "/monitoring/prometheus/metrics")
         assert status != 200  # no monitoring config, no metrics
         assert server.metrics.count("digits") == 0
 
