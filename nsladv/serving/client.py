@@ -16,6 +16,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from nsladv.serving.errors import HTTP_STATUS
 from nsladv.serving.errors import ServingError
+from nsladv.serving.rest import is_b64
 
 # REST errors carry only the HTTP status: where several codes share one, the most common is named.
 _PREFERRED = ("INVALID_ARGUMENT", "INTERNAL", "ABORTED")
@@ -31,10 +32,6 @@ def _model_path(name, version=None, label=None):
     elif label is not None:
         path += f"/labels/{label}"
     return path
-
-
-def _is_b64(value):
-    return isinstance(value, dict) and len(value) == 1 and "b64" in value
 
 
 def _json_ready(value):
@@ -57,7 +54,7 @@ def _array(value):
     def decode(item):
         if isinstance(item, list):
             return [decode(i) for i in item]
-        return base64.b64decode(item["b64"]) if _is_b64(item) else item
+        return base64.b64decode(item["b64"]) if is_b64(item) else item
 
     decoded = decode(value)
     return np.asarray(decoded, dtype=object) if _contains_bytes(decoded) else np.asarray(decoded)
@@ -114,12 +111,12 @@ class RestClient:
             batch = len(next(iter(inputs.values())))
             body["instances"] = [{k: v[i] for k, v in inputs.items()} for i in range(batch)]
             rows = self._call(_model_path(name, version, label) + ":predict", body)["predictions"]
-            if rows and isinstance(rows[0], dict) and not _is_b64(rows[0]):
+            if rows and isinstance(rows[0], dict) and not is_b64(rows[0]):
                 return {k: _array([row[k] for row in rows]) for k in rows[0]}
             return {"outputs": _array(rows)}
         body["inputs"] = inputs
         outputs = self._call(_model_path(name, version, label) + ":predict", body)["outputs"]
-        if isinstance(outputs, dict) and not _is_b64(outputs):
+        if isinstance(outputs, dict) and not is_b64(outputs):
             return {k: _array(v) for k, v in outputs.items()}
         return {"outputs": _array(outputs)}
 

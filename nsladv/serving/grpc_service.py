@@ -24,7 +24,7 @@ def _version_and_label(spec):
     return version, label
 
 
-def _error_code(name):
+def _status_number(name):
     """The number of a `tensorflow.error.Code` name, as StatusProto stores it."""
     enum = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
     return enum.values_by_name[name].number
@@ -130,7 +130,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             entry = response.model_version_status.add()
             entry.version = number
             entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
-            entry.status.error_code = _error_code(status.error_code)
+            entry.status.error_code = _status_number(status.error_code)
             entry.status.error_message = status.error_message
         return response
 
@@ -140,7 +140,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         try:
             self.repository.reload(request.config)
         except ServingError as error:
-            response.status.error_code = _error_code(error.code)
+            response.status.error_code = _status_number(error.code)
             response.status.error_message = error.message
             context.set_code(error.grpc_status)
             context.set_details(error.message)

@@ -24,6 +24,7 @@ a new label to wait for its version.
 import dataclasses
 import pathlib
 import threading
+import time
 
 import tensorflow as tf
 from google.protobuf import text_format
@@ -137,7 +138,6 @@ class ModelRepository:
     Args:
         path: a folder of model folders, one model folder, or a models.config file.
         config_file: a TF Serving model config file (instead of `path`).
-        load: load the versions now.
         allow_version_labels_for_unavailable_models: as TF Serving's flag:
             a label new to a model may name a version that is not loaded yet.
 
@@ -147,7 +147,7 @@ class ModelRepository:
             (FAILED_PRECONDITION), as TF Serving refuses to start with them.
     """
 
-    def __init__(self, path=None, *, config_file=None, load=True, allow_version_labels_for_unavailable_models=False):
+    def __init__(self, path=None, *, config_file=None, allow_version_labels_for_unavailable_models=False):
         if (path is None) == (config_file is None):
             raise ValueError(f"Give a folder or a config file. Received: path={path!r}, config_file={config_file!r}")
         if path is not None and pathlib.Path(path).is_file():
@@ -163,12 +163,7 @@ class ModelRepository:
         self.config = model_server_config_pb2.ModelServerConfig()
         self._poller = None
         self._stop = threading.Event()
-        initial = read_config_file(self.config_file) if self.config_file else folder_config(self.path)
-        if load:
-            self.reload(initial)
-        else:
-            self._models = self._models_of(initial)
-            self.config = initial
+        self.reload(read_config_file(self.config_file) if self.config_file else folder_config(self.path))
 
     # Configuration -----------------------------------------------------------
 
@@ -325,22 +320,25 @@ class ModelRepository:
     def start_polling(self, seconds=2.0, *, config_seconds=None):
         """Refreshes versions every `seconds`, and rereads the config file every `config_seconds`."""
 
+        config_seconds = config_seconds if self.config_file is not None else None
+        periods = {"config": config_seconds, "versions": seconds}
+        periods = {k: v for k, v in periods.items() if v}
+
         def poll():
-            next_config = config_seconds
-            tick = min(s for s in (seconds, config_seconds) if s)
-            waited = 0.0
-            while not self._stop.wait(tick):
-                waited += tick
+            due = {k: time.monotonic() + v for k, v in periods.items()}
+            while not self._stop.wait(max(0.0, min(due.values()) - time.monotonic())):
+                now = time.monotonic()
                 try:
-                    if config_seconds and self.config_file is not None and waited >= next_config:
-                        next_config += config_seconds
+                    if "config" in due and now >= due["config"]:
+                        due["config"] = now + periods["config"]
                         self.poll_config_file()
-                    if seconds:
+                    if "versions" in due and now >= due["versions"]:
+                        due["versions"] = now + periods["versions"]
                         self.refresh()
                 except Exception as error:  # the server keeps serving what it has
                     print(f"nsladv serve: {error}", flush=True)
 
-        if not seconds and not (config_seconds and self.config_file is not None):
+        if not periods:
             return
         self._poller = threading.Thread(target=poll, name="nsladv-poller", daemon=True)
         self._poller.start()

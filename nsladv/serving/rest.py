@@ -100,7 +100,7 @@ def predict_json(repository, name, version, label, body, batcher=None, *, info=N
         inputs = _rows_to_columns(request["instances"], names)
     else:
         inputs = request["inputs"]
-        if not isinstance(inputs, dict) or _is_b64(inputs):  # A tensor is a list or a number; an object names inputs.
+        if not isinstance(inputs, dict) or is_b64(inputs):  # A tensor is a list or a number; an object names inputs.
             if len(names) != 1:
                 raise ServingError(
                     "INVALID_ARGUMENT",
@@ -118,7 +118,7 @@ def predict_json(repository, name, version, label, body, batcher=None, *, info=N
     return {"outputs": outputs}
 
 
-def _is_b64(value):
+def is_b64(value):
     """`{"b64": "<base64>"}`, TF Serving's form of binary data in JSON (one key, a string)."""
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
@@ -127,7 +127,7 @@ def _decode_strings(value, name):
     """JSON strings and b64 objects of a string input -> bytes, at any depth."""
     if isinstance(value, list):
         return [_decode_strings(v, name) for v in value]
-    if _is_b64(value):
+    if is_b64(value):
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError):
@@ -153,7 +153,7 @@ def _json_values(name, array):
 def _rows_to_columns(instances, names):
     if not isinstance(instances, list) or not instances:
         raise ServingError("INVALID_ARGUMENT", "'instances' must be a non-empty list, one entry per example.")
-    named = [isinstance(row, dict) and not _is_b64(row) for row in instances]
+    named = [isinstance(row, dict) and not is_b64(row) for row in instances]
     if all(named):
         keys = {tuple(sorted(row)) for row in instances}
         if len(keys) != 1:
