@@ -5,9 +5,11 @@ loopback, one plain and one with `--enable_batching` (max_batch_size 32,
 batch_timeout_micros 0, one batch thread: requests that arrive while a batch
 runs form the next one), and sends batch-1 predict requests from 1 and 16
 client threads over REST, over gRPC, and, as the reference, straight to the
-SavedModel in this process. Each cell is bounded by a request count and a time
-limit; the contenders take turns at each concurrency level, `--rounds` times,
-and the figures are medians over rounds.
+SavedModel in this process. Each cell runs for `--seconds` (or `--requests`,
+whichever ends first); the contenders take turns at each concurrency level
+(A B C ... A B C ...), `--rounds` times, after a warm-up. The table gives each
+cell's median over rounds; each ratio is the median over rounds of the ratio
+measured within one round (the two cells a few seconds apart).
 
 The clients are lean, so that they measure the server rather than themselves
 (they share the 2 cores with it): each sends one request serialized once (the
@@ -16,7 +18,7 @@ body over a kept-alive connection per thread) and checks the reply's status.
 Before timing, every contender's reply is decoded once and checked against the
 in-process model's classes.
 
-Usage: python -m benchmarks.serving_speed [--requests 300] [--seconds 20] [--rounds 3]
+Usage: python -m benchmarks.serving_speed [--seconds 3] [--requests 100000] [--rounds 5]
 The last line printed is one JSON object.
 """
 
@@ -133,9 +135,9 @@ def median_cell(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300, help="requests per cell (default 300)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="time limit per cell (default 20)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every cell (default 3)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per cell (default 3)")
+    parser.add_argument("--requests", type=int, default=100_000, help="most requests per cell (default 100000)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every cell (default 5)")
     args = parser.parse_args()
     image = np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)
     servers = []
@@ -183,8 +185,8 @@ def main():
                 process.wait(timeout=30)
     results = {key: median_cell(rows) for key, rows in rounds.items()}
     print(
-        f"batch-1 predict, {args.requests} requests or {args.seconds:g} s per cell, medians of {args.rounds} rounds, "
-        "servers in subprocesses on loopback"
+        f"batch-1 predict, {args.seconds:g} s (at most {args.requests} requests) per cell, medians of {args.rounds} "
+        "rounds, servers in subprocesses on loopback"
     )
     print(f"{'transport':<14} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for key, row in results.items():
@@ -192,7 +194,8 @@ def main():
         print(f"{name:<14} {concurrency:>7} {row['per_second']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8}")
 
     def ratio(key, a, b):
-        return round(results[a][key] / results[b][key], 3)
+        """The median over rounds of a's figure over b's in the same round."""
+        return round(statistics.median(x[key] / y[key] for x, y in zip(rounds[a], rounds[b])), 3)
 
     summary = {
         "grpc_batched_over_unbatched_16": ratio("per_second", "grpc_batched@16", "grpc@16"),

@@ -415,3 +415,30 @@ def test_grpc_raw_stub_with_a_double_tensor_is_refused(base):
             stub.Predict(request, timeout=30)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "Expects arg[0] to be float but double is provided" in error.value.details()
+
+
+@pytest.mark.parametrize("tensor_content", [False, True])
+def test_grpc_outputs_are_serialized_as_tf_serving_serializes_them(base, tensor_content):
+    """servables/tensorflow/predict_util.cc: outputs are written with Tensor::AsProtoField (values in float_val,
+    int64_val, ...) unless model_servers/server.cc's --enable_serialization_as_tensor_content asks for
+    AsProtoTensorContent (raw bytes). Clients that read only one of the two break on the other."""
+    x = digits(2, seed=3)
+    with Server(
+        base, rest_port=None, grpc_port=0, poll_seconds=None, serialization_as_tensor_content=tensor_content
+    ) as server:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "digits"
+        request.inputs["image"].CopyFrom(tf.make_tensor_proto(x))
+        outputs = stub.Predict(request, timeout=30).outputs
+        expected = GrpcClient(server.grpc_target).predict("digits", {"image": x})
+    logits, class_ids = outputs["logits"], outputs["class_ids"]
+    assert [d.size for d in logits.tensor_shape.dim] == [2, 3]
+    if tensor_content:
+        assert len(logits.tensor_content) == 2 * 3 * 4 and not logits.float_val
+        assert len(class_ids.tensor_content) == 2 * 8 and not class_ids.int64_val
+    else:
+        assert len(logits.float_val) == 6 and not logits.tensor_content
+        assert len(class_ids.int64_val) == 2 and not class_ids.tensor_content
+    np.testing.assert_array_equal(tf.make_ndarray(logits), expected["logits"])
+    np.testing.assert_array_equal(tf.make_ndarray(class_ids), expected["class_ids"])

@@ -190,6 +190,12 @@ def _parser():
         metavar="MS",
         help="a request waiting longer for the model fails with DEADLINE_EXCEEDED (default: 30000)",
     )
+    serve.add_argument(
+        "--enable-serialization-as-tensor-content",
+        "--enable_serialization_as_tensor_content",
+        action="store_true",
+        help="gRPC outputs as raw bytes in tensor_content (default: float_val and the like, as TF Serving)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default: 8501)")
     serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default: 8500)")
@@ -381,6 +387,7 @@ def _run(args):
                 batching=batching,
                 monitoring=args.monitoring_config_file,
                 request_timeout=args.rest_api_timeout_in_ms / 1000,
+                serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
             ).start()
         except (ServingError, OSError, ValueError) as error:  # what TF Serving would refuse to start with
             raise SettingsError(f"nsladv serve cannot start: {error}") from None

@@ -4,7 +4,6 @@ GetModelMetadata, ModelService.GetModelStatus and HandleReloadConfigRequest."""
 
 import time
 
-import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_management_pb2
@@ -14,6 +13,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import status_pb2
 
 from nsladv.serving import predict as predict_lib
+from nsladv.serving import tensors
 from nsladv.serving.errors import ServingError
 from nsladv.serving.repository import DEFAULT_SIGNATURE
 
@@ -35,11 +35,12 @@ def _abort(context, error):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, repository, batcher=None, metrics=None, request_timeout=None):
+    def __init__(self, repository, batcher=None, metrics=None, request_timeout=None, tensor_content=False):
         self.repository = repository
         self.batcher = batcher
         self.metrics = metrics
         self.request_timeout = request_timeout
+        self.tensor_content = tensor_content  # outputs as raw bytes (--enable_serialization_as_tensor_content)
 
     def Predict(self, request, context):
         start = time.monotonic()
@@ -71,7 +72,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         served.update(version=loaded.version, signature_name=signature_name)
         signature, _ = loaded.signature(signature_name)
         try:
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            inputs = {k: tensors.to_ndarray(v) for k, v in request.inputs.items()}
         except Exception as error:
             raise ServingError("INVALID_ARGUMENT", f"Malformed input tensor: {error}") from None
         outputs = predict_lib.run(
@@ -88,7 +89,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = loaded.version
         response.model_spec.signature_name = signature_name
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[key].CopyFrom(tensors.to_proto(value, as_content=self.tensor_content))
         return response
 
     def GetModelMetadata(self, request, context):

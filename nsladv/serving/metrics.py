@@ -5,18 +5,18 @@ request as `/tensorflow/serving/request_count{model_name, status}` and times
 the successful ones as `/tensorflow/serving/request_latency{model_name, API,
 entrypoint}` in microseconds (buckets 10 * 1.8^k, 33 of them); its Prometheus
 exporter (tensorflow_serving/util/prometheus_exporter.cc) writes the names
-with ':' for '/'. Those two are kept here, name for name; the version and
-signature a request reached, which TF Serving's metrics do not carry, are in
-`nsladv_serving_requests_total` and `nsladv_serving_request_latency_seconds`,
-kept by `prometheus-client`. The endpoint is on only when a monitoring config
-enables it (TF Serving's `--monitoring_config_file`).
+with ':' for '/'. Those two are served here, name for name, as sums over the
+version and signature a request reached, which TF Serving's metrics do not
+carry: `prometheus-client` keeps those in `nsladv_serving_requests_total` and
+`nsladv_serving_request_latency_seconds` (TF Serving's buckets, in seconds).
+The endpoint is on only when a monitoring config enables it (TF Serving's
+`--monitoring_config_file`).
 """
 
-import bisect
+import collections
 import dataclasses
 import pathlib
 import re
-import threading
 
 import prometheus_client
 from prometheus_client.core import HistogramMetricFamily
@@ -69,13 +69,15 @@ def read_monitoring_config(path):
 
 
 class Metrics:
-    """What the server served: counts by status and latencies, for Prometheus."""
+    """What the server served: counts by status and latencies, for Prometheus.
+
+    One counter and one histogram (`prometheus-client`'s, by model, version,
+    signature, API and entrypoint) hold everything; TF Serving's two metrics
+    are their sums over version and signature, computed when scraped.
+    """
 
     def __init__(self):
         self.registry = prometheus_client.CollectorRegistry()
-        self._lock = threading.Lock()
-        self._counts = {}  # (model_name, status) -> n
-        self._latency = {}  # (model_name, API, entrypoint) -> [bucket counts..., sum]
         labels = ("model_name", "version", "signature_name", "API", "entrypoint", "status")
         self.requests = prometheus_client.Counter(
             "nsladv_serving_requests",
@@ -87,31 +89,47 @@ class Metrics:
             "nsladv_serving_request_latency_seconds",
             "Wall time of successful requests by model, version, signature, API and entrypoint.",
             labels[:-1],
+            buckets=[micros / 1e6 for micros in LATENCY_BUCKETS_MICROS],  # TF Serving's, in seconds
             registry=self.registry,
         )
         self.registry.register(_TFServingCollector(self))
 
     def record(self, *, model_name, api, entrypoint, status, seconds, version="", signature_name=""):
         """Counts one request (status: a TF Serving code name, "OK" for success)."""
-        with self._lock:
-            self._counts[model_name, status] = self._counts.get((model_name, status), 0) + 1
-            if status == "OK":
-                micros = seconds * 1e6
-                cell = self._latency.setdefault((model_name, api, entrypoint), [0] * (len(LATENCY_BUCKETS_MICROS) + 2))
-                cell[bisect.bisect_left(LATENCY_BUCKETS_MICROS, micros)] += 1
-                cell[-1] += micros
         version = "" if version is None else str(version)
         self.requests.labels(model_name, version, signature_name, api, entrypoint, status).inc()
         if status == "OK":
             self.latency.labels(model_name, version, signature_name, api, entrypoint).observe(seconds)
 
     def count(self, model_name, status="OK"):
-        with self._lock:
-            return self._counts.get((model_name, status), 0)
+        """Requests to `model_name` answered with `status`, over every version, signature and API."""
+        return int(sum(n for (model, code), n in self._counts().items() if (model, code) == (model_name, status)))
 
     def exposition(self):
         """The Prometheus text format (bytes)."""
         return prometheus_client.generate_latest(self.registry)
+
+    def _counts(self):
+        """{(model_name, status): requests}, summed over the other labels."""
+        counts = collections.Counter()
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["model_name"], sample.labels["status"]] += sample.value
+        return counts
+
+    def _latencies(self):
+        """{(model_name, API, entrypoint): ([cumulative count per bucket, in bucket order], sum in seconds)}."""
+        buckets, sums = {}, collections.Counter()
+        for family in self.latency.collect():
+            for sample in family.samples:
+                key = (sample.labels["model_name"], sample.labels["API"], sample.labels["entrypoint"])
+                if sample.name.endswith("_bucket"):
+                    cell = buckets.setdefault(key, collections.Counter())
+                    cell[float(sample.labels["le"])] += sample.value
+                elif sample.name.endswith("_sum"):
+                    sums[key] += sample.value
+        return {key: ([cell[le] for le in sorted(cell)], sums[key]) for key, cell in buckets.items()}
 
 
 class _TFServingCollector:
@@ -121,14 +139,11 @@ class _TFServingCollector:
         self.metrics = metrics
 
     def collect(self):
-        with self.metrics._lock:
-            counts = dict(self.metrics._counts)
-            latency = {k: list(v) for k, v in self.metrics._latency.items()}
         name = ":tensorflow:serving:request_count"
         # "unknown" keeps the sample's name as TF Serving writes it; prometheus-client would append _total
         # to a counter's.
         family = Metric(name, "The total number of requests.", "unknown")
-        for (model_name, status), n in sorted(counts.items()):
+        for (model_name, status), n in sorted(self.metrics._counts().items()):
             family.add_sample(name, {"model_name": model_name, "status": status}, n)
         yield family
         histogram = HistogramMetricFamily(
@@ -136,10 +151,7 @@ class _TFServingCollector:
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
             labels=["model_name", "API", "entrypoint"],
         )
-        for labels, cell in sorted(latency.items()):
-            cumulative, buckets = 0, []
-            for limit, n in zip((*LATENCY_BUCKETS_MICROS, float("inf")), cell[:-1]):
-                cumulative += n
-                buckets.append(("+Inf" if limit == float("inf") else repr(limit), cumulative))
-            histogram.add_metric(list(labels), buckets, cell[-1])
+        limits = [repr(limit) for limit in LATENCY_BUCKETS_MICROS] + ["+Inf"]
+        for labels, (cumulative, seconds) in sorted(self.metrics._latencies().items()):
+            histogram.add_metric(list(labels), list(zip(limits, cumulative)), seconds * 1e6)
         yield histogram

@@ -48,6 +48,10 @@ class Server:
             fails with DEADLINE_EXCEEDED (TF Serving's
             `--rest_api_timeout_in_ms` defaults to 30 s); gRPC clients'
             deadlines apply too.
+        serialization_as_tensor_content: write gRPC output tensors as raw
+            bytes in `tensor_content`, as TF Serving's
+            `--enable_serialization_as_tensor_content`; by default they go in
+            the dtype's repeated field (`float_val`, ...), as TF Serving's do.
 
     Example:
 
@@ -74,6 +78,7 @@ class Server:
         batching=None,
         monitoring=None,
         request_timeout=30.0,
+        serialization_as_tensor_content=False,
     ):
         if monitoring is not None and not isinstance(monitoring, MonitoringConfig):
             monitoring = read_monitoring_config(monitoring)
@@ -114,7 +119,14 @@ class Server:
                 ],
             )
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-                PredictionService(self.repository, self.batcher, self.metrics, request_timeout), self._grpc
+                PredictionService(
+                    self.repository,
+                    self.batcher,
+                    self.metrics,
+                    request_timeout,
+                    tensor_content=serialization_as_tensor_content,
+                ),
+                self._grpc,
             )
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.repository), self._grpc)
             self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
