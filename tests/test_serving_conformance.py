@@ -368,6 +368,17 @@ def test_prometheus_metrics_count_what_was_served(base, tmp_path):
             ':tensorflow:serving:request_latency_count{API="Predict",entrypoint="GRPC",model_name="digits"} 2.0'
             in lines
         )
+        # TF Serving's buckets (10 us * 1.8^k), cumulative, the last one counting every request
+        rest_buckets = [
+            line
+            for line in text.splitlines()
+            if line.startswith(':tensorflow:serving:request_latency_bucket{API="predict",entrypoint="REST"')
+        ]
+        assert len(rest_buckets) == 33
+        assert 'le="10.0"' in rest_buckets[0] and 'le="+Inf"' in rest_buckets[-1]
+        assert rest_buckets[-1].endswith(" 3.0")
+        counts = [float(line.rsplit(" ", 1)[1]) for line in rest_buckets]
+        assert counts == sorted(counts) and counts[0] == 0.0
         per_version = (
             'nsladv_serving_requests_total{API="Predict",entrypoint="GRPC",model_name="digits",'
             'signature_name="serving_default",status="OK",version="2"} 2.0'
