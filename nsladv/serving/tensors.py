@@ -10,10 +10,12 @@ predict_util.cc and model_servers/server.cc.
 Requests: the values may come either way; `to_ndarray` reads the common
 numeric `tensor_content` case straight from the bytes and leaves everything
 else (repeated fields, with TensorFlow's rule that the last value fills a
-short field, strings, half floats) to `tf.make_ndarray`. `tf.make_tensor_proto`
-and `tf.make_ndarray` cost about 12 and 6 microseconds a tensor here; that is
-a sizeable share of a request in a Python server.
+short field, strings, half floats) to `tf.make_ndarray`. Measured here:
+`tf.make_tensor_proto` on an MNIST response's three outputs 38.5 us against
+5.9 us for `to_proto`; `tf.make_ndarray` on a 28x28 image 5.7 us against 2.5 us.
 """
+
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -49,11 +51,11 @@ def to_ndarray(proto):
         return tf.make_ndarray(proto)
     shape = [d.size for d in proto.tensor_shape.dim]
     array = np.frombuffer(proto.tensor_content, dtype=dtype)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)
     if array.size != count:
         raise ValueError(f"tensor_content holds {array.size} values; shape {shape} needs {count}")
-    # A copy: the request's bytes are read-only and are freed with it.
-    return array.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    # A copy (the request's bytes are read-only and are freed with it), in the machine's byte order.
+    return array.reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def to_proto(array, *, as_content=False):
