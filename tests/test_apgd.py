@@ -132,3 +132,17 @@ def test_the_targeted_loss_needs_four_classes():
     model, _, x, y = linear_problem(classes=3)
     with pytest.raises(ValueError, match=r"needs at least 4 classes. Received: 3 classes"):
         apgd_t(steps=2).batch_attacker(model).accuracy(tf.data.Dataset.from_tensor_slices((x, y)).batch(50), 0.1)
+
+
+@pytest.mark.parametrize("attack", [apgd_ce(steps=10), apgd_t(steps=10, target_classes=2)], ids=["ce", "t"])
+def test_a_model_without_an_input_gradient_is_attacked_not_crashed(attack):
+    """Rounding the input first leaves no gradient path (tape.gradient gives None): APGD moves nowhere and reports
+    every example robust, as PGD and FGSM do, instead of failing in its loop."""
+    inputs = keras.Input((6,))
+    rounded = keras.ops.round(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4)(rounded))
+    x = np.full((8, 6), 0.3, "float32")
+    y = np.argmax(model.predict(x, verbose=0), 1)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    clean, robust, count = attack.batch_attacker(model, seed=0).accuracy(dataset, 0.1)
+    assert (clean, robust, count) == (1.0, 1.0, 8)

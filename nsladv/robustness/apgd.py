@@ -128,7 +128,9 @@ class APGDAttacker(Counter):
             logits = _logits(self.model, x, self.from_logits)
             loss = per_example_loss(self.attack.loss, logits, y, target)
             total = tf.reduce_sum(loss)
-        return loss, tape.gradient(total, x), logits
+        # No path from the input (a rounding first layer, say): a zero gradient, so the attack stays put.
+        gradient = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, gradient, logits
 
     def _fooled(self, x, y, epsilon, target, seed):
         """Whether any iterate misclassifies each example, and the first such iterate (else the best-loss one)."""
