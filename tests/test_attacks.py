@@ -10,6 +10,7 @@ from nsladv import Attack
 from nsladv import ThreatModel
 from nsladv import evaluate_robustness
 from nsladv import pgd
+from nsladv.jobs.report import check_summary
 from nsladv.robustness import fgsm
 from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import adversarial_examples
@@ -219,7 +220,40 @@ def test_square_finds_what_a_masked_model_hides_from_gradient_attacks():
             "square": 20,
         }
         assert result["worst_case"]["0.1"] == 0.0 and result["black_box_only"] == {"0.1": 20}
-        assert not result["sanity"]["black_box_finds_nothing_new"]["passed"]
+        check = result["sanity"]["black_box_finds_nothing_new"]
+        assert not check["passed"]
+        # 20 restarts of APGD-CE cannot move either: the retry reads it as masking
+        assert result["black_box_retry"]["examples"] == {"0.1": 20} and result["black_box_retry"]["found"] == {"0.1": 0}
+        assert check["white_box_retry"]["reading"] == "20 stay hidden from gradient attacks: suspect masked gradients"
+        assert check_summary(result) == (
+            "FAILED: black_box_finds_nothing_new (apgd-ce-x20 found 0 of 20 at 0.1: "
+            "20 stay hidden from gradient attacks: suspect masked gradients)"
+        )
+
+
+def test_the_retry_tells_too_few_restarts_from_masking():
+    """A white-box set too weak to find what Square finds on an honest model: the retry finds every one."""
+    from nsladv.robustness.square import Square
+
+    images = np.random.default_rng(1).random((40, 8, 8, 1)).astype("float32")
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    labels = np.argmax(model.predict(images, verbose=0), 1)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(20)
+    timid = pgd(2, 1, relative_step_size=0.01, name="timid")  # two tiny steps from a random start
+    result = evaluate_robustness(model, dataset, epsilons=[0.05], attacks=[timid, Square(queries=300)])
+    hidden = result["black_box_only"]["0.05"]
+    assert hidden > 0
+    assert result["black_box_retry"]["found"] == {"0.05": hidden}
+    check = result["sanity"]["black_box_finds_nothing_new"]
+    assert not check["passed"]
+    assert check["white_box_retry"]["reading"] == "too few white-box restarts, not masked gradients"
+    # the retry changes no accuracy
+    no_retry = evaluate_robustness(
+        model, dataset, epsilons=[0.05], attacks=[timid, Square(queries=300)], black_box_retry=None
+    )
+    assert "black_box_retry" not in no_retry and no_retry["worst_case"] == result["worst_case"]
 
 
 def test_square_finds_nothing_new_on_an_honest_model():

@@ -50,8 +50,7 @@ def model_card(*, title, model, dataset, evaluations, hardening=None, versions=N
                 low, high = result["confidence_95"][k]
                 cells.append(f"**{100 * result['worst_case'][k]:.1f}%** ({100 * low:.1f}–{100 * high:.1f})")
             lines.append("| worst case (95% interval) | " + " | ".join(cells) + " |")
-        failed = [name for name, check in result.get("sanity", {}).items() if not check["passed"]]
-        lines += ["", f"Gradient-masking checks: {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}.", ""]
+        lines += ["", f"Gradient-masking checks: {report_lib.check_summary(result)}.", ""]
     lines += [
         "## Limits of the claim",
         "",

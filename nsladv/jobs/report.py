@@ -116,7 +116,22 @@ def summary_table(evaluations):
             after = ("+" if i else "") + name
             lines.append(f"{label:<{width}} {after:<10} {100 * result['clean_accuracy']:>6.1f}% {cells}")
     for label, result in evaluations.items():
-        failed = [name for name, check in result.get("sanity", {}).items() if not check["passed"]]
-        status = "all passed" if not failed else "FAILED: " + ", ".join(failed)
-        lines.append(f"gradient-masking checks ({label}): {status}")
+        lines.append(f"gradient-masking checks ({label}): {check_summary(result)}")
     return "\n".join(lines)
+
+
+def check_summary(result):
+    """One line on an evaluation's gradient-masking checks: "all passed", or what failed and what it means."""
+    failed = [name for name, check in result.get("sanity", {}).items() if not check["passed"]]
+    if not failed:
+        return "all passed"
+    words = []
+    for name in failed:
+        check = result["sanity"][name]
+        if name == "black_box_finds_nothing_new" and "white_box_retry" in check:
+            retry = check["white_box_retry"]
+            found = ", ".join(f"{retry['found'][k]} of {n} at {k}" for k, n in check["examples_by_epsilon"].items())
+            words.append(f"{name} ({retry['attack']} found {found}: {retry['reading']})")
+        else:
+            words.append(name)
+    return "FAILED: " + "; ".join(words)

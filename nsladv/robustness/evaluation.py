@@ -6,6 +6,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from nsladv.robustness.apgd import APGD
 from nsladv.robustness.apgd import apgd_ce
 from nsladv.robustness.apgd import apgd_t
 from nsladv.robustness.attacks import FGSM
@@ -27,6 +28,11 @@ ATTACK_SETS = {
 }
 
 
+# What re-attacks the examples only a black-box attack fooled: gradient attacks that find them with more
+# restarts were unlucky; gradient attacks that still cannot are what masked gradients look like.
+BLACK_BOX_RETRY = APGD(name="apgd-ce-x20", loss="ce", steps=100, restarts=20)
+
+
 def attack_set(name):
     """A fresh tuple of the named attack set's attacks (`"quick"`, `"standard"` or `"full"`; see `ATTACK_SETS`)."""
     if name not in ATTACK_SETS:
@@ -46,6 +52,7 @@ def evaluate_robustness(
     progress=None,
     seed=0,
     cascade=True,
+    black_box_retry=BLACK_BOX_RETRY,
 ):
     """White-box robust accuracy of `model` on `dataset` at each epsilon.
 
@@ -77,6 +84,11 @@ def evaluate_robustness(
         seed: the attacks' random seeds are `seed`, `seed + 1`, ... in run
             order (reported under each attack's `seed`).
         cascade: False runs every attack on every example.
+        black_box_retry: a white-box attack run again on the examples that
+            only a black-box attack fooled (default APGD-CE with 20
+            restarts), reported as `black_box_retry`: whether gradients find
+            them with more tries (too few restarts) or not (masked
+            gradients). It changes no accuracy. None skips it.
 
     Returns:
         A JSON-ready dict: `clean_accuracy`, `examples` (also as
@@ -138,6 +150,10 @@ def evaluate_robustness(
     if white_box and any(_black_box(a) for a in attacks):
         # Examples a black-box attack fooled that every white-box attack left robust.
         results["black_box_only"] = {key: int((white_box[key] & ~robust_so_far[key]).sum()) for key in robust_so_far}
+        if black_box_retry is not None and any(results["black_box_only"].values()):
+            results["black_box_retry"] = _retry(
+                black_box_retry, model, x, y, batch_size, white_box, robust_so_far, from_logits, seed + len(attacks)
+            )
     measured = [a for i, a in enumerate(attacks) if i in reference and not _black_box(a)]
     if large_epsilon is not None and measured:
         # The reference white-box attack strongest at the largest epsilon, whatever its place in the list.
@@ -148,6 +164,19 @@ def evaluate_robustness(
         results["large_epsilon"] = {"epsilon": large_epsilon, "attack": strongest.name, "accuracy": float(large.mean())}
     results["sanity"] = sanity_checks(results, near_zero=near_zero)
     return results
+
+
+def _retry(attack, model, x, y, batch_size, white_box, robust_so_far, from_logits, seed):
+    """`attack` on the examples only the black box fooled, by epsilon: how many it fools too."""
+    attacker = attack.batch_attacker(model, from_logits=from_logits, seed=seed)
+    retry = {"config": attack.get_config(), "seed": seed, "examples": {}, "found": {}}
+    for key in robust_so_far:
+        rows = np.flatnonzero(white_box[key] & ~robust_so_far[key])
+        found = 0
+        if rows.size:
+            found = int(rows.size - _robust_rows(attacker, x, y, rows, batch_size, float(key)).sum())
+        retry["examples"][key], retry["found"][key] = int(rows.size), found
+    return retry
 
 
 def _reference_attacks(attacks):
@@ -224,7 +253,9 @@ def sanity_checks(results, *, near_zero=0.1):
       case) does not rise with epsilon.
     - `large_epsilon_near_zero`: at a destroying epsilon accuracy is near 0.
     - `black_box_finds_nothing_new`: a black-box attack (Square) fooled no
-      example that every white-box attack left robust.
+      example that every white-box attack left robust. When it did, and
+      `black_box_retry` ran, the check says how many of those examples the
+      retry found (`white_box_retry`) and what that suggests.
     """
     keys = [_key(e) for e in results["epsilons"]]
     checks = {}
@@ -249,6 +280,16 @@ def sanity_checks(results, *, near_zero=0.1):
     if "black_box_only" in results:
         found = {k: n for k, n in results["black_box_only"].items() if n > 0}
         checks["black_box_finds_nothing_new"] = {"passed": not found, "examples_by_epsilon": found}
+        if found and "black_box_retry" in results:
+            retry = results["black_box_retry"]
+            hidden = sum(retry["examples"][k] - retry["found"][k] for k in found)
+            checks["black_box_finds_nothing_new"]["white_box_retry"] = {
+                "attack": retry["config"]["name"],
+                "found": {k: retry["found"][k] for k in found},
+                "reading": "too few white-box restarts, not masked gradients"
+                if hidden == 0
+                else f"{hidden} stay hidden from gradient attacks: suspect masked gradients",
+            }
     violations = []
     curves = {name: a["accuracy"] for name, a in attacks.items()}
     if "worst_case" in results:
