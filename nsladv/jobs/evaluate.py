@@ -12,7 +12,7 @@ from nsladv import export as export_lib
 from nsladv.classifier import check_classifier
 from nsladv.errors import ModelNotFoundError
 from nsladv.jobs import report as report_lib
-from nsladv.jobs.model_card import write_model_card
+from nsladv.jobs.model_card import write_run_files
 from nsladv.robustness import attack_set
 from nsladv.robustness import evaluate_robustness
 
@@ -133,13 +133,12 @@ def evaluate(
         "seconds": round(time.perf_counter() - start, 1),
         "versions": report_lib.package_versions(),
     }
-    report_lib.write_json(out_dir / "report.json", report)
-    report_lib.plot_robustness(
-        {"model": evaluation}, out_dir / "robustness.png", title=f"{name}: white-box robust accuracy ({dataset} test)"
-    )
-    write_model_card(
-        out_dir / "model_card.md",
+    write_run_files(
+        out_dir,
+        report,
+        report["evaluations"],
         title=name,
+        plot_title=f"{name}: white-box robust accuracy ({dataset} test)",
         model={
             "source": str(model_path),
             "inputs": f"images {splits.image_shape}, pixels in [0, 1]",
@@ -148,10 +147,7 @@ def evaluate(
             "parameters": f"{model.count_params():,}",
         },
         dataset=report["dataset"],
-        evaluations=report["evaluations"],
         hardening=metadata,
-        versions=report["versions"],
+        log=log,
     )
-    log("\n" + report_lib.summary_table(report["evaluations"]))
-    log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}\ncard:   {out_dir / 'model_card.md'}")
     return report

@@ -16,7 +16,7 @@ from nsladv.jobs import report as report_lib
 from nsladv.jobs import run_state
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
-from nsladv.jobs.model_card import write_model_card
+from nsladv.jobs.model_card import write_run_files
 from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.schedules import EpsilonWarmup
@@ -337,17 +337,13 @@ class _HardenJob:
 
     def write_report(self, report, evaluations):
         """report.json, the plot and the summary: written before the export, which may fail."""
-        out_dir = self.out_dir
-        report_lib.write_json(out_dir / "report.json", report)
-        report_lib.plot_robustness(
-            evaluations,
-            out_dir / "robustness.png",
-            title=f"{self.pipeline.name}: white-box robust accuracy ({self.data.splits.info.name} test)",
-        )
         splits = self.data.splits
-        write_model_card(
-            out_dir / "model_card.md",
+        write_run_files(
+            self.out_dir,
+            report,
+            evaluations,
             title=self.pipeline.name,
+            plot_title=f"{self.pipeline.name}: white-box robust accuracy ({splits.info.name} test)",
             model={
                 "source": report["model"],
                 "inputs": f"images {splits.image_shape}, pixels in [0, 1]",
@@ -355,14 +351,8 @@ class _HardenJob:
                 "outputs": "logits" if self.from_logits else "probabilities",
             },
             dataset={"name": self.pipeline.dataset, "split": "test", "examples": evaluations["hardened"]["examples"]},
-            evaluations=evaluations,
             hardening=self._hardening(),
-            versions=report["versions"],
-        )
-        self.log("\n" + report_lib.summary_table(evaluations))
-        self.log(
-            f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}\n"
-            f"card:   {out_dir / 'model_card.md'}"
+            log=self.log,
         )
 
     def _hardening(self):

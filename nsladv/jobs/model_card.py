@@ -1,5 +1,7 @@
 """The model card: what a model is, how it was hardened, how robust it measured, and the limits of that claim."""
 
+import pathlib
+
 from nsladv.jobs import report as report_lib
 
 
@@ -87,3 +89,21 @@ PUBLISHED_ANCHORS = (
 def write_model_card(path, **card):
     """Writes `model_card(**card)` to `path` (atomically); returns the path."""
     return report_lib.write_text(path, model_card(**card))
+
+
+def write_run_files(out_dir, report, evaluations, *, title, plot_title, model, dataset, hardening=None, log=print):
+    """A run's report.json, robustness.png and model_card.md; the summary table and the paths go to `log`."""
+    out_dir = pathlib.Path(out_dir)
+    report_lib.write_json(out_dir / "report.json", report)
+    report_lib.plot_robustness(evaluations, out_dir / "robustness.png", title=plot_title)
+    write_model_card(
+        out_dir / "model_card.md",
+        title=title,
+        model=model,
+        dataset=dataset,
+        evaluations=evaluations,
+        hardening=hardening,
+        versions=report["versions"],
+    )
+    log("\n" + report_lib.summary_table(evaluations))
+    log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}\ncard:   {out_dir / 'model_card.md'}")
