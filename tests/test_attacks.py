@@ -266,3 +266,24 @@ def test_square_finds_nothing_new_on_an_honest_model():
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(30)
     result = evaluate_robustness(model, dataset, epsilons=[0.02], attacks=[pgd(20, 1), Square(queries=200)])
     assert result["sanity"]["black_box_finds_nothing_new"]["passed"], result["black_box_only"]
+
+
+def test_the_retry_attacks_at_the_epsilon_itself_not_its_printed_key(monkeypatch):
+    """Reports key epsilons by their `:g` text (8/255 -> "0.0313725"); every attack, the retry included, gets the
+    radius itself."""
+    from nsladv.robustness import evaluation
+    from nsladv.robustness.square import Square
+
+    seen = []
+    real = evaluation._robust_rows
+
+    def spy(attacker, x, y, rows, batch_size, epsilon):
+        seen.append(epsilon)
+        return real(attacker, x, y, rows, batch_size, epsilon)
+
+    monkeypatch.setattr(evaluation, "_robust_rows", spy)
+    x = np.full((6, 8, 8, 1), 0.49, "float32")  # masked: only Square moves it, and 8/255 is enough
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(6, "int64"))).batch(6)
+    result = evaluate_robustness(masked_classifier(), dataset, epsilons=[8 / 255], attacks=[FGSM, Square(queries=300)])
+    assert result["black_box_retry"]["examples"] == {"0.0313725": 6}
+    assert set(seen) == {8 / 255}

@@ -151,8 +151,9 @@ def evaluate_robustness(
         # Examples a black-box attack fooled that every white-box attack left robust.
         results["black_box_only"] = {key: int((white_box[key] & ~robust_so_far[key]).sum()) for key in robust_so_far}
         if black_box_retry is not None and any(results["black_box_only"].values()):
+            retry_seed = seed + len(attacks)
             results["black_box_retry"] = _retry(
-                black_box_retry, model, x, y, batch_size, white_box, robust_so_far, from_logits, seed + len(attacks)
+                black_box_retry, model, (x, y, batch_size), epsilons, white_box, robust_so_far, from_logits, retry_seed
             )
     measured = [a for i, a in enumerate(attacks) if i in reference and not _black_box(a)]
     if large_epsilon is not None and measured:
@@ -166,15 +167,17 @@ def evaluate_robustness(
     return results
 
 
-def _retry(attack, model, x, y, batch_size, white_box, robust_so_far, from_logits, seed):
+def _retry(attack, model, data, epsilons, white_box, robust_so_far, from_logits, seed):
     """`attack` on the examples only the black box fooled, by epsilon: how many it fools too."""
+    x, y, batch_size = data
     attacker = attack.batch_attacker(model, from_logits=from_logits, seed=seed)
     retry = {"config": attack.get_config(), "seed": seed, "examples": {}, "found": {}}
-    for key in robust_so_far:
+    for epsilon in epsilons:
+        key = _key(epsilon)
         rows = np.flatnonzero(white_box[key] & ~robust_so_far[key])
         found = 0
         if rows.size:
-            found = int(rows.size - _robust_rows(attacker, x, y, rows, batch_size, float(key)).sum())
+            found = int(rows.size - _robust_rows(attacker, x, y, rows, batch_size, epsilon).sum())
         retry["examples"][key], retry["found"][key] = int(rows.size), found
     return retry
 
