@@ -24,6 +24,8 @@ ARRAYS = [
     np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16),
     np.array([1 + 2j, -3j], dtype=np.complex64),
 ]
+# The repeated fields AsProtoField writes these dtypes' values in.
+VALUE_FIELDS = ("float_val", "double_val", "int_val", "int64_val", "bool_val", "half_val", "scomplex_val")
 
 
 @pytest.mark.parametrize("array", ARRAYS, ids=lambda a: f"{a.dtype}{list(a.shape)}")
@@ -45,13 +47,10 @@ def test_outputs_are_written_as_tf_serving_writes_them(array):
     assert not field.tensor_content
     content = tensors.to_proto(array, as_content=True)
     assert content.tensor_content == array.astype(array.dtype.newbyteorder("<")).tobytes()
-    for name in ("float_val", "double_val", "int_val", "int64_val", "bool_val", "half_val", "scomplex_val"):
+    for name in VALUE_FIELDS:
         assert not len(getattr(content, name)), name
     if array.size:
-        assert any(
-            len(getattr(field, name))
-            for name in ("float_val", "double_val", "int_val", "int64_val", "bool_val", "half_val", "scomplex_val")
-        )
+        assert any(len(getattr(field, name)) for name in VALUE_FIELDS)
 
 
 @pytest.mark.parametrize(

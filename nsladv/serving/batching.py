@@ -175,18 +175,16 @@ class Batcher:
 
     def _run(self, signature, batch):
         try:
-            if len(batch) == 1:  # a lone request: its own arrays, no copies
-                outputs = {k: v.numpy() for k, v in signature(**_tensors(batch[0].arrays)).items()}
-                batch[0].result = outputs
+            if len(batch) == 1:  # a lone request: its own arrays, not a copy
+                joined = batch[0].arrays
             else:
-                names = list(batch[0].arrays)
-                joined = {n: np.concatenate([r.arrays[n] for r in batch]) for n in names}
-                outputs = {k: v.numpy() for k, v in signature(**_tensors(joined)).items()}
-                start = 0
-                for request in batch:
-                    end = start + request.rows
-                    request.result = {k: v[start:end] for k, v in outputs.items()}
-                    start = end
+                joined = {n: np.concatenate([r.arrays[n] for r in batch]) for n in batch[0].arrays}
+            outputs = {k: v.numpy() for k, v in signature(**{n: tf.constant(a) for n, a in joined.items()}).items()}
+            start = 0
+            for request in batch:
+                end = start + request.rows
+                request.result = {k: v[start:end] for k, v in outputs.items()}
+                start = end
         except Exception as error:  # every caller of the batch gets the failure
             for request in batch:
                 request.error = error
@@ -209,7 +207,3 @@ class Batcher:
                     request = queue.popleft()
                     request.error, request.done = ServingError("UNAVAILABLE", "The server is shutting down"), True
                     request.wake.set()
-
-
-def _tensors(arrays):
-    return {name: tf.constant(array) for name, array in arrays.items()}

@@ -103,7 +103,7 @@ class Metrics:
 
     def count(self, model_name, status="OK"):
         """Requests to `model_name` answered with `status`, over every version, signature and API."""
-        return int(sum(n for (model, code), n in self._counts().items() if (model, code) == (model_name, status)))
+        return int(self._counts()[model_name, status])
 
     def exposition(self):
         """The Prometheus text format (bytes)."""
