@@ -1,4 +1,4 @@
-"""The standard MNIST (offline default): a small CNN, PGD-5 adversarial training at L-inf 0.3.
+"""The standard MNIST (offline default): a small CNN, PGD-5 adversarial training at L-inf 0.3 with TRADES' KL.
 
 Why these settings, what else was tried, and what they reach: docs/results.md.
 """
@@ -23,7 +23,7 @@ def build_model(input_shape, num_classes):
 
 PIPELINE = nsladv.Pipeline(
     name="mnist",
-    description="the standard MNIST (offline); PGD-5 training at L-inf 0.3, random start; AutoAttack-grade evaluation",
+    description="the standard MNIST (offline); PGD-5 KL (TRADES) training at L-inf 0.3; AutoAttack-grade evaluation",
     dataset="mnist_offline",
     build_model=build_model,
     # PGD-5 with steps of 0.1 (k x step = 1.67 epsilon): PGD-3 with steps of 0.2 collapsed in two of four runs
@@ -31,7 +31,10 @@ PIPELINE = nsladv.Pipeline(
     threat=nsladv.ThreatModel(
         epsilon=0.3, norm="linf", steps=5, step_size=0.1, random_start=True, clip_range=(0.0, 1.0)
     ),
-    regularization=nsladv.Regularization(multiplier=3.0, distance="label"),
+    # TRADES' objective: neighbors that maximize KL(f(x) || f(x')), loss CE + 6 KL. Against the label distance x3
+    # on the same 1,000 test digits: 92.8% worst case at 0.3 (was 91.6%), clean 98.5% (was 99.0%), Square-only
+    # digits 1/1/1 (was 1/1/7), all of them found by the white-box retry.
+    regularization=nsladv.Regularization(multiplier=6.0, distance="kl"),
     epochs=10,
     batch_size=128,
     learning_rate=2e-3,
