@@ -12,8 +12,8 @@ evaluations.
 Contenders (budgets: the defaults below, about 45 minutes in all on 2 cores):
 
 - `nsladv`: `nsladv harden`'s default recipe, read from pipelines/mnist.py
-  (PGD-5, step 0.1, random start, label distance x3, 3 epochs of epsilon
-  warm-up, cosine learning rate from 2e-3, 10 epochs) with the
+  (PGD-5, step 0.1, random start, TRADES' KL distance x6, 3 epochs of
+  epsilon warm-up, cosine learning rate from 2e-3, 10 epochs) with the
   RobustnessMonitor harden adds (PGD-10 on 500 validation digits after every
   epoch; a 30-point fall stops training), its time counted as training;
 - `madry_pgd7`: Madry-style PGD adversarial training written by hand in Keras 3:

@@ -205,6 +205,16 @@ def masked_classifier(threshold=60):
     return keras.Model(inputs, logits)
 
 
+def honest_linear_task(seed, examples):
+    """A linear 8x8 -> 3 classifier (no masking) and random images labelled with its own classes, in two batches."""
+    images = np.random.default_rng(seed).random((examples, 8, 8, 1)).astype("float32")
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    labels = np.argmax(model.predict(images, verbose=0), 1)
+    return model, tf.data.Dataset.from_tensor_slices((images, labels)).batch(examples // 2)
+
+
 def test_square_finds_what_a_masked_model_hides_from_gradient_attacks():
     from nsladv.robustness.square import Square
 
@@ -235,12 +245,7 @@ def test_the_retry_tells_too_few_restarts_from_masking():
     """A white-box set too weak to find what Square finds on an honest model: the retry finds every one."""
     from nsladv.robustness.square import Square
 
-    images = np.random.default_rng(1).random((40, 8, 8, 1)).astype("float32")
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((8, 8, 1))
-    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
-    labels = np.argmax(model.predict(images, verbose=0), 1)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(20)
+    model, dataset = honest_linear_task(seed=1, examples=40)
     timid = pgd(2, 1, relative_step_size=0.01, name="timid")  # two tiny steps from a random start
     result = evaluate_robustness(model, dataset, epsilons=[0.05], attacks=[timid, Square(queries=300)])
     hidden = result["black_box_only"]["0.05"]
@@ -259,11 +264,7 @@ def test_the_retry_tells_too_few_restarts_from_masking():
 def test_square_finds_nothing_new_on_an_honest_model():
     from nsladv.robustness.square import Square
 
-    images = np.random.default_rng(0).random((60, 8, 8, 1)).astype("float32")
-    inputs = keras.Input((8, 8, 1))
-    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
-    labels = np.argmax(model.predict(images, verbose=0), 1)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(30)
+    model, dataset = honest_linear_task(seed=0, examples=60)
     result = evaluate_robustness(model, dataset, epsilons=[0.02], attacks=[pgd(20, 1), Square(queries=200)])
     assert result["sanity"]["black_box_finds_nothing_new"]["passed"], result["black_box_only"]
 

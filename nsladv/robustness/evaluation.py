@@ -149,11 +149,11 @@ def evaluate_robustness(
     results["confidence_95"] = {key: wilson_interval(int(mask.sum()), len(mask)) for key, mask in robust_so_far.items()}
     if white_box and any(_black_box(a) for a in attacks):
         # Examples a black-box attack fooled that every white-box attack left robust.
-        results["black_box_only"] = {key: int((white_box[key] & ~robust_so_far[key]).sum()) for key in robust_so_far}
+        hidden = {key: white_box[key] & ~robust_so_far[key] for key in robust_so_far}
+        results["black_box_only"] = {key: int(mask.sum()) for key, mask in hidden.items()}
         if black_box_retry is not None and any(results["black_box_only"].values()):
-            retry_seed = seed + len(attacks)
             results["black_box_retry"] = _retry(
-                black_box_retry, model, (x, y, batch_size), epsilons, white_box, robust_so_far, from_logits, retry_seed
+                black_box_retry, model, (x, y), batch_size, hidden, epsilons, from_logits, seed=seed + len(attacks)
             )
     measured = [a for i, a in enumerate(attacks) if i in reference and not _black_box(a)]
     if large_epsilon is not None and measured:
@@ -167,14 +167,14 @@ def evaluate_robustness(
     return results
 
 
-def _retry(attack, model, data, epsilons, white_box, robust_so_far, from_logits, seed):
-    """`attack` on the examples only the black box fooled, by epsilon: how many it fools too."""
-    x, y, batch_size = data
+def _retry(attack, model, data, batch_size, hidden, epsilons, from_logits, *, seed):
+    """`attack` on the examples only the black box fooled (`hidden`, by epsilon key): how many it fools too."""
+    x, y = data
     attacker = attack.batch_attacker(model, from_logits=from_logits, seed=seed)
     retry = {"config": attack.get_config(), "seed": seed, "examples": {}, "found": {}}
     for epsilon in epsilons:
         key = _key(epsilon)
-        rows = np.flatnonzero(white_box[key] & ~robust_so_far[key])
+        rows = np.flatnonzero(hidden[key])
         found = 0
         if rows.size:
             found = int(rows.size - _robust_rows(attacker, x, y, rows, batch_size, epsilon).sum())
