@@ -288,3 +288,14 @@ def test_the_retry_attacks_at_the_epsilon_itself_not_its_printed_key(monkeypatch
     result = evaluate_robustness(masked_classifier(), dataset, epsilons=[8 / 255], attacks=[FGSM, Square(queries=300)])
     assert result["black_box_retry"]["examples"] == {"0.0313725": 6}
     assert set(seen) == {8 / 255}
+
+
+def test_the_retry_reading_counts_one_hidden_example_in_the_singular():
+    """The summary line is read by people: "1 stays hidden", not "1 stay hidden"."""
+    from nsladv.robustness.square import Square
+
+    x = np.full((1, 8, 8, 1), 0.49, "float32")  # masked: only Square moves it
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(1, "int64"))).batch(1)
+    result = evaluate_robustness(masked_classifier(), dataset, epsilons=[0.1], attacks=[FGSM, Square(queries=300)])
+    reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
+    assert reading == "1 stays hidden from gradient attacks: suspect masked gradients"

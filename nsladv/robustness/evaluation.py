@@ -291,7 +291,8 @@ def sanity_checks(results, *, near_zero=0.1):
                 "found": {k: retry["found"][k] for k in found},
                 "reading": "too few white-box restarts, not masked gradients"
                 if hidden == 0
-                else f"{hidden} stay hidden from gradient attacks: suspect masked gradients",
+                else f"{hidden} {'stays' if hidden == 1 else 'stay'} hidden from gradient attacks: "
+                "suspect masked gradients",
             }
     violations = []
     curves = {name: a["accuracy"] for name, a in attacks.items()}
