@@ -269,11 +269,19 @@ def test_square_finds_nothing_new_on_an_honest_model():
     assert result["sanity"]["black_box_finds_nothing_new"]["passed"], result["black_box_only"]
 
 
+def only_square_fools(examples, epsilon):
+    """FGSM and Square on the masked model, on digits at 0.49: only Square moves them, and the retry cannot."""
+    from nsladv.robustness.square import Square
+
+    x = np.full((examples, 8, 8, 1), 0.49, "float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(examples, "int64"))).batch(examples)
+    return evaluate_robustness(masked_classifier(), dataset, epsilons=[epsilon], attacks=[FGSM, Square(queries=300)])
+
+
 def test_the_retry_attacks_at_the_epsilon_itself_not_its_printed_key(monkeypatch):
     """Reports key epsilons by their `:g` text (8/255 -> "0.0313725"); every attack, the retry included, gets the
     radius itself."""
     from nsladv.robustness import evaluation
-    from nsladv.robustness.square import Square
 
     seen = []
     real = evaluation._robust_rows
@@ -283,19 +291,13 @@ def test_the_retry_attacks_at_the_epsilon_itself_not_its_printed_key(monkeypatch
         return real(attacker, x, y, rows, batch_size, epsilon)
 
     monkeypatch.setattr(evaluation, "_robust_rows", spy)
-    x = np.full((6, 8, 8, 1), 0.49, "float32")  # masked: only Square moves it, and 8/255 is enough
-    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(6, "int64"))).batch(6)
-    result = evaluate_robustness(masked_classifier(), dataset, epsilons=[8 / 255], attacks=[FGSM, Square(queries=300)])
+    result = only_square_fools(examples=6, epsilon=8 / 255)  # 8/255 is enough for Square
     assert result["black_box_retry"]["examples"] == {"0.0313725": 6}
     assert set(seen) == {8 / 255}
 
 
 def test_the_retry_reading_counts_one_hidden_example_in_the_singular():
     """The summary line is read by people: "1 stays hidden", not "1 stay hidden"."""
-    from nsladv.robustness.square import Square
-
-    x = np.full((1, 8, 8, 1), 0.49, "float32")  # masked: only Square moves it
-    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(1, "int64"))).batch(1)
-    result = evaluate_robustness(masked_classifier(), dataset, epsilons=[0.1], attacks=[FGSM, Square(queries=300)])
+    result = only_square_fools(examples=1, epsilon=0.1)
     reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
     assert reading == "1 stays hidden from gradient attacks: suspect masked gradients"

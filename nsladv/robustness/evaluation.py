@@ -153,7 +153,7 @@ def evaluate_robustness(
         results["black_box_only"] = {key: int(mask.sum()) for key, mask in hidden.items()}
         if black_box_retry is not None and any(results["black_box_only"].values()):
             results["black_box_retry"] = _retry(
-                black_box_retry, model, (x, y), batch_size, hidden, epsilons, from_logits, seed=seed + len(attacks)
+                black_box_retry, model, x, y, batch_size, hidden, epsilons, from_logits, seed + len(attacks)
             )
     measured = [a for i, a in enumerate(attacks) if i in reference and not _black_box(a)]
     if large_epsilon is not None and measured:
@@ -167,9 +167,8 @@ def evaluate_robustness(
     return results
 
 
-def _retry(attack, model, data, batch_size, hidden, epsilons, from_logits, *, seed):
+def _retry(attack, model, x, y, batch_size, hidden, epsilons, from_logits, seed):
     """`attack` on the examples only the black box fooled (`hidden`, by epsilon key): how many it fools too."""
-    x, y = data
     attacker = attack.batch_attacker(model, from_logits=from_logits, seed=seed)
     retry = {"config": attack.get_config(), "seed": seed, "examples": {}, "found": {}}
     for epsilon in epsilons:
