@@ -191,7 +191,7 @@ class NeighborBuilder:
                 masks[key] = tf.constant(np.asarray(entry, np.float32))
         return eps, clip_lo, clip_hi, masks
 
-    def __call__(self, x, *, model_fn, loss_fn, first_gradient=None, epsilon_scale=1.0, seed=None):
+    def __call__(self, x, *, model_fn, loss_fn, first_gradient=None, epsilon_scale=1.0, seed=None, fooled_fn=None):
         """Returns the adversarial neighbor x' of `x`.
 
         Args:
@@ -206,6 +206,12 @@ class NeighborBuilder:
                 an `Attack` (whose threat has epsilon 1), the radius.
             seed: optional stateless seed (shape [2]) of the random start;
                 None draws from TensorFlow's stateful random ops.
+            fooled_fn: optional `predictions -> boolean vector`, which
+                examples an iterate already achieves the attack's goal on.
+                With it, each example gets the first iterate that fooled the
+                model, not only the last one (an evaluation keeps its best
+                iterate, as APGD does); the check reads the predictions each
+                step computes anyway.
         """
         x = as_tensors(x)
         selected = self.select(x)
@@ -261,10 +267,22 @@ class NeighborBuilder:
             return project(z_next)
 
         def pgd_step(z):
+            """The next iterate, and the predictions at this one."""
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(z)
-                loss = attack_objective(model_fn(to_inputs(z)), loss_fn)
-            return ascend(z, tape.gradient(loss, z))
+                predictions = model_fn(to_inputs(z))
+                loss = attack_objective(predictions, loss_fn)
+            return ascend(z, tape.gradient(loss, z)), predictions
+
+        def step(state):
+            """(iterate,) or, keeping the first iterate that fools, (iterate, kept, fooled so far)."""
+            z, predictions = pgd_step(state[0])
+            if fooled_fn is None:
+                return (z,)
+            _, kept, fooled = state
+            newly = tf.logical_and(tf.reshape(fooled_fn(predictions), [-1]), tf.logical_not(fooled))
+            kept = {k: tf.where(_expand(newly, v.shape.rank), state[0][k], v) for k, v in kept.items()}
+            return z, kept, tf.logical_or(fooled, newly)
 
         remaining = self.threat.steps
         if self.random_start:
@@ -276,14 +294,14 @@ class NeighborBuilder:
             remaining -= 1
         else:
             z = z0
+        state = (z,) if fooled_fn is None else (z, z, tf.zeros([tf.shape(next(iter(z.values())))[0]], tf.bool))
         if remaining == 1:
-            z = pgd_step(z)
+            state = step(state)
         elif remaining > 1:
-            _, z = tf.while_loop(
-                lambda i, _: i < remaining,
-                lambda i, z: (i + 1, pgd_step(z)),
-                (tf.constant(0), z),
-            )
+            _, state = tf.while_loop(lambda i, _: i < remaining, lambda i, s: (i + 1, step(s)), (tf.constant(0), state))
+        z = state[0]
+        if fooled_fn is not None:  # the last iterate for the examples no earlier one fooled
+            z = {k: tf.where(_expand(state[2], v.shape.rank), state[1][k], v) for k, v in z.items()}
         return to_inputs(z, exact_clip=True)
 
 

@@ -301,3 +301,32 @@ def test_the_retry_reading_counts_one_hidden_example_in_the_singular():
     result = only_square_fools(examples=1, epsilon=0.1)
     reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
     assert reading == "1 stays hidden from gradient attacks: suspect masked gradients"
+
+
+def overshooting_classifier():
+    """Correct at x = 0.5 and 0.78, wrong in a narrow band around 0.65.
+
+    logits = [0, 5 - 2000 (x - 0.65)^2]: the class-1 logit is 4.8 at 0.64 and
+    -28.8 at 0.78, and the cross-entropy's gradient points up everywhere below
+    0.65, so PGD-2 from x = 0.5 with steps of 0.14 passes through 0.64 (fooled)
+    and ends at 0.78 (correct).
+    """
+    inputs = keras.Input((1,))
+    logits = keras.layers.Lambda(lambda x: tf.concat([0.0 * x, 5.0 - 2000.0 * tf.square(x - 0.65)], axis=-1))(inputs)
+    return keras.Model(inputs, logits)
+
+
+def test_pgd_keeps_the_iterate_that_fools_not_only_the_last():
+    """Robust means robust at every iterate (the best iterate kept, as APGD and AutoAttack do).
+
+    A PGD that judged only its last iterate would call this digit robust although its first step fooled the model.
+    """
+    model = overshooting_classifier()
+    x, y = np.array([[0.5]], "float32"), np.array([0])
+    assert np.argmax(model(x + 0.14), axis=-1)[0] == 1 and np.argmax(model(x + 0.28), axis=-1)[0] == 0
+    threat = ThreatModel(epsilon=1.0, steps=2, step_size=0.14 / 0.3, random_start=False, clip_range=(0.0, 1.0))
+    attack = Attack(name="pgd2", threat=threat)
+    x_adv = adversarial_examples(model, tf.constant(x), tf.constant(y), attack, 0.3)
+    np.testing.assert_allclose(x_adv, x + 0.14, atol=1e-6)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(1)
+    assert BatchAttacker(model, attack).accuracy(dataset, 0.3) == (1.0, 0.0, 1)

@@ -23,7 +23,7 @@ class Attack:
     epsilon)`), so `threat` has epsilon 1 and its step size is a fraction of
     the radius. FGSM is one step from x; PGD starts from random points of the
     ball, and an example counts as robust only if the model classifies it
-    correctly clean and after every restart.
+    correctly clean and at every iterate of every restart.
 
     Args:
         name: label for reports (`"fgsm"`, `"pgd40"`, ...).
@@ -105,6 +105,9 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True, seed
         epsilon: the radius (a float or a scalar tensor; 0 returns x).
         from_logits: what the model outputs.
         seed: optional stateless seed (shape [2]) of the random start.
+
+    Each example gets the first iterate that fooled the model, else the last
+    one: robust means robust at every iterate.
     """
     loss = classification_loss(from_logits)
     return attack.builder()(
@@ -113,6 +116,7 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True, seed
         loss_fn=lambda pred: loss(y, pred),
         epsilon_scale=epsilon,
         seed=seed,
+        fooled_fn=lambda pred: tf.argmax(pred, axis=-1) != tf.reshape(tf.cast(y, tf.int64), [-1]),
     )
 
 
