@@ -9,7 +9,11 @@ fine on clean data, the signature of catastrophic overfitting in single-step
 (FGSM) adversarial training.
 """
 
+import json
 import math
+import os
+import pathlib
+import shutil
 
 import keras
 import numpy as np
@@ -87,12 +91,21 @@ class RobustnessMonitor(keras.callbacks.Callback):
             may be and still be kept (0.01: one point).
         seed: the attack's seed (the same random starts every epoch).
         log: where the collapse message goes.
+        backup_dir: a folder where the monitor keeps its readings and the
+            best epoch's weights after every epoch, so that a fit resumed by
+            `keras.callbacks.BackupAndRestore` compares its epochs with those
+            before the interruption (and can bring back an earlier best).
+            An epoch that runs again replaces its reading. As Keras' backup,
+            the folder is removed when training ends, and a fit that finds one
+            continues from it: give each training a folder of its own. None
+            (the default): a resumed fit starts the readings afresh.
+        writer: whether this process writes and removes `backup_dir` (in a
+            multi-worker cluster only the chief does; every worker reads it,
+            so that all take the same decisions).
 
     After training, `history` holds one dict per epoch, `best_epoch` the best
     (0-based), `kept_epoch` the one whose weights the model ends with and
-    `collapsed_at` the epoch of a collapse (or None). A fit
-    resumed from a backup starts them afresh: the epochs before the
-    interruption are not compared.
+    `collapsed_at` the epoch of a collapse (or None).
     """
 
     def __init__(
@@ -109,6 +122,8 @@ class RobustnessMonitor(keras.callbacks.Callback):
         tolerance=0.01,
         seed=0,
         log=print,
+        backup_dir=None,
+        writer=True,
     ):
         super().__init__()
         from nsladv.robustness.attacks import pgd
@@ -128,8 +143,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
         self.kept_epoch = None
         self.seed = seed
         self.log = log
+        self.backup_dir = None if backup_dir is None else pathlib.Path(backup_dir)
+        self.writer = writer
         self.history, self.best_epoch, self.collapsed_at = [], None, None
-        self._best_weights = self._attacker = None
+        self._best, self._best_weights, self._attacker = None, None, None
 
     def measure(self):
         """(clean accuracy, robust accuracy) of the model now, on the monitor's examples."""
@@ -143,22 +160,33 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
     @property
     def best(self):
-        """The best epoch's entry of `history`, or None."""
-        return next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        """The best epoch's reading (a dict like those of `history`), or None."""
+        return self._best
 
     def on_train_begin(self, logs=None):
-        self.history, self.best_epoch, self.collapsed_at, self._best_weights = [], None, None, None
-        self.kept_epoch = None
+        self.history, self.best_epoch, self.collapsed_at = [], None, None
+        self._best = self._best_weights = self.kept_epoch = None
+        if self.backup_dir is not None and (self.backup_dir / _MONITOR_STATE).is_file():
+            self._restore_state()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # A resumed fit may run an epoch again (killed after this monitor saved its reading, before the backup).
+        # The best's reading stays: it describes the weights kept with it.
+        self.history = [h for h in self.history if h["epoch"] < epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         clean, robust = self.measure()
-        self.history.append({"epoch": epoch, "clean_accuracy": clean, "robust_accuracy": robust})
+        reading = {"epoch": epoch, "clean_accuracy": clean, "robust_accuracy": robust}
+        self.history.append(reading)
         if logs is not None:
             logs["robust_accuracy"], logs["monitor_clean_accuracy"] = robust, clean
         best = self.best
         if best is None or robust >= best["robust_accuracy"]:
-            self.best_epoch, self._best_weights = epoch, self.base.get_weights()
-        elif robust < best["robust_accuracy"] - self.collapse_drop:
+            self.best_epoch, self._best, self._best_weights = epoch, reading, self.base.get_weights()
+            self._save_state(weights=True)
+            return
+        self._save_state(weights=False)
+        if robust < best["robust_accuracy"] - self.collapse_drop:
             self.collapsed_at = epoch
             self.model.stop_training = True
             self.log(
@@ -176,3 +204,34 @@ class RobustnessMonitor(keras.callbacks.Callback):
         if self.restore_best and last["robust_accuracy"] < best["robust_accuracy"] - self.tolerance:
             self.base.set_weights(self._best_weights)
             self.kept_epoch = best["epoch"]
+        if self.backup_dir is not None and self.writer:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+    def _save_state(self, *, weights):
+        """Writes the readings (and the best weights) to `backup_dir`, each file whole or not at all."""
+        if self.backup_dir is None or not self.writer:
+            return
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        if weights:
+            _replace(self.backup_dir / _MONITOR_WEIGHTS, lambda f: np.savez(f, *self._best_weights))
+        state = {"history": self.history, "best": self._best}
+        _replace(self.backup_dir / _MONITOR_STATE, lambda f: f.write(json.dumps(state).encode()))
+
+    def _restore_state(self):
+        state = json.loads((self.backup_dir / _MONITOR_STATE).read_text())
+        with np.load(self.backup_dir / _MONITOR_WEIGHTS) as saved:
+            self._best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        self.history, self._best = state["history"], state["best"]
+        self.best_epoch = self._best["epoch"]
+
+
+_MONITOR_STATE = "monitor.json"
+_MONITOR_WEIGHTS = "best_weights.npz"
+
+
+def _replace(path, write):
+    """Writes a file through a temporary one beside it, so that a kill leaves the old file or the new one."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as f:
+        write(f)
+    os.replace(temporary, path)

@@ -41,7 +41,19 @@ class Stage(keras.callbacks.Callback):
         self.model.set_weights(self.schedule[epoch])
 
 
-def staged_fit(schedule, **monitor_args):
+class Interrupt(keras.callbacks.Callback):
+    """Kills the fit at the end of one epoch, after the callbacks before it (the backup) saved it."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
+
+
+def staged_fit(schedule, *, extra_callbacks=(), **monitor_args):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     monitor = RobustnessMonitor(model, X, Y, epsilon=EPSILON, **monitor_args)
@@ -51,7 +63,7 @@ def staged_fit(schedule, **monitor_args):
         batch_size=50,
         epochs=len(schedule),
         verbose=0,
-        callbacks=[Stage(schedule), monitor],
+        callbacks=[Stage(schedule), monitor, *extra_callbacks],
     )
     return model, monitor, history
 
@@ -99,3 +111,39 @@ def test_settings_are_checked():
         RobustnessMonitor(
             keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), X, Y, epsilon=0.1, collapse_drop=0
         )
+
+
+def test_a_resumed_fit_compares_with_the_epochs_before_the_interruption(tmp_path):
+    """A collapse right after a resume is still a collapse: the monitor's best epoch survives the interruption.
+
+    Without its state, the resumed monitor would see only the collapsed epoch, call it the best, and keep it.
+    """
+    schedule = [CLEANER, ROBUST, CLEANER, COLLAPSED, ROBUST]
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(KeyboardInterrupt):
+        staged_fit(schedule, backup_dir=tmp_path / "monitor", extra_callbacks=[backup, Interrupt(2)])
+    messages = []
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    model, monitor, history = staged_fit(
+        schedule, backup_dir=tmp_path / "monitor", extra_callbacks=[backup], log=messages.append
+    )
+    assert len(history.history["loss"]) == 1  # resumed at epoch 4, stopped there
+    assert [h["epoch"] for h in monitor.history] == [0, 1, 2, 3]
+    assert monitor.collapsed_at == 3 and monitor.best_epoch == monitor.kept_epoch == 1
+    assert "from 80.0% at epoch 2" in messages[0]
+    for got, want in zip(model.get_weights(), ROBUST):
+        np.testing.assert_array_equal(got, want)
+    assert not (tmp_path / "monitor").exists()  # a finished fit leaves nothing to resume, like the backup
+
+
+def test_an_epoch_run_again_after_a_resume_replaces_its_first_reading(tmp_path):
+    """Killed after the monitor read epoch 3 but before the backup saved it: epoch 3 runs again, read once."""
+    schedule = [CLEANER, ROBUST, CLEANER, ROBUST]
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(KeyboardInterrupt):  # the interruption comes before the backup in the callbacks
+        staged_fit(schedule, backup_dir=tmp_path / "monitor", extra_callbacks=[Interrupt(2), backup])
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    _, monitor, history = staged_fit(schedule, backup_dir=tmp_path / "monitor", extra_callbacks=[backup])
+    assert len(history.history["loss"]) == 2  # epochs 3 and 4
+    assert [h["epoch"] for h in monitor.history] == [0, 1, 2, 3]
+    assert monitor.best_epoch == monitor.kept_epoch == 3

@@ -110,7 +110,10 @@ def test_a_killed_training_resumes_from_its_last_epoch(tmp_path, data_dir):
     finished = subprocess.run(args + ["-1"] + run, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert epochs.read_text().split() == ["0", "1", "2", "2", "3"]
-    assert (tmp_path / "run" / "report.json").exists()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    # The robustness monitor's readings go on across the kill: epoch 2 read again, epochs 0 and 1 kept.
+    assert [h["epoch"] for h in report["training"]["hardened"]["epochs"]] == [0, 1, 2, 3]
+    assert not (tmp_path / "run" / "backup" / "hardened").exists()
 
 
 PHASES = textwrap.dedent(

@@ -229,7 +229,7 @@ class _HardenJob:
                 EpsilonWarmup(pipeline.epsilon_warmup_epochs),
                 MultiplierWarmup(pipeline.multiplier_warmup_epochs),
             ]
-        monitor = self._monitor(base) if adversarial else None
+        monitor = self._monitor(base, label) if adversarial else None
         if monitor is not None:
             callbacks.append(monitor)
         callbacks += [*self.callbacks, *_run_callbacks(self.out_dir, label, self.chief)]
@@ -250,7 +250,7 @@ class _HardenJob:
         if monitor is None:
             return seconds, None
         if monitor.kept_epoch is not None:
-            kept = next(h for h in monitor.history if h["epoch"] == monitor.kept_epoch)
+            kept = monitor.best if monitor.kept_epoch == monitor.best_epoch else monitor.history[-1]
             self.log(
                 f"kept epoch {kept['epoch'] + 1} (most robust: epoch {monitor.best_epoch + 1}) on the monitor's "
                 f"{len(monitor.y)} validation digits: {100 * kept['robust_accuracy']:.1f}% under "
@@ -269,7 +269,7 @@ class _HardenJob:
             "collapsed_at": monitor.collapsed_at,
         }
 
-    def _monitor(self, base):
+    def _monitor(self, base, label):
         """The PGD check after every epoch (best epoch, collapse), or None when the pipeline turns it off."""
         pipeline = self.pipeline
         epsilon = pipeline.threat.epsilon
@@ -289,6 +289,9 @@ class _HardenJob:
             from_logits=self.from_logits,
             seed=pipeline.seed,
             log=self.log,
+            # Inside the training backup's folder: a resumed training compares with the epochs before it.
+            backup_dir=_backup_dir(self.out_dir, label) / "monitor",
+            writer=self.chief,
         )
 
     def evaluate(self, label, model):
@@ -444,9 +447,13 @@ def _compile(model, pipeline, steps_per_epoch, from_logits):
     )
 
 
+def _backup_dir(out_dir, label):
+    return out_dir / "backup" / label
+
+
 def _run_callbacks(out_dir, label, chief):
     """The resumable backup (all workers read the chief's) and, on the chief, TensorBoard logs."""
-    callbacks = [distribute.ClusterBackupAndRestore(str(out_dir / "backup" / label), chief=chief)]
+    callbacks = [distribute.ClusterBackupAndRestore(str(_backup_dir(out_dir, label)), chief=chief)]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / label)))
     return callbacks
