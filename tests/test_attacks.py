@@ -330,3 +330,15 @@ def test_pgd_keeps_the_iterate_that_fools_not_only_the_last():
     np.testing.assert_allclose(x_adv, x + 0.14, atol=1e-6)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(1)
     assert BatchAttacker(model, attack).accuracy(dataset, 0.3) == (1.0, 0.0, 1)
+
+
+def test_the_report_names_the_examples_only_the_black_box_fooled():
+    """Which examples, by position in the evaluated set, so that a failed check can be looked into."""
+    from nsladv.robustness.square import Square
+
+    x = np.full((8, 8, 8, 1), 0.2, "float32")  # far below the rounding edge: nothing moves them at 0.05
+    x[::3] = 0.49  # rows 0, 3 and 6 sit at the edge: Square fools them, gradients cannot
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(8, "int64"))).batch(4)
+    result = evaluate_robustness(masked_classifier(), dataset, epsilons=[0.05], attacks=[FGSM, Square(queries=300)])
+    assert result["black_box_only_examples"] == {"0.05": [0, 3, 6]}
+    assert result["black_box_retry"]["hidden_examples"] == {"0.05": [0, 3, 6]}

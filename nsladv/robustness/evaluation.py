@@ -88,7 +88,8 @@ def evaluate_robustness(
             only a black-box attack fooled (default APGD-CE with 20
             restarts), reported as `black_box_retry`: whether gradients find
             them with more tries (too few restarts) or not (masked
-            gradients). It changes no accuracy. None skips it.
+            gradients), and which they do not find (`hidden_examples`). It
+            changes no accuracy. None skips it.
 
     Returns:
         A JSON-ready dict: `clean_accuracy`, `examples` (also as
@@ -97,6 +98,8 @@ def evaluate_robustness(
         `accuracy` by epsilon; `worst_case` by epsilon (the share of examples
         correct clean and under every attack and restart, counted example by
         example: never the minimum of the per-attack accuracies),
+        `black_box_only` and `black_box_only_examples` (how many and which
+        examples, by position in `dataset`, only a black-box attack fooled),
         `after_each_attack` (the worst case after the first 1, 2, ...
         attacks, in run order), `confidence_95` (the Wilson interval of the
         worst case), `seconds` by attack, and `sanity` checks (see
@@ -151,6 +154,7 @@ def evaluate_robustness(
         # Examples a black-box attack fooled that every white-box attack left robust.
         hidden = {key: white_box[key] & ~robust_so_far[key] for key in robust_so_far}
         results["black_box_only"] = {key: int(mask.sum()) for key, mask in hidden.items()}
+        results["black_box_only_examples"] = {key: np.flatnonzero(mask).tolist() for key, mask in hidden.items()}
         if black_box_retry is not None and any(results["black_box_only"].values()):
             results["black_box_retry"] = _retry(
                 black_box_retry, model, x, y, batch_size, hidden, epsilons, from_logits, seed + len(attacks)
@@ -170,14 +174,13 @@ def evaluate_robustness(
 def _retry(attack, model, x, y, batch_size, hidden, epsilons, from_logits, seed):
     """`attack` on the examples only the black box fooled (`hidden`, by epsilon key): how many it fools too."""
     attacker = attack.batch_attacker(model, from_logits=from_logits, seed=seed)
-    retry = {"config": attack.get_config(), "seed": seed, "examples": {}, "found": {}}
+    retry = {"config": attack.get_config(), "seed": seed, "examples": {}, "found": {}, "hidden_examples": {}}
     for epsilon in epsilons:
         key = _key(epsilon)
         rows = np.flatnonzero(hidden[key])
-        found = 0
-        if rows.size:
-            found = int(rows.size - _robust_rows(attacker, x, y, rows, batch_size, epsilon).sum())
-        retry["examples"][key], retry["found"][key] = int(rows.size), found
+        still = rows[_robust_rows(attacker, x, y, rows, batch_size, epsilon)] if rows.size else rows
+        retry["examples"][key], retry["found"][key] = int(rows.size), int(rows.size - still.size)
+        retry["hidden_examples"][key] = still.tolist()
     return retry
 
 
