@@ -342,3 +342,10 @@ def test_the_report_names_the_examples_only_the_black_box_fooled():
     result = evaluate_robustness(masked_classifier(), dataset, epsilons=[0.05], attacks=[FGSM, Square(queries=300)])
     assert result["black_box_only_examples"] == {"0.05": [0, 3, 6]}
     assert result["black_box_retry"]["hidden_examples"] == {"0.05": [0, 3, 6]}
+
+
+def test_an_example_wrong_clean_keeps_its_own_input():
+    """The start counts as an iterate: FGSM leaves x as it is where the model already errs (AutoAttack does too)."""
+    wrong = np.array([1])  # the linear model says class 0 for X[0]
+    x_adv = adversarial_examples(linear_classifier(), tf.constant(X[:1]), tf.constant(wrong), FGSM, 0.1)
+    np.testing.assert_array_equal(x_adv, X[:1])

@@ -106,8 +106,10 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True, seed
         from_logits: what the model outputs.
         seed: optional stateless seed (shape [2]) of the random start.
 
-    Each example gets the first iterate that fooled the model, else the last
-    one: robust means robust at every iterate.
+    Each example gets the first iterate that fools the model (its starting
+    point included: x itself for one the model gets wrong clean, as
+    AutoAttack returns it), else the last one: robust means robust at every
+    iterate.
     """
     loss = classification_loss(from_logits)
     return attack.builder()(
