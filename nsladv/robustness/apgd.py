@@ -64,6 +64,11 @@ class APGD(LinfSettings):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{field}` must be an integer >= 1. Received: {field}={value!r}")
 
+    @property
+    def min_classes(self):
+        """The fewest classes the loss works with: the targeted DLR loss compares the top four scores."""
+        return 4 if self.loss == "dlr-targeted" else 2
+
     def batch_attacker(self, model, *, from_logits=True, seed=None):
         return APGDAttacker(model, self, from_logits=from_logits, seed=seed)
 
@@ -216,7 +221,7 @@ class APGDAttacker(Counter):
         targets = [None]
         if self.attack.loss == "dlr-targeted":
             logits = _logits(self.model, x, self.from_logits)
-            if logits.shape[-1] < 4:
+            if logits.shape[-1] < self.attack.min_classes:
                 raise ValueError(
                     "The targeted DLR loss compares the top four scores: it needs at least 4 classes. "
                     f"Received: {logits.shape[-1]} classes"
