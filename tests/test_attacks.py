@@ -273,13 +273,14 @@ def test_square_finds_nothing_new_on_an_honest_model():
     assert result["sanity"]["black_box_finds_nothing_new"]["passed"], result["black_box_only"]
 
 
-def only_square_fools(examples, epsilon):
+def only_square_fools(examples, epsilon, **settings):
     """FGSM and Square on the masked model, on digits at 0.49: only Square moves them, and the retry cannot."""
     from nsladv.robustness.square import Square
 
     x = np.full((examples, 8, 8, 1), 0.49, "float32")
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(examples, "int64"))).batch(examples)
-    return evaluate_robustness(masked_classifier(), dataset, epsilons=[epsilon], attacks=[FGSM, Square(queries=300)])
+    attacks = [FGSM, Square(queries=300)]
+    return evaluate_robustness(masked_classifier(), dataset, epsilons=[epsilon], attacks=attacks, **settings)
 
 
 def test_the_retry_attacks_at_the_epsilon_itself_not_its_printed_key(monkeypatch):
@@ -388,3 +389,19 @@ def test_a_retry_that_is_not_white_box_attacks_is_refused_before_any_attack_runs
             ValueError, match=r"`black_box_retry` must be a white-box attack .* Received: black_box_retry="
         ):
             evaluate_robustness(model, dataset, epsilons=[0.1], attacks=[FGSM], black_box_retry=retry)
+
+
+def test_a_retry_the_model_cannot_take_says_so_and_reads_nothing_into_it():
+    """Only APGD-T for a 2-class model: nothing runs, so the check must not call the examples masked."""
+    from nsladv.robustness.apgd import apgd_t
+
+    result = only_square_fools(examples=2, epsilon=0.1, black_box_retry=apgd_t())
+    assert result["black_box_retry"] == {"skipped": {"apgd-t": "needs at least 4 classes; the model has 2"}}
+    check = result["sanity"]["black_box_finds_nothing_new"]
+    assert not check["passed"] and "white_box_retry" not in check
+
+
+def test_the_retry_attacks_need_names_of_their_own():
+    model, dataset = honest_linear_task(seed=0, examples=4)
+    with pytest.raises(ValueError, match=r"names of their own .* Received: names \['pgd2', 'pgd2'\]"):
+        evaluate_robustness(model, dataset, epsilons=[0.1], attacks=[FGSM], black_box_retry=[pgd(2, 1), pgd(2, 1)])

@@ -190,6 +190,9 @@ def _retry_attacks(retry):
             "`black_box_retry` must be a white-box attack (an nsladv Attack or APGD), a non-empty sequence of them, "
             f"or None. Received: black_box_retry={retry!r}"
         )
+    names = [a.name for a in attacks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"The retry's attacks need names of their own (reports key on them). Received: names {names}")
     return attacks
 
 
@@ -197,7 +200,8 @@ def _retry(attacks, model, x, y, batch_size, hidden, epsilons, from_logits, seed
     """`attacks` in turn on the examples only the black box fooled (`hidden`, by epsilon key): which they fool too.
 
     An attack whose loss needs more classes than the model has (APGD-T on a
-    binary model) is left out, and the report says so (`skipped`).
+    binary model) is left out, and the report says so (`skipped`); when none
+    is left, that is all it says.
     """
     classes = int(model(x[:1], training=False).shape[-1])
     skipped = {
@@ -206,6 +210,8 @@ def _retry(attacks, model, x, y, batch_size, hidden, epsilons, from_logits, seed
         if getattr(a, "min_classes", 2) > classes
     }
     attacks = [a for a in attacks if a.name not in skipped]
+    if not attacks:
+        return {"skipped": skipped}
     seeds = [seed + i for i in range(len(attacks))]
     retry = {
         "name": " + ".join(a.name for a in attacks),
@@ -332,7 +338,7 @@ def sanity_checks(results, *, near_zero=0.1):
     if "black_box_only" in results:
         found = {k: n for k, n in results["black_box_only"].items() if n > 0}
         checks["black_box_finds_nothing_new"] = {"passed": not found, "examples_by_epsilon": found}
-        if found and "black_box_retry" in results:
+        if found and "found" in results.get("black_box_retry", {}):
             retry = results["black_box_retry"]
             hidden = sum(retry["examples"][k] - retry["found"][k] for k in found)
             checks["black_box_finds_nothing_new"]["white_box_retry"] = {
