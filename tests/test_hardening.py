@@ -1,5 +1,6 @@
 """The harden job end to end on a tiny budget, resume after a kill, the CLI's errors."""
 
+import gc
 import json
 import pathlib
 import signal
@@ -10,15 +11,18 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import serving_helpers
 import tensorflow as tf
 
 from nsladv import datasets as data
+from nsladv import export
 from nsladv import load_pipeline
 from nsladv.classifier import check_classifier
 from nsladv.datasets import loading
 from nsladv.errors import TrainingDivergedError
 from nsladv.jobs import cli
 from nsladv.jobs import harden as hardening
+from nsladv.serving import Server
 
 HERE = pathlib.Path(__file__).parent
 TINY = str(HERE / "tiny_pipeline.py")
@@ -439,6 +443,22 @@ def test_cli_lists_pipelines(capsys):
 def test_cli_serve_without_models(capsys, tmp_path):
     code, out = run_cli(["serve", str(tmp_path / "none"), "--rest-port", "0", "--grpc-port", "0"], capsys)
     assert code == 2 and "No saved models at" in out.err
+
+
+def test_cli_serve_freezes_the_loaded_heap_and_thaws_it_when_it_stops(capsys, tmp_path, monkeypatch):
+    """`nsladv serve` is a process of its own: it serves with `freeze_heap` (see the serving test)."""
+    export.export_model(serving_helpers.classifier(0), tmp_path, "tiny", input_shape=serving_helpers.SHAPE)
+    seen = {}
+
+    def wait(self):
+        seen.update(frozen=gc.get_freeze_count(), tracked=len(gc.get_objects()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Server, "wait", wait)
+    code, out = run_cli(["serve", str(tmp_path), "--rest-port", "0", "--grpc-port", "0"], capsys)
+    assert code == 0 and "serving tiny" in out.out
+    assert seen["frozen"] > 10 * seen["tracked"]
+    assert gc.get_freeze_count() == 0
 
 
 def test_cli_serve_refuses_what_tf_serving_refuses_to_start_with(capsys, tmp_path):

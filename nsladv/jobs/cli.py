@@ -388,6 +388,7 @@ def _run(args):
                 monitoring=args.monitoring_config_file,
                 request_timeout=args.rest_api_timeout_in_ms / 1000,
                 serialization_as_tensor_content=args.enable_serialization_as_tensor_content,
+                freeze_heap=True,  # this process is the server
             ).start()
         except (ServingError, OSError, ValueError) as error:  # what TF Serving would refuse to start with
             raise SettingsError(f"nsladv serve cannot start: {error}") from None

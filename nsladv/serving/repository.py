@@ -140,6 +140,9 @@ class ModelRepository:
         config_file: a TF Serving model config file (instead of `path`).
         allow_version_labels_for_unavailable_models: as TF Serving's flag:
             a label new to a model may name a version that is not loaded yet.
+        on_change: called (no arguments) after a refresh or reload that
+            loaded, failed to load or unloaded a version, in the thread that
+            made the change.
 
     Raises:
         ServingError: the config names a base path that does not exist
@@ -147,7 +150,9 @@ class ModelRepository:
             (FAILED_PRECONDITION), as TF Serving refuses to start with them.
     """
 
-    def __init__(self, path=None, *, config_file=None, allow_version_labels_for_unavailable_models=False):
+    def __init__(
+        self, path=None, *, config_file=None, allow_version_labels_for_unavailable_models=False, on_change=None
+    ):
         if (path is None) == (config_file is None):
             raise ValueError(f"Give a folder or a config file. Received: path={path!r}, config_file={config_file!r}")
         if path is not None and pathlib.Path(path).is_file():
@@ -163,6 +168,8 @@ class ModelRepository:
         self.config = model_server_config_pb2.ModelServerConfig()
         self._poller = None
         self._stop = threading.Event()
+        self.on_change = on_change
+        self._changes = 0  # versions loaded, failed or unloaded so far
         self.reload(read_config_file(self.config_file) if self.config_file else folder_config(self.path))
 
     # Configuration -----------------------------------------------------------
@@ -216,6 +223,7 @@ class ModelRepository:
             ServingError: with TF Serving's code and words.
         """
         with self._changing:
+            before = self._changes
             models = self._models_of(config)
             self._check_labels(models)
             self._refresh(models)  # new models' versions load before they are published
@@ -225,6 +233,7 @@ class ModelRepository:
                 self.config = config
             for name in sorted(set(old) - set(models)):
                 self._unload(name, sorted(self._loaded.get(name, {})))
+            self._changed(before)
 
     def _check_labels(self, models):
         for model in models.values():
@@ -266,7 +275,13 @@ class ModelRepository:
         retried while its folder stays; the others keep serving.
         """
         with self._changing:
+            before = self._changes
             self._refresh(self._models)
+            self._changed(before)
+
+    def _changed(self, before):
+        if self._changes != before and self.on_change is not None:
+            self.on_change()
 
     def _refresh(self, models):
         for model in list(models.values()):
@@ -294,6 +309,7 @@ class ModelRepository:
                 }
 
     def _load(self, model, version):
+        self._changes += 1
         path = model.base_path / str(version)
         self._set_state(model.name, version, VersionStatus("START"))
         self._set_state(model.name, version, VersionStatus("LOADING"))
@@ -312,6 +328,7 @@ class ModelRepository:
 
     def _unload(self, name, versions):
         for version in versions:
+            self._changes += 1
             self._set_state(name, version, VersionStatus("UNLOADING"))
             with self._lock:
                 self._loaded[name] = {v: lv for v, lv in self._loaded[name].items() if v != version}
