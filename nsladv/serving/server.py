@@ -160,9 +160,8 @@ class Server:
     def start(self):
         if self.freeze_heap:
             with self._freezing:
-                gc.collect()  # what is garbage now is freed, not frozen
-                gc.freeze()
                 self._frozen = True
+            self._refreeze()
         if self._rest is not None:
             self._rest_thread = threading.Thread(target=self._rest.serve_forever, name="nsladv-rest", daemon=True)
             self._rest_thread.start()
@@ -186,7 +185,7 @@ class Server:
                 self._frozen = False
 
     def _refreeze(self):
-        """After a version change: thaw, collect (an unloaded version goes), freeze what is loaded now."""
+        """At start and after a version change: thaw, collect (garbage, an unloaded version), freeze what is left."""
         with self._freezing:
             if self._frozen:
                 gc.unfreeze()
