@@ -553,6 +553,20 @@ def test_graph_pipeline_settings_are_checked():
         nsladv.GraphSetup(regularization=nsladv.GraphRegularization())
 
 
+def test_pipeline_warmups_take_fractions_of_an_epoch_and_refuse_the_rest():
+    import nsladv
+
+    build = load_pipeline(TINY).build_model
+    assert nsladv.Pipeline(build_model=build, epsilon_warmup_epochs=0.5).epsilon_warmup_epochs == 0.5
+    for name, value in (
+        ("epsilon_warmup_epochs", -1),
+        ("multiplier_warmup_epochs", "2"),
+        ("epsilon_warmup_epochs", True),
+    ):
+        with pytest.raises(ValueError, match=rf"`{name}` must be a number of epochs >= 0. Received: {name}={value!r}"):
+            nsladv.Pipeline(build_model=build, **{name: value})
+
+
 def test_full_evaluation_is_one_flag(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(hardening, "harden", lambda pipeline, **kwargs: seen.update(pipeline=pipeline, **kwargs))

@@ -98,7 +98,9 @@ class Pipeline(KeywordOnly):
         decay_learning_rate: cosine decay of the learning rate.
         shift_augmentation: random shifts of up to this many pixels in
             training (0: none).
-        epsilon_warmup_epochs: epochs over which epsilon ramps from 0.
+        epsilon_warmup_epochs: epochs over which epsilon ramps from 0, per
+            batch (a fraction of an epoch is fine: 0.5 ramps over the first
+            half of the first epoch).
         multiplier_warmup_epochs: epochs over which the multiplier ramps.
         eval_epsilons: the evaluation grid.
         eval_attacks: the evaluation attacks, run as a cascade (default the
@@ -134,8 +136,8 @@ class Pipeline(KeywordOnly):
     learning_rate: float = 1e-3
     decay_learning_rate: bool = True
     shift_augmentation: int = 0
-    epsilon_warmup_epochs: int = 0
-    multiplier_warmup_epochs: int = 0
+    epsilon_warmup_epochs: float = 0
+    multiplier_warmup_epochs: float = 0
     eval_epsilons: tuple = (0.1, 0.2, 0.3)
     eval_attacks: tuple = dataclasses.field(default_factory=lambda: attack_set("standard"))
     eval_examples: int = None
@@ -167,6 +169,10 @@ class Pipeline(KeywordOnly):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+        for name in ("epsilon_warmup_epochs", "multiplier_warmup_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"`{name}` must be a number of epochs >= 0. Received: {name}={value!r}")
         for name in ("train_examples", "eval_examples", "labels_per_class"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
