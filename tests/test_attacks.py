@@ -405,3 +405,40 @@ def test_the_retry_attacks_need_names_of_their_own():
     model, dataset = honest_linear_task(seed=0, examples=4)
     with pytest.raises(ValueError, match=r"names of their own .* Received: names \['pgd2', 'pgd2'\]"):
         evaluate_robustness(model, dataset, epsilons=[0.1], attacks=[FGSM], black_box_retry=[pgd(2, 1), pgd(2, 1)])
+
+
+def exported_and_reloaded(folder):
+    """A small CNN with max pooling, exported and reloaded as `nsladv evaluate saved_models/...` reloads it: the
+    restored max pooling's gradient has no static batch size, so neither has the input gradient."""
+    from nsladv.export import export_model
+    from nsladv.jobs.evaluate import SignatureModel
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.MaxPooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(h)))
+    images = np.random.default_rng(2).random((40, 8, 8, 1)).astype("float32")
+    labels = np.argmax(model.predict(images, verbose=0), 1)
+    path = export_model(model, folder, "cnn", input_shape=(8, 8, 1), write_models_config=False)
+    return SignatureModel(path), tf.data.Dataset.from_tensor_slices((images, labels)).batch(20)
+
+
+def _one_example_attacks():
+    from nsladv.robustness import apgd_ce
+    from nsladv.robustness import apgd_t
+
+    return {"pgd": pgd(5, 2), "fgsm": FGSM, "apgd-ce": apgd_ce(steps=10), "apgd-t": apgd_t(steps=10, target_classes=2)}
+
+
+@pytest.mark.parametrize("name", ["pgd", "fgsm", "apgd-ce", "apgd-t"])
+def test_a_batch_of_one_example_is_attacked(name, tmp_path):
+    """The black-box retry attacks the few digits only Square fooled, often one: a fresh attacker's first call then
+    traces its loop with a static batch of 1, which a per-example state of unknown length used to broadcast away
+    ("enters the loop with shape (1, 28, 28, 1), but has shape (None, 28, 28, 1) after one iteration")."""
+    model, dataset = exported_and_reloaded(tmp_path)
+    x, y = next(iter(dataset.unbatch().batch(40)))
+    one = tf.data.Dataset.from_tensor_slices((x[:1], y[:1])).batch(1)
+    attacker = _one_example_attacks()[name].batch_attacker(model, seed=0)
+    clean, robust, count = attacker.accuracy(one, 0.05)
+    assert count == 1 and robust <= clean
+    assert attacker.accuracy(dataset, 0.05)[2] == 40  # and then batches of another size

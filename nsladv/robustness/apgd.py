@@ -135,7 +135,9 @@ class APGDAttacker(Counter):
             total = tf.reduce_sum(loss)
         # No path from the input (a rounding first layer, say): a zero gradient, so the attack stays put.
         gradient = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return loss, gradient, logits
+        # A reloaded SavedModel's gradient (through max pooling, say) loses the static batch size; restored here, as
+        # the loop's state must keep the shape it entered with (a batch of one would otherwise fail to trace).
+        return loss, tf.ensure_shape(gradient, x.shape), logits
 
     def _fooled(self, x, y, epsilon, target, seed):
         """Whether any iterate misclassifies each example, and the first such iterate (else the best-loss one)."""
