@@ -12,24 +12,24 @@ evaluations.
 Contenders (budgets: the defaults below, about 45 minutes in all on 2 cores):
 
 - `nsladv`: `nsladv harden`'s default recipe, read from pipelines/mnist.py
-  (PGD-5, step 0.1, random start, TRADES' KL distance x6, 3 epochs of
-  epsilon warm-up, cosine learning rate from 2e-3, 10 epochs) with the
+  (PGD-3, step 0.15, random start, TRADES' KL distance x6, half an epoch of
+  epsilon warm-up, cosine learning rate from 4e-3, 10 epochs) with the
   RobustnessMonitor harden adds (PGD-10 on 500 validation digits after every
   epoch; a 30-point fall stops training), its time counted as training;
 - `madry_pgd7`: Madry-style PGD adversarial training written by hand in Keras 3:
   PGD-7, step 0.1 (k x step = 2.33 epsilon), random start, the loss on the
-  adversarial examples only; 8 epochs, Adam 1e-3 with cosine decay, and the
-  same 3-epoch epsilon warm-up (without it PGD training at 0.3 from scratch
-  can stay at chance on MNIST);
+  adversarial examples only; 8 epochs, Adam 1e-3 with cosine decay, and a
+  3-epoch epsilon warm-up, stepped per epoch (without a warm-up PGD training
+  at 0.3 from scratch can stay at chance on MNIST);
 - `fgsm_rs`: Wong et al.'s FGSM with a random start (uniform in the ball,
   one step of 1.25 epsilon, projected), 10 epochs, Adam with a one-cycle
-  learning rate peaking at 5e-3, the same warm-up;
+  learning rate peaking at 5e-3, the same 3-epoch warm-up;
 - `nsl_legacy`: NSL's own `nsl.keras.AdversarialRegularization` under tf-keras
   (FGSM at 0.3, multiplier 3), 10 epochs, in a subprocess; its weights are
   loaded into the Keras 3 model after each epoch to be attacked.
 
 Passes are forward+backward passes per training example, per epoch: nsladv
-k (attack, 5) + 2 (the clean and the neighbor batch in the training step) = 7
+k (attack, 3) + 2 (the clean and the neighbor batch in the training step) = 5
 (the monitor's PGD-10 on 500 digits adds about 0.1 of a pass, not counted);
 PGD-k k + 1; FGSM-RS 2; NSL's FGSM 1 + 2 = 3.
 
