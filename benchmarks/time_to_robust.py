@@ -28,6 +28,11 @@ Contenders (budgets: the defaults below, about 45 minutes in all on 2 cores):
   (FGSM at 0.3, multiplier 3), 10 epochs, in a subprocess; its weights are
   loaded into the Keras 3 model after each epoch to be attacked.
 
+The contenders train interleaved, one epoch each in turn (nsladv, Madry, FGSM-RS,
+NSL, nsladv, ...; the ones with more epochs finish last), so a drift in the
+machine's speed falls on all of them rather than on whichever ran last; their
+random draws share TensorFlow's global generator, seeded once.
+
 Passes are forward+backward passes per training example, per epoch: nsladv
 k (attack, 3) + 2 (the clean and the neighbor batch in the training step) = 5
 (the monitor's PGD-10 on 500 digits adds about 0.1 of a pass, not counted);
@@ -128,8 +133,27 @@ class _EpochClock(keras.callbacks.Callback):
         self.recorder.epoch_done(time.perf_counter() - self.start)
 
 
-def run_nsladv(base, train, steps_per_epoch, recorder, epochs, monitor_data):
-    """`nsladv harden`'s recipe: the pipeline's settings, its epsilon warm-up and its RobustnessMonitor."""
+class _Interleave(keras.callbacks.Callback):
+    """After each nsladv epoch (its clock stopped), one epoch of every other contender: A B C D A B C D ..."""
+
+    def __init__(self, others):
+        super().__init__()
+        self.others = others
+
+    def on_epoch_end(self, epoch, logs=None):
+        advance(self.others)
+
+
+def advance(runs):
+    """One epoch of each run still going (a generator that yields after each epoch); drops the finished ones."""
+    for run in list(runs):
+        if next(run, StopIteration) is StopIteration:
+            runs.remove(run)
+
+
+def run_nsladv(base, train, steps_per_epoch, recorder, epochs, monitor_data, others=()):
+    """`nsladv harden`'s recipe: the pipeline's settings, its epsilon warm-up and its RobustnessMonitor; `others`
+    (epoch generators) advance one epoch after each of nsladv's, outside its clock."""
     from nsladv.guards import RobustnessMonitor
     from nsladv.robustness.attacks import pgd
 
@@ -147,15 +171,17 @@ def run_nsladv(base, train, steps_per_epoch, recorder, epochs, monitor_data):
         attack=pgd(10, 1, clip_range=pipeline.threat.clip_range, norm=pipeline.threat.norm),
         seed=pipeline.seed,
     )
-    # The clock's epoch end runs after the monitor's, so the monitor's time counts as training.
-    callbacks = [EpsilonWarmup(pipeline.epsilon_warmup_epochs), monitor, _EpochClock(recorder)]
+    # The clock's epoch end runs after the monitor's, so the monitor's time counts as training; the other
+    # contenders' epochs run after the clock's.
+    callbacks = [EpsilonWarmup(pipeline.epsilon_warmup_epochs), monitor, _EpochClock(recorder), _Interleave(others)]
     model.fit(train, epochs=epochs, callbacks=callbacks, verbose=0)
     if monitor.collapsed_at is not None:
         print(f"nsladv: the monitor stopped training at epoch {monitor.collapsed_at + 1} (collapse)", flush=True)
 
 
 def hand_written(base, train, steps_per_epoch, recorder, epochs, *, steps, step_size, schedule, warmup_epochs):
-    """PGD-k (Madry) or FGSM with a random start (Wong, `steps=1`) in a plain Keras 3 / TF training step."""
+    """PGD-k (Madry) or FGSM with a random start (Wong, `steps=1`) in a plain Keras 3 / TF training step; a
+    generator that yields after each epoch."""
     optimizer = keras.optimizers.Adam(schedule(epochs * steps_per_epoch))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     radius = tf.Variable(0.0, trainable=False)
@@ -182,6 +208,7 @@ def hand_written(base, train, steps_per_epoch, recorder, epochs, *, steps, step_
 
     for epoch in range(epochs):
         recorder.epoch_done(timed_epoch(lambda epoch=epoch: one_epoch(epoch)))
+        yield
 
 
 def one_cycle(peak):
@@ -204,7 +231,8 @@ def one_cycle(peak):
 
 
 def run_nsl_legacy(base, x, y, recorder, epochs, workdir):
-    """NSL's AdversarialRegularization under tf-keras in a subprocess, one epoch per request."""
+    """NSL's AdversarialRegularization under tf-keras in a subprocess, one epoch per request; a generator that
+    yields after each epoch."""
     arrays, weights = pathlib.Path(workdir) / "train.npz", pathlib.Path(workdir) / "weights.npz"
     np.savez(arrays, x=x, y=y, **{f"w{i}": w for i, w in enumerate(base.get_weights())})
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
@@ -226,6 +254,7 @@ def run_nsl_legacy(base, x, y, recorder, epochs, workdir):
             with np.load(weights) as saved:
                 base.set_weights([saved[f"w{i}"] for i in range(len(saved.files))])
             recorder.epoch_done(seconds)
+            yield
     finally:
         worker.stdin.close()
         worker.wait(timeout=60)
@@ -293,7 +322,7 @@ def main():
 
     passes = {"madry_pgd7": 8, "fgsm_rs": 2, "nsl_legacy": 3, "nsladv": pipeline.threat.steps + 2}
     monitor_data = data.as_arrays(data.spread(splits.validation, pipeline.monitor_examples))
-    results, started = {}, time.perf_counter()
+    started = time.perf_counter()
     contenders = [
         (
             "madry_pgd7",
@@ -323,23 +352,25 @@ def main():
                 warmup_epochs=3,
             ),
         ),
-        (
-            "nsladv",
-            lambda base, rec: run_nsladv(
-                base, train, steps_per_epoch, rec, args.nsladv_epochs or pipeline.epochs, monitor_data
-            ),
-        ),
     ]
-    for name, run in contenders:
-        base = fresh()
-        recorder = Recorder(name, base, test, passes[name], args.seed)
-        run(base, recorder)
-        results[name] = recorder.points
+    recorders = {
+        name: Recorder(name, fresh(), test, passes[name], args.seed)
+        for name in ("nsladv", "madry_pgd7", "fgsm_rs", "nsl_legacy")
+    }
     with tempfile.TemporaryDirectory() as workdir:
-        base = fresh()
-        recorder = Recorder("nsl_legacy", base, test, passes["nsl_legacy"], args.seed)
-        run_nsl_legacy(base, x, y, recorder, args.nsl_epochs, workdir)
-        results["nsl_legacy"] = recorder.points
+        # Interleaved epoch by epoch (nsladv, Madry, FGSM-RS, NSL, nsladv, ...), so a drift in the machine's speed
+        # falls on every contender alike instead of on whichever ran last.
+        others = [run(recorders[name].base, recorders[name]) for name, run in contenders]
+        others.append(
+            run_nsl_legacy(recorders["nsl_legacy"].base, x, y, recorders["nsl_legacy"], args.nsl_epochs, workdir)
+        )
+        nsladv_epochs = args.nsladv_epochs or pipeline.epochs
+        run_nsladv(
+            recorders["nsladv"].base, train, steps_per_epoch, recorders["nsladv"], nsladv_epochs, monitor_data, others
+        )
+        while others:  # the contenders with more epochs than nsladv, or all of them if nsladv stopped early
+            advance(others)
+    results = {name: recorder.points for name, recorder in recorders.items()}
 
     madry = results["madry_pgd7"][-1]
     target = madry["robust"]
