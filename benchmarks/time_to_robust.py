@@ -9,7 +9,7 @@ APGD-CE (100 steps), APGD-T (100 steps, 3 target classes), an example robust
 only if every attack fails (fixed seeds). Training time excludes those
 evaluations.
 
-Contenders (budgets: the defaults below, about 45 minutes in all on 2 cores):
+Contenders (budgets: the defaults below, about 55 minutes in all on 2 cores):
 
 - `nsladv`: `nsladv harden`'s default recipe, read from pipelines/mnist.py
   (PGD-3, step 0.15, random start, TRADES' KL distance x6, half an epoch of
