@@ -2,6 +2,8 @@
 
 import gzip
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -136,6 +138,34 @@ def test_unprepared_dataset_without_network(tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "_network_available", lambda timeout=3.0: False)
     with pytest.raises(data.DatasetUnavailableError, match=r"cannot reach the TFDS download servers"):
         data.load("fashion_mnist", data_dir=str(tmp_path))
+
+
+LOAD_AND_COUNT = """
+import sys
+from nsladv import datasets
+splits = datasets.load(data_dir=sys.argv[1])
+print("train", splits.info.splits["train"].num_examples)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_preparing_the_same_folder_at_once_both_load_it(tmp_path):
+    """Two jobs (two `nsladv harden` runs, tuner workers) share TFDS's default folder; without a lock the later
+    one failed renaming its finished copy onto the other's ("FileExistsError: Cannot rename ...")."""
+    folder = str(tmp_path / "tfds")
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOAD_AND_COUNT, folder], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(job.wait(timeout=600), *job.communicate()) for job in jobs]
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        assert out.strip().splitlines()[-1] == "train 60000"
+    assert sorted(p.name for p in (tmp_path / "tfds" / "mnist_offline").iterdir() if not p.name.startswith(".")) == [
+        "2.0.0"
+    ]
 
 
 def test_invalid_validation_fraction():

