@@ -123,7 +123,7 @@ def _parser():
         choices=["quick", "standard", "full"],
         default="standard",
         help="standard: FGSM, APGD-CE, APGD-T (3 targets), Square (1,000 queries); full: AutoAttack's settings "
-        "(APGD-T on 9 targets, Square 5,000 queries); quick: FGSM, PGD-20, APGD-CE-50",
+        "(APGD-T and FAB-T on 9 targets, Square 5,000 queries); quick: FGSM, PGD-20, APGD-CE-50",
     )
     evaluate.add_argument(
         "--eval-examples",

@@ -27,6 +27,7 @@ from nsladv.export import check_model_name
 from nsladv.robustness.apgd import APGD
 from nsladv.robustness.attacks import Attack
 from nsladv.robustness.evaluation import attack_set
+from nsladv.robustness.fab import FAB
 from nsladv.robustness.square import Square
 
 
@@ -179,9 +180,9 @@ class Pipeline(KeywordOnly):
                 raise ValueError(f"`{name}` must be an integer >= 1 or None. Received: {name}={value!r}")
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
-        if not all(isinstance(a, (Attack, APGD, Square)) for a in self.eval_attacks):
+        if not all(isinstance(a, (Attack, APGD, FAB, Square)) for a in self.eval_attacks):
             raise ValueError(
-                f"`eval_attacks` must be nsladv attacks (Attack, APGD, Square). Received: {self.eval_attacks!r}"
+                f"`eval_attacks` must be nsladv attacks (Attack, APGD, FAB, Square). Received: {self.eval_attacks!r}"
             )
 
     def replace(self, **changes):

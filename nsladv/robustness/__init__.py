@@ -1,4 +1,4 @@
-"""Measuring robustness: white-box attacks (FGSM, PGD, Auto-PGD), the black-box Square check, worst cases."""
+"""Measuring robustness: white-box attacks (FGSM, PGD, Auto-PGD, FAB-T), the black-box Square check, worst cases."""
 
 from nsladv.robustness.apgd import APGD
 from nsladv.robustness.apgd import APGDAttacker
@@ -14,12 +14,15 @@ from nsladv.robustness.evaluation import ATTACK_SETS
 from nsladv.robustness.evaluation import attack_set
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.evaluation import sanity_checks
+from nsladv.robustness.fab import FAB
+from nsladv.robustness.fab import fab_t
 from nsladv.robustness.square import Square
 
 __all__ = [
     "APGD",
     "ATTACK_SETS",
     "APGDAttacker",
+    "FAB",
     "FGSM",
     "Attack",
     "Square",
@@ -29,6 +32,7 @@ __all__ = [
     "apgd_t",
     "attack_set",
     "evaluate_robustness",
+    "fab_t",
     "fgsm",
     "pgd",
     "sanity_checks",

@@ -11,6 +11,8 @@ from nsladv.robustness.apgd import apgd_ce
 from nsladv.robustness.apgd import apgd_t
 from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import pgd
+from nsladv.robustness.fab import FAB
+from nsladv.robustness.fab import fab_t
 from nsladv.robustness.square import Square
 
 # Accuracy differences within this are read as equal (a few examples of 1,000).
@@ -23,17 +25,19 @@ ATTACK_SETS = {
     "quick": lambda: (FGSM, pgd(20, 1), apgd_ce(steps=50)),
     # AutoAttack's gradient attacks at full length, APGD-T on the 3 most likely wrong classes, a shorter Square.
     "standard": lambda: (FGSM, apgd_ce(), apgd_t(target_classes=3), Square(queries=1000)),
-    # AutoAttack's standard settings for APGD-CE, APGD-T (9 target classes) and Square (5,000 queries); no FAB-T.
-    "full": lambda: (FGSM, apgd_ce(), apgd_t(target_classes=9), Square(queries=5000)),
+    # AutoAttack's standard version: APGD-CE, APGD-T (9 target classes), FAB-T (9) and Square (5,000 queries).
+    "full": lambda: (FGSM, apgd_ce(), apgd_t(target_classes=9), fab_t(target_classes=9), Square(queries=5000)),
 }
 
 
 # What re-attacks the examples only a black-box attack fooled, in turn: gradient attacks that find them with more
 # restarts were unlucky; gradient attacks that still cannot are what masked gradients look like. APGD-T on every
-# target class comes second: on all 10,000 test digits it found the one digit APGD-CE's 20 restarts left.
+# target class comes second: on all 10,000 test digits it found the one digit APGD-CE's 20 restarts left. FAB-T comes
+# last: it walks the linearized boundary instead of climbing a loss, another route to what the loss surface hides.
 BLACK_BOX_RETRY = (
     APGD(name="apgd-ce-x20", loss="ce", steps=100, restarts=20),
     APGD(name="apgd-t-9x20", loss="dlr-targeted", steps=100, target_classes=9, restarts=20),
+    FAB(name="fab-t-9x5", steps=100, target_classes=9, restarts=5),
 )
 
 
@@ -187,8 +191,8 @@ def _retry_attacks(retry):
         attacks = tuple(retry)
     if not attacks or not all(hasattr(a, "batch_attacker") and not _black_box(a) for a in attacks):
         raise ValueError(
-            "`black_box_retry` must be a white-box attack (an nsladv Attack or APGD), a non-empty sequence of them, "
-            f"or None. Received: black_box_retry={retry!r}"
+            "`black_box_retry` must be a white-box attack (an nsladv Attack, APGD or FAB), a non-empty sequence of "
+            f"them, or None. Received: black_box_retry={retry!r}"
         )
     names = [a.name for a in attacks]
     if len(set(names)) != len(names):
