@@ -24,10 +24,10 @@ import dataclasses
 
 import tensorflow as tf
 
-from nsladv.robustness.attacks import Counter
 from nsladv.robustness.attacks import LinfSettings
-from nsladv.robustness.attacks import attack_seed
-from nsladv.robustness.attacks import random_starts
+from nsladv.robustness.attacks import SeededAttacker
+from nsladv.robustness.attacks import logits_of as _logits
+from nsladv.robustness.attacks import wrong_classes_by_score
 
 LOSSES = ("ce", "dlr-targeted")
 
@@ -95,11 +95,6 @@ def checkpoints(steps):
     return found
 
 
-def _logits(model, x, from_logits):
-    out = tf.cast(model(x, training=False), tf.float32)
-    return out if from_logits else tf.math.log(tf.clip_by_value(out, 1e-12, 1.0))
-
-
 def per_example_loss(loss, logits, y, target=None):
     """APGD's losses, one value per example (to maximize)."""
     if loss == "ce":
@@ -111,7 +106,7 @@ def per_example_loss(loss, logits, y, target=None):
     return -(true - wanted) / scale
 
 
-class APGDAttacker(Counter):
+class APGDAttacker(SeededAttacker):
     """Runs an `APGD` attack batch by batch, compiled once; counts clean and robust predictions.
 
     An example is robust only if it is classified correctly clean and no
@@ -119,12 +114,8 @@ class APGDAttacker(Counter):
     """
 
     def __init__(self, model, attack, *, from_logits=True, seed=None):
-        self.model = model
-        self.attack = attack
-        self.from_logits = from_logits
+        super().__init__(model, attack, from_logits=from_logits, seed=seed)
         self._check = [int(k) for k in checkpoints(attack.steps)]
-        self.seed = attack_seed(seed)
-        self._random = random_starts(self.seed)
         self._run = tf.function(self._fooled, reduce_retracing=True)
 
     def _gradient(self, x, y, target):
@@ -228,9 +219,7 @@ class APGDAttacker(Counter):
                     "The targeted DLR loss compares the top four scores: it needs at least 4 classes. "
                     f"Received: {logits.shape[-1]} classes"
                 )
-            order = tf.cast(tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True), tf.int64)
-            wrong = tf.reshape(tf.boolean_mask(order, order != y[:, None]), [tf.shape(y)[0], -1])
-            targets = [wrong[:, j] for j in range(min(self.attack.target_classes, int(wrong.shape[-1])))]
+            targets = wrong_classes_by_score(logits, y, self.attack.target_classes)
         fooled = tf.zeros_like(y, tf.bool)
         for target in targets:
             for _ in range(self.attack.restarts):

@@ -176,7 +176,39 @@ class Counter:
         return float(clean.mean()), float(robust.mean()), len(clean)
 
 
-class BatchAttacker(Counter):
+class SeededAttacker(Counter):
+    """An attacker of `model` with `attack`'s settings and a random-start generator of its own (see `attack_seed`).
+
+    Args:
+        model: the Keras classifier under attack.
+        attack: the attack's settings.
+        from_logits: whether the model outputs logits.
+        seed: fixes its random starts (None: drawn from NumPy's global generator).
+    """
+
+    def __init__(self, model, attack, *, from_logits=True, seed=None):
+        self.model = model
+        self.attack = attack
+        self.from_logits = from_logits
+        self.seed = attack_seed(seed)
+        self._random = random_starts(self.seed)
+
+
+def logits_of(model, x, from_logits):
+    """The model's logits, float32 (log-probabilities for a model that outputs probabilities)."""
+    out = tf.cast(model(x, training=False), tf.float32)
+    return out if from_logits else tf.math.log(tf.clip_by_value(out, 1e-12, 1.0))
+
+
+def wrong_classes_by_score(logits, y, count):
+    """The `count` highest-scoring classes other than y, best first: a list of [batch] int64 tensors (the targets
+    of AutoAttack's targeted attacks; fewer when the model has fewer wrong classes)."""
+    order = tf.cast(tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True), tf.int64)
+    wrong = tf.reshape(tf.boolean_mask(order, order != y[:, None]), [tf.shape(y)[0], -1])
+    return [wrong[:, j] for j in range(min(count, int(wrong.shape[-1])))]
+
+
+class BatchAttacker(SeededAttacker):
     """Runs an `Attack` batch by batch, compiled once.
 
     Args:
@@ -186,11 +218,7 @@ class BatchAttacker(Counter):
     """
 
     def __init__(self, model, attack, *, from_logits=True, seed=None):
-        self.model = model
-        self.attack = attack
-        self.from_logits = from_logits
-        self.seed = attack_seed(seed)
-        self._random = random_starts(self.seed)
+        super().__init__(model, attack, from_logits=from_logits, seed=seed)
         self._step = tf.function(self._correct, reduce_retracing=True)
 
     def _correct(self, x, y, epsilon):

@@ -27,10 +27,10 @@ import dataclasses
 
 import tensorflow as tf
 
-from nsladv.robustness.attacks import Counter
 from nsladv.robustness.attacks import LinfSettings
-from nsladv.robustness.attacks import attack_seed
-from nsladv.robustness.attacks import random_starts
+from nsladv.robustness.attacks import SeededAttacker
+from nsladv.robustness.attacks import logits_of as _logits
+from nsladv.robustness.attacks import wrong_classes_by_score
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -132,12 +132,7 @@ def project_linf(points, normals, offsets, clip_range=(0.0, 1.0)):
     return direction * tf.minimum(budget[:, None], room)
 
 
-def _logits(model, x, from_logits):
-    out = tf.cast(model(x, training=False), tf.float32)
-    return out if from_logits else tf.math.log(tf.clip_by_value(out, 1e-12, 1.0))
-
-
-class FABAttacker(Counter):
+class FABAttacker(SeededAttacker):
     """Runs a `FAB` attack batch by batch, compiled once; counts clean and robust predictions.
 
     An example is robust at a radius when it is classified correctly clean
@@ -145,11 +140,7 @@ class FABAttacker(Counter):
     """
 
     def __init__(self, model, attack, *, from_logits=True, seed=None):
-        self.model = model
-        self.attack = attack
-        self.from_logits = from_logits
-        self.seed = attack_seed(seed)
-        self._random = random_starts(self.seed)
+        super().__init__(model, attack, from_logits=from_logits, seed=seed)
         self._run = tf.function(self._distances, reduce_retracing=True)
 
     def _difference(self, x, y, target):
@@ -204,15 +195,13 @@ class FABAttacker(Counter):
     def distances(self, x, y, epsilon):
         """Per example: the smallest L-inf distance of a misclassified iterate over every target and run."""
         y = tf.cast(tf.reshape(y, [-1]), tf.int64)
-        logits = _logits(self.model, x, self.from_logits)
-        order = tf.cast(tf.argsort(logits, axis=-1, direction="DESCENDING", stable=True), tf.int64)
-        wrong = tf.reshape(tf.boolean_mask(order, order != y[:, None]), [tf.shape(y)[0], -1])
+        targets = wrong_classes_by_score(_logits(self.model, x, self.from_logits), y, self.attack.target_classes)
         best = tf.fill(tf.shape(y), float("inf"))
-        for j in range(min(self.attack.target_classes, int(wrong.shape[-1]))):
+        for target in targets:
             for restart in range(self.attack.restarts):
                 seed = self._random.make_seeds(1)[:, 0]
                 radius = tf.constant(0.0 if restart == 0 else epsilon, tf.float32)
-                best = tf.minimum(best, self._run(x, y, wrong[:, j], radius, seed))
+                best = tf.minimum(best, self._run(x, y, target, radius, seed))
         return best
 
     def batch_masks(self, x, y, epsilon):
