@@ -121,6 +121,8 @@ def test_apgd_in_the_evaluation_is_no_weaker_than_pgd():
         (dict(loss="hinge"), r"Unknown APGD loss. Expected one of \['ce', 'dlr-targeted'\]. Received: loss='hinge'"),
         (dict(steps=0), r"`steps` must be an integer >= 1. Received: steps=0"),
         (dict(restarts=1.5), r"`restarts` must be an integer >= 1. Received: restarts=1.5"),
+        (dict(odi_steps=-1), r"`odi_steps` must be an integer >= 0. Received: odi_steps=-1"),
+        (dict(odi_steps=True), r"`odi_steps` must be an integer >= 0. Received: odi_steps=True"),
     ],
 )
 def test_settings_are_checked(kwargs, message):
@@ -146,3 +148,40 @@ def test_a_model_without_an_input_gradient_is_attacked_not_crashed(attack):
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     clean, robust, count = attack.batch_attacker(model, seed=0).accuracy(dataset, 0.1)
     assert (clean, robust, count) == (1.0, 1.0, 8)
+
+
+def pocket_model(dims=10, pocket=7.99):
+    """Two classes, logits [0, -1 - s + 1000 relu(s - pocket)] with s the sum of the inputs: class 0 wherever s is
+    below about pocket + 0.009, class 1 in the corner of the ball beyond. The cross-entropy rises towards smaller s
+    everywhere outside that corner, so gradient ascent from a random start walks away from the only wrong region."""
+    inputs = keras.Input((dims,))
+    total = keras.ops.sum(inputs, axis=-1, keepdims=True)
+    wrong = -1.0 - total + 1000.0 * keras.ops.relu(total - pocket)
+    return keras.Model(inputs, keras.ops.concatenate([keras.ops.zeros_like(wrong), wrong], axis=-1))
+
+
+def test_diversified_starts_reach_a_pocket_the_loss_ascent_walks_away_from():
+    """Output Diversified Initialization (Tashiro et al., 2020): with w . logits for a random w, about half the
+    restarts step every pixel towards the upper corner (sum 8 > 7.999), where APGD-CE's random starts (sum about 5)
+    never land and from where the loss would not lead them."""
+    model = pocket_model()
+    x, y = np.full((40, 10), 0.5, "float32"), np.zeros(40, "int64")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(20)
+    plain = APGD(steps=10, restarts=5).batch_attacker(model, seed=0).accuracy(dataset, 0.3)
+    diversified = APGD(steps=10, restarts=5, odi_steps=2).batch_attacker(model, seed=0).accuracy(dataset, 0.3)
+    assert plain == (1.0, 1.0, 40)
+    assert diversified[0] == 1.0 and diversified[1] < 0.2  # all 5 restarts miss with odds 1/32 per example
+
+
+def test_a_diversified_start_without_an_input_gradient_is_the_random_start():
+    """ODI moves along sign(grad (w . logits)); with no gradient path (a rounding first layer) it stays at the random
+    start APGD draws without it from the same seed (ODI's w comes from a stream of its own), in the ball."""
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.ops.round(inputs)))
+    x = tf.fill([5, 6], 0.3)
+    y = tf.argmax(model(x), -1)
+    seed, epsilon = tf.constant([3, 4], tf.int64), tf.constant(0.1, tf.float32)
+    _, plain = APGD(steps=3).batch_attacker(model)._run(x, y, epsilon, y, seed)
+    _, diversified = APGD(steps=3, odi_steps=2).batch_attacker(model)._run(x, y, epsilon, y, seed)
+    np.testing.assert_array_equal(diversified.numpy(), plain.numpy())
+    assert not np.allclose(plain.numpy(), 0.3) and np.all(np.abs(plain.numpy() - 0.3) <= 0.1 + 1e-6)

@@ -232,11 +232,12 @@ def test_square_finds_what_a_masked_model_hides_from_gradient_attacks():
         assert result["worst_case"]["0.1"] == 0.0 and result["black_box_only"] == {"0.1": 20}
         check = result["sanity"]["black_box_finds_nothing_new"]
         assert not check["passed"]
-        # 20 restarts of APGD-CE and FAB-T's linearized boundary cannot move either: the retry reads it as masking
+        # 20 restarts of APGD-CE, from random or output-diversified starts, and FAB-T's linearized boundary cannot
+        # move either: the retry reads it as masking
         assert result["black_box_retry"]["examples"] == {"0.1": 20} and result["black_box_retry"]["found"] == {"0.1": 0}
         assert check["white_box_retry"]["reading"] == "20 stay hidden from gradient attacks: suspect masked gradients"
         assert check_summary(result) == (
-            "FAILED: black_box_finds_nothing_new (apgd-ce-x20 + fab-t-9x5 found 0 of 20 at 0.1: "
+            "FAILED: black_box_finds_nothing_new (apgd-ce-x20 + apgd-ce-odi-x20 + fab-t-9x5 found 0 of 20 at 0.1: "
             "20 stay hidden from gradient attacks: suspect masked gradients)"
         )
         # the retry's APGD-T needs 4 classes; this model has 2
@@ -253,7 +254,7 @@ def test_the_retry_tells_too_few_restarts_from_masking():
     hidden = result["black_box_only"]["0.05"]
     assert hidden > 0
     assert result["black_box_retry"]["found"] == {"0.05": hidden}
-    assert set(result["black_box_retry"]["found_by"]) == {"apgd-ce-x20", "apgd-t-9x20", "fab-t-9x5"}  # 4 classes
+    assert set(result["black_box_retry"]["found_by"]) == {"apgd-ce-x20", "apgd-t-9x20", "apgd-ce-odi-x20", "fab-t-9x5"}
     assert "skipped" not in result["black_box_retry"]
     check = result["sanity"]["black_box_finds_nothing_new"]
     assert not check["passed"]
@@ -357,13 +358,20 @@ def test_an_example_wrong_clean_keeps_its_own_input():
 
 
 def test_the_retry_runs_its_attacks_in_turn_on_what_the_ones_before_left():
-    """APGD-CE with 20 restarts, then APGD-T on every target class, then FAB-T: on all 10,000 test digits the first
-    left one digit Square had fooled, and the second found it (docs/results.md); each attacks only what is left."""
+    """APGD-CE with 20 restarts, then APGD-T on every target class, then APGD-CE from output-diversified starts, then
+    FAB-T: on all 10,000 test digits the first left one digit Square had fooled, and the second found it
+    (docs/results.md); each attacks only what is left."""
     from nsladv.robustness import evaluation
     from nsladv.robustness.square import Square
 
-    assert [a.name for a in evaluation.BLACK_BOX_RETRY] == ["apgd-ce-x20", "apgd-t-9x20", "fab-t-9x5"]
-    assert [a.get_config()["target_classes"] for a in evaluation.BLACK_BOX_RETRY[1:]] == [9, 9]
+    assert [a.name for a in evaluation.BLACK_BOX_RETRY] == [
+        "apgd-ce-x20",
+        "apgd-t-9x20",
+        "apgd-ce-odi-x20",
+        "fab-t-9x5",
+    ]
+    assert [a.get_config()["odi_steps"] for a in evaluation.BLACK_BOX_RETRY[:3]] == [0, 0, 2]
+    assert [a.get_config()["target_classes"] for a in evaluation.BLACK_BOX_RETRY[1::2]] == [9, 9]
     model, dataset = honest_linear_task(seed=1, examples=40)
     timid = pgd(2, 1, relative_step_size=0.01, name="timid")
     useless = pgd(1, 1, relative_step_size=1e-6, name="useless")  # one step from a random start far too small

@@ -15,6 +15,13 @@ since the last checkpoint, or when eta did not change at the last checkpoint
 and the best loss did not improve since. An example counts as fooled when any
 iterate misclassifies it (the best iterate is kept, never only the last).
 
+With `odi_steps` > 0 the start is diversified first (Output Diversified
+Initialization, Tashiro et al., 2020): `odi_steps` steps of epsilon along the
+sign of the gradient of w . logits, w uniform in [-1, 1] per example and
+restart, each projected. Restarts from such starts head for different output
+directions rather than for the loss's nearest ascent, which reaches pockets of
+the ball a random start almost never lands in.
+
 Losses: `"ce"` (cross-entropy, APGD-CE) and `"dlr-targeted"` (the targeted
 difference-of-logits ratio, APGD-T, run once per target among the
 `target_classes` highest-scoring wrong classes).
@@ -45,6 +52,8 @@ class APGD(LinfSettings):
             wrong classes to target in turn (AutoAttack: 9).
         random_start: start from a random point of the ball (as AutoAttack
             does); False starts from x.
+        odi_steps: steps of Output Diversified Initialization from that start
+            (0: none; Tashiro et al. use 2), each a fresh direction per restart.
         clip_range: the valid input range.
     """
 
@@ -54,11 +63,14 @@ class APGD(LinfSettings):
     restarts: int = 1
     target_classes: int = 9
     random_start: bool = True
+    odi_steps: int = 0
     clip_range: tuple = (0.0, 1.0)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown APGD loss. Expected one of {list(LOSSES)}. Received: loss={self.loss!r}")
+        if not isinstance(self.odi_steps, int) or isinstance(self.odi_steps, bool) or self.odi_steps < 0:
+            raise ValueError(f"`odi_steps` must be an integer >= 0. Received: odi_steps={self.odi_steps!r}")
         for field in ("steps", "restarts", "target_classes"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -130,6 +142,20 @@ class APGDAttacker(SeededAttacker):
         # the loop's state must keep the shape it entered with (a batch of one would otherwise fail to trace).
         return loss, tf.ensure_shape(gradient, x.shape), logits
 
+    def _diversified(self, x0, epsilon, project, seed):
+        """ODI's start: `odi_steps` projected steps of epsilon along sign(grad (w . logits)), one w per example."""
+        weights = None
+        for _ in range(self.attack.odi_steps):
+            with tf.GradientTape() as tape:
+                tape.watch(x0)
+                logits = _logits(self.model, x0, self.from_logits)
+                if weights is None:
+                    weights = tf.random.stateless_uniform(tf.shape(logits), seed, -1.0, 1.0)
+                total = tf.reduce_sum(weights * logits)
+            gradient = tape.gradient(total, x0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            x0 = project(x0 + epsilon * tf.sign(tf.ensure_shape(gradient, x0.shape)))
+        return x0
+
     def _fooled(self, x, y, epsilon, target, seed):
         """Whether any iterate misclassifies each example, and the first such iterate (else the best-loss one)."""
         attack = self.attack
@@ -147,6 +173,9 @@ class APGDAttacker(SeededAttacker):
             x0 = project(x + epsilon * noise / tf.reshape(largest, [-1, *rank_ones]))
         else:
             x0 = x
+        if attack.odi_steps:
+            # Its own stream, so the random start is the same with and without ODI.
+            x0 = self._diversified(x0, epsilon, project, tf.random.fold_in(seed, 1))
         loss, grad, logits = self._gradient(x0, y, target)
         fooled = tf.argmax(logits, -1, output_type=y.dtype) != y
         found = x0

@@ -32,11 +32,13 @@ ATTACK_SETS = {
 
 # What re-attacks the examples only a black-box attack fooled, in turn: gradient attacks that find them with more
 # restarts were unlucky; gradient attacks that still cannot are what masked gradients look like. APGD-T on every
-# target class comes second: on all 10,000 test digits it found the one digit APGD-CE's 20 restarts left. FAB-T comes
-# last: it walks the linearized boundary instead of climbing a loss, another route to what the loss surface hides.
+# target class comes second: on all 10,000 test digits it found the one digit APGD-CE's 20 restarts left. APGD-CE from
+# output-diversified starts (ODI) comes next: its restarts set out in random output directions, not up the loss. FAB-T
+# comes last: it walks the linearized boundary instead of climbing a loss, another route to what the loss surface hides.
 BLACK_BOX_RETRY = (
     APGD(name="apgd-ce-x20", loss="ce", steps=100, restarts=20),
     APGD(name="apgd-t-9x20", loss="dlr-targeted", steps=100, target_classes=9, restarts=20),
+    APGD(name="apgd-ce-odi-x20", loss="ce", steps=100, restarts=20, odi_steps=2),
     FAB(name="fab-t-9x5", steps=100, target_classes=9, restarts=5),
 )
 
@@ -94,8 +96,9 @@ def evaluate_robustness(
         cascade: False runs every attack on every example.
         black_box_retry: white-box attacks run again, in turn, on the
             examples that only a black-box attack fooled, each on those the
-            ones before did not fool (default APGD-CE with 20 restarts, then
-            APGD-T on 9 target classes with 20), reported as `black_box_retry`:
+            ones before did not fool (default `BLACK_BOX_RETRY`: APGD-CE with
+            20 restarts, APGD-T on 9 target classes with 20, APGD-CE from 20
+            output-diversified starts, FAB-T on 9 targets with 5), reported as `black_box_retry`:
             whether gradients find them with more tries (too few restarts) or
             not (masked gradients), which each attack found (`found_by`) and
             which none did (`hidden_examples`). It changes no accuracy. One
