@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from nsladv.robustness.attacks import LinfSettings
 from nsladv.robustness.attacks import SeededAttacker
+from nsladv.robustness.attacks import input_gradient
 from nsladv.robustness.attacks import logits_of as _logits
 from nsladv.robustness.attacks import wrong_classes_by_score
 
@@ -131,29 +132,22 @@ class APGDAttacker(SeededAttacker):
         self._run = tf.function(self._fooled, reduce_retracing=True)
 
     def _gradient(self, x, y, target):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = _logits(self.model, x, self.from_logits)
-            loss = per_example_loss(self.attack.loss, logits, y, target)
-            total = tf.reduce_sum(loss)
-        # No path from the input (a rounding first layer, say): a zero gradient, so the attack stays put.
-        gradient = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        # A reloaded SavedModel's gradient (through max pooling, say) loses the static batch size; restored here, as
-        # the loop's state must keep the shape it entered with (a batch of one would otherwise fail to trace).
-        return loss, tf.ensure_shape(gradient, x.shape), logits
+        return input_gradient(
+            self.model, x, self.from_logits, lambda logits: per_example_loss(self.attack.loss, logits, y, target)
+        )
 
     def _diversified(self, x0, epsilon, project, seed):
-        """ODI's start: `odi_steps` projected steps of epsilon along sign(grad (w . logits)), one w per example."""
-        weights = None
+        """ODI's start: `odi_steps` projected steps of epsilon along sign(grad (w . logits)), one w per example.
+
+        w is drawn statelessly from `seed` and the logits' shape, so every step draws the same w.
+        """
+
+        def weighted(logits):
+            return tf.reduce_sum(tf.random.stateless_uniform(tf.shape(logits), seed, -1.0, 1.0) * logits, axis=-1)
+
         for _ in range(self.attack.odi_steps):
-            with tf.GradientTape() as tape:
-                tape.watch(x0)
-                logits = _logits(self.model, x0, self.from_logits)
-                if weights is None:
-                    weights = tf.random.stateless_uniform(tf.shape(logits), seed, -1.0, 1.0)
-                total = tf.reduce_sum(weights * logits)
-            gradient = tape.gradient(total, x0, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            x0 = project(x0 + epsilon * tf.sign(tf.ensure_shape(gradient, x0.shape)))
+            _, gradient, _ = input_gradient(self.model, x0, self.from_logits, weighted)
+            x0 = project(x0 + epsilon * tf.sign(gradient))
         return x0
 
     def _fooled(self, x, y, epsilon, target, seed):

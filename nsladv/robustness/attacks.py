@@ -200,6 +200,23 @@ def logits_of(model, x, from_logits):
     return out if from_logits else tf.math.log(tf.clip_by_value(out, 1e-12, 1.0))
 
 
+def input_gradient(model, x, from_logits, objective):
+    """`objective(logits)` per example, the gradient of its sum with respect to x, and the logits (one forward and
+    backward pass).
+
+    No path from the input (a rounding first layer, say) gives a zero gradient, so an attack stays put. A reloaded
+    SavedModel's gradient (through max pooling, say) loses the static batch size; it is restored, as the attacks' loop
+    state must keep the shape it entered with (a batch of one would otherwise fail to trace).
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = logits_of(model, x, from_logits)
+        values = objective(logits)
+        total = tf.reduce_sum(values)
+    gradient = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return values, tf.ensure_shape(gradient, x.shape), logits
+
+
 def wrong_classes_by_score(logits, y, count):
     """The `count` highest-scoring classes other than y, best first: a list of [batch] int64 tensors (the targets
     of AutoAttack's targeted attacks; fewer when the model has fewer wrong classes)."""

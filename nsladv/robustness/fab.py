@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from nsladv.robustness.attacks import LinfSettings
 from nsladv.robustness.attacks import SeededAttacker
+from nsladv.robustness.attacks import input_gradient
 from nsladv.robustness.attacks import logits_of as _logits
 from nsladv.robustness.attacks import wrong_classes_by_score
 
@@ -145,13 +146,13 @@ class FABAttacker(SeededAttacker):
 
     def _difference(self, x, y, target):
         """z_target - z_y at x and its input gradient (one forward and backward pass)."""
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = _logits(self.model, x, self.from_logits)
-            difference = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
-            total = tf.reduce_sum(difference)
-        gradient = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return difference, tf.ensure_shape(gradient, x.shape)
+        difference, gradient, _ = input_gradient(
+            self.model,
+            x,
+            self.from_logits,
+            lambda logits: tf.gather(logits, target, batch_dims=1) - tf.gather(logits, y, batch_dims=1),
+        )
+        return difference, gradient
 
     def _distances(self, x, y, target, start_radius, seed):
         """Per example, the L-inf distance of the closest misclassified iterate (infinity when none is)."""
