@@ -235,10 +235,18 @@ def test_square_finds_what_a_masked_model_hides_from_gradient_attacks():
         # 20 restarts of APGD-CE, from random or output-diversified starts, and FAB-T's linearized boundary cannot
         # move either: the retry reads it as masking
         assert result["black_box_retry"]["examples"] == {"0.1": 20} and result["black_box_retry"]["found"] == {"0.1": 0}
-        assert check["white_box_retry"]["reading"] == "20 stay hidden from gradient attacks: suspect masked gradients"
+        # the rounding gives no gradient at all: along Square's paths it predicts none of the margin's fall
+        assert check["white_box_retry"]["reading"] == (
+            "20 stay hidden from gradient attacks: suspect masked gradients (the input gradient accounts for the "
+            "margin's fall along 0 of 20 black-box paths checked)"
+        )
+        paths = result["black_box_retry"]["path_checks"]["0.1"]
+        assert [p["example"] for p in paths] == list(range(20))
+        assert all(p["gradient_fall"] == 0 and p["fall"] > 0 and not p["gradients_account"] for p in paths)
         assert check_summary(result) == (
             "FAILED: black_box_finds_nothing_new (apgd-ce-x20 + apgd-ce-odi-x20 + fab-t-9x5 found 0 of 20 at 0.1: "
-            "20 stay hidden from gradient attacks: suspect masked gradients)"
+            "20 stay hidden from gradient attacks: suspect masked gradients (the input gradient accounts for the "
+            "margin's fall along 0 of 20 black-box paths checked))"
         )
         # the retry's APGD-T needs 4 classes; this model has 2
         assert result["black_box_retry"]["skipped"] == {"apgd-t-9x20": "needs at least 4 classes; the model has 2"}
@@ -306,7 +314,74 @@ def test_the_retry_reading_counts_one_hidden_example_in_the_singular():
     """The summary line is read by people: "1 stays hidden", not "1 stay hidden"."""
     result = only_square_fools(examples=1, epsilon=0.1)
     reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
-    assert reading == "1 stays hidden from gradient attacks: suspect masked gradients"
+    assert reading.startswith("1 stays hidden from gradient attacks: suspect masked gradients (")
+    assert reading.endswith("along 0 of 1 black-box paths checked)")
+
+
+def test_the_retry_tells_a_search_miss_from_masking_by_the_gradient_along_the_path():
+    """An honest linear model, and a retry too timid to find what Square finds: the examples stay hidden, but the
+    gradient predicts the margin's fall along Square's path exactly (a linear margin), so the reading is a search miss.
+    """
+    from nsladv.robustness.square import Square
+
+    model, dataset = honest_linear_task(seed=1, examples=40, classes=4)
+    timid = pgd(2, 1, relative_step_size=0.01, name="timid")
+    attacks = [timid, Square(queries=300)]
+    result = evaluate_robustness(
+        model, dataset, epsilons=[0.05], attacks=attacks, black_box_retry=pgd(2, 1, relative_step_size=0.01)
+    )
+    hidden = result["black_box_retry"]["hidden_examples"]["0.05"]
+    assert hidden and set(hidden) <= set(result["black_box_only_examples"]["0.05"])
+    paths = result["black_box_retry"]["path_checks"]["0.05"]
+    assert [p["example"] for p in paths] == hidden
+    assert all(p["ratio"] == pytest.approx(1.0, abs=1e-3) and p["gradients_account"] for p in paths), paths
+    assert all(p["margin_clean"] > 0 > p["margin_adversarial"] for p in paths)
+    reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
+    count = len(hidden)
+    assert reading == (
+        f"{count} {'stays' if count == 1 else 'stay'} hidden from gradient attacks, yet the input gradient accounts "
+        "for the margin's fall along the black-box attack's path (ratio 1.00 to 1.00, "
+        f"{count} of {count}): a search miss, not masked gradients"
+    )
+    assert not result["sanity"]["black_box_finds_nothing_new"]["passed"]  # the check itself still fails
+
+
+def test_the_gradient_path_check_by_hand():
+    """On the linear model the margin logit_0 - logit_1 is x @ (W0 - W1); the gradient's integral is its exact fall."""
+    from nsladv.robustness.evaluation import gradient_path_check
+
+    x = np.array([[0.5, 0.0, 0.2]], "float32")  # margin 2 * 0.5 - 3 * 0.2 = 0.4
+    x_adv = np.array([[0.4, 0.0, 0.4]], "float32")  # margin 0.8 - 1.2 = -0.4
+    (check,) = gradient_path_check(linear_classifier(), x, [0], x_adv)
+    assert check["margin_clean"] == pytest.approx(0.4, abs=1e-4)
+    assert check["margin_adversarial"] == pytest.approx(-0.4, abs=1e-4)
+    assert check["fall"] == pytest.approx(0.8, abs=1e-4) and check["gradient_fall"] == pytest.approx(0.8, abs=1e-4)
+    assert check["ratio"] == pytest.approx(1.0, abs=1e-3) and check["gradients_account"]
+    # the masked model: a rounding layer carries no gradient, so none of the fall is predicted
+    x = np.full((1, 8, 8, 1), 0.45, "float32")
+    (check,) = gradient_path_check(masked_classifier(), x, [0], x + 0.1)
+    assert check["fall"] > 0 and check["gradient_fall"] == 0 and check["ratio"] == 0 and not check["gradients_account"]
+
+
+def test_the_gradient_path_check_refuses_bad_input():
+    from nsladv.robustness.evaluation import gradient_path_check
+
+    with pytest.raises(ValueError, match=r"`points` must be an integer >= 2. Received: points=1"):
+        gradient_path_check(linear_classifier(), X, Y, X, points=1)
+    with pytest.raises(ValueError, match=r"Received: x \(2, 3\), x_adv \(1, 3\), 2 labels"):
+        gradient_path_check(linear_classifier(), X, Y, X[:1])
+
+
+def test_square_returns_the_points_it_fools_with():
+    from nsladv.robustness.square import Square
+
+    model, dataset = honest_linear_task(seed=0, examples=20)
+    x, y = next(iter(dataset))
+    clean, robust, points = Square(queries=300).batch_attacker(model, seed=0).perturb(x, y, 0.1)
+    assert (~robust).any()
+    assert np.abs(points - x.numpy()).max() <= 0.1 + 1e-6 and points.min() >= 0 and points.max() <= 1
+    predicted = np.argmax(model.predict(points, verbose=0), 1)
+    np.testing.assert_array_equal(predicted[clean & ~robust] != y.numpy()[clean & ~robust], True)
 
 
 def overshooting_classifier():

@@ -72,6 +72,11 @@ class SquareAttacker(Counter):
         return self.attack.p_init / 2 ** sum(scaled > at for at in _HALVINGS)
 
     def batch_masks(self, x, y, epsilon):
+        clean, robust, _ = self.perturb(x, y, epsilon)
+        return tf.constant(clean), tf.constant(robust)
+
+    def perturb(self, x, y, epsilon):
+        """Per example: correct clean, robust (NumPy bools), and the best point found (fooling where not robust)."""
         x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
         lo, hi = self.attack.clip_range
         clean = self._margins(x, y) > 0
@@ -101,4 +106,4 @@ class SquareAttacker(Counter):
             better = new < margins[active]
             adversarial[active[better]] = candidate[better]
             margins[active[better]] = new[better]
-        return tf.constant(clean), tf.constant(clean & (margins > 0))
+        return clean, clean & (margins > 0), adversarial
