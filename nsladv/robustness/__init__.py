@@ -13,6 +13,7 @@ from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import ATTACK_SETS
 from nsladv.robustness.evaluation import attack_set
 from nsladv.robustness.evaluation import evaluate_robustness
+from nsladv.robustness.evaluation import gradient_path_check
 from nsladv.robustness.evaluation import sanity_checks
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.fab import fab_t
@@ -34,6 +35,7 @@ __all__ = [
     "evaluate_robustness",
     "fab_t",
     "fgsm",
+    "gradient_path_check",
     "pgd",
     "sanity_checks",
 ]
