@@ -340,7 +340,7 @@ def test_the_retry_tells_a_search_miss_from_masking_by_the_gradient_along_the_pa
     count = len(hidden)
     assert reading == (
         f"{count} {'stays' if count == 1 else 'stay'} hidden from gradient attacks, yet the input gradient accounts "
-        "for the margin's fall along the black-box attack's path (ratio 1.00 to 1.00, "
+        "for the margin's fall along the black-box attack's path (ratio 1.00, "
         f"{count} of {count}): a search miss, not masked gradients"
     )
     assert not result["sanity"]["black_box_finds_nothing_new"]["passed"]  # the check itself still fails

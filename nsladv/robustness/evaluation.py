@@ -428,9 +428,10 @@ def _retry_reading(hidden, paths):
     ratios = [p["ratio"] for p in paths if "ratio" in p and p["ratio"] is not None]
     accounted = sum(bool(p.get("gradients_account")) for p in paths)
     if accounted == hidden:
+        low, high = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
         return (
             f"{stays}, yet the input gradient accounts for the margin's fall along the black-box attack's path "
-            f"(ratio {min(ratios):.2f} to {max(ratios):.2f}, {accounted} of {hidden}): "
+            f"(ratio {low if low == high else f'{low} to {high}'}, {accounted} of {hidden}): "
             "a search miss, not masked gradients"
         )
     return (
