@@ -318,6 +318,31 @@ def test_the_retry_reading_counts_one_hidden_example_in_the_singular():
     assert reading.endswith("along 0 of 1 black-box paths checked)")
 
 
+def test_the_path_check_is_capped_and_never_reads_an_unchecked_example_as_a_search_miss(monkeypatch):
+    """At most PATH_EXAMPLES examples a radius are checked (the rest counted); an example Square does not fool again
+    gets no point, and the reading stays "suspect masked gradients"."""
+    from nsladv.robustness import evaluation
+
+    monkeypatch.setattr(evaluation, "PATH_EXAMPLES", 3)
+    result = only_square_fools(examples=5, epsilon=0.1)
+    retry = result["black_box_retry"]
+    assert [p["example"] for p in retry["path_checks"]["0.1"]] == [0, 1, 2]
+    assert retry["path_examples_left"] == {"0.1": 2}
+    reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
+    assert reading.endswith("along 0 of 3 black-box paths checked)")
+    monkeypatch.setattr(evaluation, "PATH_EXAMPLES", 50)
+    monkeypatch.setattr(evaluation, "PATH_TRIES", 0)  # Square never runs again: no point to check
+    result = only_square_fools(examples=4, epsilon=0.1)
+    hidden = result["black_box_retry"]["hidden_examples"]["0.1"]
+    assert hidden
+    assert result["black_box_retry"]["path_checks"] == {"0.1": [{"example": i, "point": None} for i in hidden]}
+    reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
+    assert reading.endswith(
+        f"suspect masked gradients (the input gradient accounts for the margin's fall along 0 of "
+        f"{len(hidden)} black-box paths checked)"
+    )
+
+
 def test_the_retry_tells_a_search_miss_from_masking_by_the_gradient_along_the_path():
     """An honest linear model, and a retry too timid to find what Square finds: the examples stay hidden, but the
     gradient predicts the margin's fall along Square's path exactly (a linear margin), so the reading is a search miss.
