@@ -111,8 +111,11 @@ def evaluate_robustness(
             output-diversified starts, FAB-T on 9 targets with 5), reported as `black_box_retry`:
             whether gradients find them with more tries (too few restarts) or
             not (masked gradients), which each attack found (`found_by`) and
-            which none did (`hidden_examples`). It changes no accuracy. One
-            attack or a sequence; None skips it.
+            which none did (`hidden_examples`), and for those whether the
+            input gradient accounts for the margin's fall along the black-box
+            attack's path to them (`path_checks`; see `gradient_path_check`):
+            a search miss, or masking. It changes no accuracy. One attack or a
+            sequence; None skips it.
 
     Returns:
         A JSON-ready dict: `clean_accuracy`, `examples` (also as
