@@ -13,6 +13,7 @@ from nsladv.robustness.attacks import FGSM
 from nsladv.robustness.attacks import input_gradient
 from nsladv.robustness.attacks import logits_of
 from nsladv.robustness.attacks import pgd
+from nsladv.robustness.attacks import wrong_classes_by_score
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.fab import fab_t
 from nsladv.robustness.square import Square
@@ -294,12 +295,11 @@ def gradient_path_check(model, x, y, x_adv, *, from_logits=True, points=21):
             "x and x_adv need the same shape and one label per example. "
             f"Received: x {x.shape}, x_adv {x_adv.shape}, {len(y)} labels"
         )
-    scores = np.array(logits_of(model, tf.constant(x_adv), from_logits))
-    scores[np.arange(len(y)), y] = -np.inf
-    classes = np.argmax(scores, axis=-1)  # the best wrong class (Square's margin: a tie counts as fooled)
+    # The best wrong class (as in Square's margin, a tie with the label counts as fooled).
+    (classes,) = wrong_classes_by_score(logits_of(model, tf.constant(x_adv), from_logits), tf.constant(y), 1)
     t = np.linspace(0.0, 1.0, points, dtype=np.float32).reshape([points] + [1] * (x.ndim - 1))
     checks = []
-    for example, label, wrong in zip(range(len(y)), y, classes):
+    for example, label, wrong in zip(range(len(y)), y, classes.numpy()):
         direction = x_adv[example] - x[example]
         path = tf.constant(x[example][None] + t * direction[None])
 
@@ -428,8 +428,8 @@ def _retry_reading(hidden, paths):
     stays = f"{hidden} {'stays' if hidden == 1 else 'stay'} hidden from gradient attacks"
     if not paths:
         return f"{stays}: suspect masked gradients"
-    ratios = [p["ratio"] for p in paths if "ratio" in p and p["ratio"] is not None]
-    accounted = sum(bool(p.get("gradients_account")) for p in paths)
+    ratios = [p["ratio"] for p in paths if p.get("gradients_account")]
+    accounted = len(ratios)
     if accounted == hidden:
         low, high = f"{min(ratios):.2f}", f"{max(ratios):.2f}"
         return (
