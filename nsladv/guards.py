@@ -6,9 +6,11 @@ held-out examples with PGD after every epoch, keeps the weights of the epoch
 with the best robust accuracy (never chosen by clean accuracy alone), and
 stops training when robust accuracy collapses while the model still looks
 fine on clean data, the signature of catastrophic overfitting in single-step
-(FGSM) adversarial training.
+(FGSM) adversarial training. `averaged_weights` lends the model an optimizer's
+moving average of its weights (Keras' `use_ema=True`) for a measurement.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -61,6 +63,49 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         return TrainingDivergedError(message)
 
 
+@contextlib.contextmanager
+def averaged_weights(optimizer):
+    """Within the block, the variables `optimizer` trains hold its moving average of them; the raw values come back.
+
+    The average is Keras' (an optimizer built with `use_ema=True`, updated
+    after every step: Polyak averaging). Unlike
+    `keras.callbacks.SwapEMAWeights(swap_on_epoch=True)`, nothing stays swapped
+    after the block: the callbacks after it (a backup) and the next epoch see
+    the raw weights; `fit` ends with the average (`finalize_variable_values`).
+
+    Example:
+
+    ```python
+    model.compile(optimizer=keras.optimizers.Adam(use_ema=True, ema_momentum=0.99), loss=...)
+    model.fit(...)  # ends with the averaged weights
+    with nsladv.guards.averaged_weights(model.optimizer):
+        ...  # measure the average in the middle of training
+    ```
+    """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+    if not getattr(optimizer, "use_ema", False):
+        raise ValueError(
+            "Averaged weights need an optimizer built with `use_ema=True`. "
+            f"Received: {type(optimizer).__name__} with use_ema={getattr(optimizer, 'use_ema', None)!r}"
+        )
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if not averages:
+        raise ValueError(
+            "The optimizer has no moving average yet: it is built by the first training step. "
+            f"Received: {type(optimizer).__name__} after {int(optimizer.iterations)} steps"
+        )
+    variables = optimizer._trainable_variables
+    raw = [variable.numpy() for variable in variables]
+    try:
+        for variable, average in zip(variables, averages):
+            if average is not None:
+                variable.assign(average)
+        yield
+    finally:
+        for variable, value in zip(variables, raw):
+            variable.assign(value)
+
+
 class RobustnessMonitor(keras.callbacks.Callback):
     """PGD on a fixed held-out batch after every epoch; keeps the most robust epoch; stops on a collapse.
 
@@ -102,6 +147,11 @@ class RobustnessMonitor(keras.callbacks.Callback):
         writer: whether this process writes and removes `backup_dir` (in a
             multi-worker cluster only the chief does; every worker reads it,
             so that all take the same decisions).
+        averaged_weights: measure (and keep, for the best epoch) the fitted
+            model's optimizer's moving average of the weights rather than the
+            raw weights: for an optimizer with `use_ema=True`, whose average
+            `fit` ends with (see `averaged_weights`). Training continues from
+            the raw weights.
 
     After training, `history` holds one dict per epoch, `best_epoch` the best
     (0-based), `kept_epoch` the one whose weights the model ends with and
@@ -124,6 +174,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
         log=print,
         backup_dir=None,
         writer=True,
+        averaged_weights=False,
     ):
         super().__init__()
         from nsladv.robustness.attacks import pgd
@@ -145,6 +196,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
         self.log = log
         self.backup_dir = None if backup_dir is None else pathlib.Path(backup_dir)
         self.writer = writer
+        self.averaged_weights = bool(averaged_weights)
         self.history, self.best_epoch, self.collapsed_at = [], None, None
         self._best, self._best_weights, self._attacker = None, None, None
 
@@ -164,6 +216,13 @@ class RobustnessMonitor(keras.callbacks.Callback):
         return self._best
 
     def on_train_begin(self, logs=None):
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        if self.averaged_weights and not getattr(optimizer, "use_ema", False):
+            raise ValueError(
+                "RobustnessMonitor(averaged_weights=True) measures the optimizer's moving average of the weights: "
+                "compile the model with an optimizer built with `use_ema=True`. "
+                f"Received: {type(optimizer).__name__} with use_ema={getattr(optimizer, 'use_ema', None)!r}"
+            )
         self.history, self.best_epoch, self.collapsed_at = [], None, None
         self._best = self._best_weights = self.kept_epoch = None
         if self.backup_dir is not None and (self.backup_dir / _MONITOR_STATE).is_file():
@@ -175,14 +234,17 @@ class RobustnessMonitor(keras.callbacks.Callback):
         self.history = [h for h in self.history if h["epoch"] < epoch]
 
     def on_epoch_end(self, epoch, logs=None):
-        clean, robust = self.measure()
+        best = self.best
+        with averaged_weights(self.model.optimizer) if self.averaged_weights else contextlib.nullcontext():
+            clean, robust = self.measure()
+            improved = best is None or robust >= best["robust_accuracy"]
+            weights = self.base.get_weights() if improved else None
         reading = {"epoch": epoch, "clean_accuracy": clean, "robust_accuracy": robust}
         self.history.append(reading)
         if logs is not None:
             logs["robust_accuracy"], logs["monitor_clean_accuracy"] = robust, clean
-        best = self.best
-        if best is None or robust >= best["robust_accuracy"]:
-            self.best_epoch, self._best, self._best_weights = epoch, reading, self.base.get_weights()
+        if improved:
+            self.best_epoch, self._best, self._best_weights = epoch, reading, weights
             self._save_state(weights=True)
             return
         self._save_state(weights=False)

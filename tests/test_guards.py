@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from nsladv.guards import RobustnessMonitor
+from nsladv.guards import averaged_weights
 
 # The label is x0 > 0.5; features 1 and 2 are equal in the data, so weight on
 # x1 - x2 changes nothing clean but lets an attacker push the logits freely.
@@ -147,3 +148,97 @@ def test_an_epoch_run_again_after_a_resume_replaces_its_first_reading(tmp_path):
     assert len(history.history["loss"]) == 2  # epochs 3 and 4
     assert [h["epoch"] for h in monitor.history] == [0, 1, 2, 3]
     assert monitor.best_epoch == monitor.kept_epoch == 3
+
+
+# With this momentum the average barely leaves the first step's weights (Keras copies them at step 0).
+STILL = 0.999999
+
+
+def averaged_fit(schedule, *, momentum=STILL, extra_callbacks=(), **monitor_args):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD(0.0, use_ema=True, ema_momentum=momentum)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    monitor = RobustnessMonitor(model, X, Y, epsilon=EPSILON, averaged_weights=True, **monitor_args)
+    history = model.fit(
+        X, Y, batch_size=50, epochs=len(schedule), verbose=0, callbacks=[Stage(schedule), monitor, *extra_callbacks]
+    )
+    return model, monitor, history
+
+
+class Probe(keras.callbacks.Callback):
+    """The weights each epoch ends with, as the callbacks after the monitor (a backup) see them."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(self.model.get_weights())
+
+
+def test_the_monitor_reads_and_keeps_the_averaged_weights_and_training_goes_on_from_the_raw_ones():
+    """The raw weights collapse from epoch 2; their average stays at the first epoch's: no collapse is read."""
+    probe = Probe()
+    model, monitor, history = averaged_fit([ROBUST, COLLAPSED, COLLAPSED], extra_callbacks=[probe])
+    assert [h["robust_accuracy"] for h in monitor.history] == pytest.approx([0.80, 0.80, 0.80])
+    assert monitor.collapsed_at is None and len(history.history["loss"]) == 3
+    for seen, raw in zip(probe.seen, [ROBUST, COLLAPSED, COLLAPSED]):  # the raw weights, back after each reading
+        for got, want in zip(seen, raw):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(model.get_weights(), ROBUST):  # fit ends with the average
+        np.testing.assert_allclose(got, want, atol=1e-3)
+    # The same raw weights read as they are: a collapse at epoch 2.
+    _, raw_monitor, _ = staged_fit([ROBUST, COLLAPSED, COLLAPSED])
+    assert raw_monitor.collapsed_at == 1
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
+
+
+def test_a_fit_stopped_early_ends_with_the_average_not_the_raw_weights():
+    """Stopped after epoch 2 of 3 (as a collapse stops it), the model holds the average (the robust weights),
+    not the raw (cleaner) ones its last epoch trained."""
+    model, monitor, history = averaged_fit([ROBUST, CLEANER, CLEANER], extra_callbacks=[StopAt(1)])
+    assert len(history.history["loss"]) == 2 and monitor.kept_epoch == 1
+    for got, want in zip(model.get_weights(), ROBUST):
+        np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_averaged_weights_need_an_averaging_optimizer_that_has_trained():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    with (
+        pytest.raises(ValueError, match=r"`use_ema=True`. Received: SGD with use_ema=False"),
+        averaged_weights(model.optimizer),
+    ):
+        pass
+    monitor = RobustnessMonitor(model, X, Y, epsilon=EPSILON, averaged_weights=True)
+    with pytest.raises(ValueError, match=r"RobustnessMonitor\(averaged_weights=True\).*Received: SGD with use_ema="):
+        model.fit(X, Y, epochs=1, verbose=0, callbacks=[monitor])
+    fresh = keras.optimizers.SGD(0.1, use_ema=True)
+    with (
+        pytest.raises(ValueError, match=r"no moving average yet.*Received: SGD after 0 steps"),
+        averaged_weights(fresh),
+    ):
+        pass
+
+
+def test_averaged_weights_put_the_raw_weights_back_even_after_an_error():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.0, use_ema=True, ema_momentum=STILL), "sparse_categorical_crossentropy")
+    model.set_weights(ROBUST)
+    model.fit(X, Y, batch_size=200, epochs=1, verbose=0)  # the average: ROBUST
+    model.set_weights(CLEANER)
+    with pytest.raises(RuntimeError, match="inside"), averaged_weights(model.optimizer):
+        for got, want in zip(model.get_weights(), ROBUST):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+        raise RuntimeError("inside")
+    for got, want in zip(model.get_weights(), CLEANER):
+        np.testing.assert_array_equal(got, want)

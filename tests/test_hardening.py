@@ -577,3 +577,62 @@ def test_full_evaluation_is_one_flag(monkeypatch, capsys):
     assert pipeline.eval_examples is None and seen["eval_examples"] is None  # all 10,000 test digits
     code, out = run_cli(["harden", TINY, "--full-evaluation", "--eval-examples", "100"], capsys)
     assert code == 2 and "--full-evaluation attacks the whole test split; drop --eval-examples" in out.err
+
+
+def test_pipeline_weight_averaging_is_checked_and_reaches_the_optimizer():
+    import nsladv
+
+    build = load_pipeline(TINY).build_model
+    optimizer = nsladv.Pipeline(build_model=build, ema_momentum=0.99).optimizer(steps_per_epoch=10)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.99
+    assert not nsladv.Pipeline(build_model=build).optimizer(steps_per_epoch=10).use_ema
+    assert nsladv.Pipeline(build_model=build, ema_momentum=0.9).get_config()["ema_momentum"] == 0.9
+    for value in (1.0, 0.0, "0.99", 1):
+        with pytest.raises(
+            ValueError, match=rf"`ema_momentum` must be a float in \(0, 1\) or None. Received: ema_momentum={value!r}"
+        ):
+            nsladv.Pipeline(build_model=build, ema_momentum=value)
+
+
+class _AverageProbe(keras.callbacks.Callback):
+    """After the monitor: the raw and averaged weights at each epoch's end, and the weights fit ends with."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def _average(self):
+        return [v.numpy() for v in self.model.optimizer._model_variables_moving_average]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append((self.model.get_weights(), self._average()))
+
+    def on_train_end(self, logs=None):
+        self.final, self.final_average = self.model.get_weights(), self._average()
+
+
+def test_harden_with_weight_averaging_trains_on_the_raw_weights_and_ships_the_average(tmp_path, data_dir):
+    probe = _AverageProbe()
+    report = hardening.harden(
+        load_pipeline(TINY).replace(ema_momentum=0.9),
+        out_dir=tmp_path / "run",
+        saved_models=tmp_path / "sm",
+        data_dir=data_dir,
+        baseline=False,
+        eval_examples=100,
+        callbacks=[probe],
+        verbose=0,
+        log=lambda *_: None,
+    )
+    assert report["pipeline"]["ema_momentum"] == 0.9
+    ((raw, average),) = probe.ends
+    assert max(np.abs(r - a).max() for r, a in zip(raw, average)) > 1e-4  # the callbacks after the monitor: raw
+    for got, want in zip(probe.final, probe.final_average):  # one epoch, so kept: fit ends with the average
+        np.testing.assert_array_equal(got, want)
+    signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
+    images, _ = data.as_arrays(data.spread(data.load(data_dir=data_dir).test, 20))
+    model = load_pipeline(TINY).build_model((28, 28, 1), 10)
+    model.set_weights(probe.final)
+    np.testing.assert_allclose(
+        signature(image=tf.constant(images))["logits"].numpy(), model(images).numpy(), rtol=1e-5, atol=1e-5
+    )

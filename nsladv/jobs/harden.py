@@ -292,6 +292,7 @@ class _HardenJob:
             # Inside the training backup's folder: a resumed training compares with the epochs before it.
             backup_dir=_backup_dir(self.out_dir, label) / "monitor",
             writer=self.chief,
+            averaged_weights=pipeline.ema_momentum is not None,
         )
 
     def evaluate(self, label, model):
@@ -441,7 +442,7 @@ def _or_none(dataset):
 
 def _compile(model, pipeline, steps_per_epoch, from_logits):
     model.compile(
-        optimizer=_optimizer(pipeline, steps_per_epoch),
+        optimizer=pipeline.optimizer(steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=["accuracy"],
     )
@@ -457,15 +458,6 @@ def _run_callbacks(out_dir, label, chief):
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / label)))
     return callbacks
-
-
-def _optimizer(pipeline, steps_per_epoch):
-    learning_rate = pipeline.learning_rate
-    if pipeline.decay_learning_rate:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(1, pipeline.epochs * steps_per_epoch)
-        )
-    return keras.optimizers.Adam(learning_rate)
 
 
 def _base_model(pipeline, model_path, splits):

@@ -16,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from collections.abc import Mapping
 
+import keras
+
 from nsladv.configs import GraphRegularization
 from nsladv.configs import KeywordOnly
 from nsladv.configs import Regularization
@@ -97,6 +99,10 @@ class Pipeline(KeywordOnly):
         learning_rate: Adam's learning rate (cosine-decayed to 0 over training
             when `decay_learning_rate`).
         decay_learning_rate: cosine decay of the learning rate.
+        ema_momentum: keep an exponential moving average of the weights
+            with this momentum (Adam's `use_ema`, updated every step) and use
+            it in place of the raw weights: the monitor measures and keeps
+            the average, and the trained model ends with it (None: off).
         shift_augmentation: random shifts of up to this many pixels in
             training (0: none).
         epsilon_warmup_epochs: epochs over which epsilon ramps from 0, per
@@ -136,6 +142,7 @@ class Pipeline(KeywordOnly):
     batch_size: int = 128
     learning_rate: float = 1e-3
     decay_learning_rate: bool = True
+    ema_momentum: float = None
     shift_augmentation: int = 0
     epsilon_warmup_epochs: float = 0
     multiplier_warmup_epochs: float = 0
@@ -170,6 +177,12 @@ class Pipeline(KeywordOnly):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+        if self.ema_momentum is not None and (
+            not isinstance(self.ema_momentum, float) or not 0.0 < self.ema_momentum < 1.0
+        ):
+            raise ValueError(
+                f"`ema_momentum` must be a float in (0, 1) or None. Received: ema_momentum={self.ema_momentum!r}"
+            )
         for name in ("epsilon_warmup_epochs", "multiplier_warmup_epochs"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
@@ -187,6 +200,19 @@ class Pipeline(KeywordOnly):
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def optimizer(self, steps_per_epoch, epochs=None):
+        """The training optimizer: Adam at `learning_rate`, cosine-decayed to 0 over `epochs` (default: the
+        pipeline's) epochs of `steps_per_epoch` steps when `decay_learning_rate`, averaging the weights when
+        `ema_momentum` is set."""
+        learning_rate = self.learning_rate
+        if self.decay_learning_rate:
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                learning_rate, decay_steps=max(1, (epochs or self.epochs) * steps_per_epoch)
+            )
+        if self.ema_momentum is None:
+            return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=self.ema_momentum)
 
     def with_overrides(
         self, *, seed=None, epsilon=None, steps=None, multiplier=None, batch_size=None, learning_rate=None
@@ -230,6 +256,7 @@ class Pipeline(KeywordOnly):
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "decay_learning_rate": self.decay_learning_rate,
+            "ema_momentum": self.ema_momentum,
             "shift_augmentation": self.shift_augmentation,
             "epsilon_warmup_epochs": self.epsilon_warmup_epochs,
             "multiplier_warmup_epochs": self.multiplier_warmup_epochs,
