@@ -15,7 +15,9 @@ Contenders (budgets: the defaults below, about 55 minutes in all on 2 cores):
   (PGD-3, step 0.15, random start, TRADES' KL distance x6, half an epoch of
   epsilon warm-up, cosine learning rate from 4e-3, 10 epochs) with the
   RobustnessMonitor harden adds (PGD-10 on 500 validation digits after every
-  epoch; a 30-point fall stops training), its time counted as training;
+  epoch; a 30-point fall stops training), its time counted as training; when
+  the pipeline averages the weights (`ema_momentum`), the monitor and the
+  evaluations after each epoch attack the average, as harden keeps it;
 - `madry_pgd7`: Madry-style PGD adversarial training written by hand in Keras 3:
   PGD-7, step 0.1 (k x step = 2.33 epsilon), random start, the loss on the
   adversarial examples only; 8 epochs, Adam 1e-3 with cosine decay, and a
@@ -43,11 +45,12 @@ reaches what Madry-style training reaches at the end of its budget, divided by
 Madry's whole training time (goal: <= 0.2). `passes_to_target_ratio`: the same
 in passes. Neither is defined if nsladv never gets there (then null).
 
-Usage: python -m benchmarks.time_to_robust [--out runs/time_to_robust] [--eval-examples 200]
+Usage: python -m benchmarks.time_to_robust [--out runs/time_to_robust] [--eval-examples 200] [--pipeline mnist]
 It writes time_to_robust.png and time_to_robust.json in --out; the last line printed is one JSON object.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -63,6 +66,7 @@ import tensorflow as tf
 
 import nsladv
 from nsladv import datasets as data
+from nsladv.guards import averaged_weights
 from nsladv.robustness import FGSM
 from nsladv.robustness import apgd_ce
 from nsladv.robustness import apgd_t
@@ -84,18 +88,20 @@ class Recorder:
     def __init__(self, name, base, test, passes_per_epoch, seed):
         self.name, self.base, self.test = name, base, test
         self.passes_per_epoch, self.seed = passes_per_epoch, seed
+        self.averaged_by = None  # an optimizer whose moving average of the weights is what training keeps
         self.points = []  # (epoch, train seconds so far, passes so far, clean, robust)
         self.seconds = 0.0
 
     def epoch_done(self, seconds):
         self.seconds += seconds
-        result = evaluate_robustness(
-            self.base,
-            self.test,
-            epsilons=[EPSILON],
-            attacks=[FGSM, apgd_ce(), apgd_t(target_classes=3)],
-            seed=self.seed,
-        )
+        with averaged_weights(self.averaged_by) if self.averaged_by is not None else contextlib.nullcontext():
+            result = evaluate_robustness(
+                self.base,
+                self.test,
+                epsilons=[EPSILON],
+                attacks=[FGSM, apgd_ce(), apgd_t(target_classes=3)],
+                seed=self.seed,
+            )
         epoch = len(self.points) + 1
         point = {
             "epoch": epoch,
@@ -151,25 +157,28 @@ def advance(runs):
             runs.remove(run)
 
 
-def run_nsladv(base, train, steps_per_epoch, recorder, epochs, monitor_data, others=()):
-    """`nsladv harden`'s recipe: the pipeline's settings, its epsilon warm-up and its RobustnessMonitor; `others`
-    (epoch generators) advance one epoch after each of nsladv's, outside its clock."""
+def run_nsladv(base, train, steps_per_epoch, recorder, epochs, monitor_data, others=(), pipeline=None):
+    """`nsladv harden`'s recipe: the pipeline's (default: mnist's) settings, its epsilon warm-up and its
+    RobustnessMonitor; `others` (epoch generators) advance one epoch after each of nsladv's, outside its clock."""
     from nsladv.guards import RobustnessMonitor
     from nsladv.robustness.attacks import pgd
 
-    pipeline = default_pipeline()
+    pipeline = pipeline or default_pipeline()
     model = nsladv.AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
-    schedule = keras.optimizers.schedules.CosineDecay(pipeline.learning_rate, decay_steps=epochs * steps_per_epoch)
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=pipeline.optimizer(steps_per_epoch, epochs),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    averaged = pipeline.ema_momentum is not None
+    if averaged:  # what harden keeps after an epoch, so what the recorder attacks
+        recorder.averaged_by = model.optimizer
     monitor = RobustnessMonitor(
         base,
         *monitor_data,
         epsilon=pipeline.threat.epsilon,
         attack=pgd(10, 1, clip_range=pipeline.threat.clip_range, norm=pipeline.threat.norm),
         seed=pipeline.seed,
+        averaged_weights=averaged,
     )
     # The clock's epoch end runs after the monitor's, so the monitor's time counts as training; the other
     # contenders' epochs run after the clock's.
@@ -300,6 +309,9 @@ def main():
     parser.add_argument("--fgsm-epochs", type=int, default=10)
     parser.add_argument("--nsl-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pipeline", default="mnist", help="nsladv's recipe: a pipeline's name or file (default: mnist, harden's)"
+    )
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +322,7 @@ def main():
     train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=args.seed).batch(BATCH).prefetch(2)
     steps_per_epoch = math.ceil(len(y) / BATCH)
     test = data.pipeline(data.spread(splits.test, args.eval_examples), batch_size=200, training=False)
-    pipeline = default_pipeline()
+    pipeline = nsladv.load_pipeline(args.pipeline)
     keras.utils.set_random_seed(args.seed)
     initial = pipeline.build_model((28, 28, 1), 10).get_weights()
 
@@ -366,7 +378,14 @@ def main():
         )
         nsladv_epochs = args.nsladv_epochs or pipeline.epochs
         run_nsladv(
-            recorders["nsladv"].base, train, steps_per_epoch, recorders["nsladv"], nsladv_epochs, monitor_data, others
+            recorders["nsladv"].base,
+            train,
+            steps_per_epoch,
+            recorders["nsladv"],
+            nsladv_epochs,
+            monitor_data,
+            others,
+            pipeline=pipeline,
         )
         while others:  # the contenders with more epochs than nsladv, or all of them if nsladv stopped early
             advance(others)
@@ -376,6 +395,7 @@ def main():
     target = madry["robust"]
     to_time, to_passes = (time_to(results["nsladv"], target, key) for key in ("train_seconds", "passes"))
     summary = {
+        "nsladv_pipeline": args.pipeline,
         "target_robust_accuracy": target,
         "madry_train_seconds": madry["train_seconds"],
         "madry_passes": madry["passes"],
