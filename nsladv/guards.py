@@ -82,12 +82,7 @@ def averaged_weights(optimizer):
         ...  # measure the average in the middle of training
     ```
     """
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
-    if not getattr(optimizer, "use_ema", False):
-        raise ValueError(
-            "Averaged weights need an optimizer built with `use_ema=True`. "
-            f"Received: {type(optimizer).__name__} with use_ema={getattr(optimizer, 'use_ema', None)!r}"
-        )
+    optimizer = _averaging(optimizer, "Averaged weights need")
     averages = getattr(optimizer, "_model_variables_moving_average", None)
     if not averages:
         raise ValueError(
@@ -104,6 +99,17 @@ def averaged_weights(optimizer):
     finally:
         for variable, value in zip(variables, raw):
             variable.assign(value)
+
+
+def _averaging(optimizer, who):
+    """The optimizer (a LossScaleOptimizer's inner one) if it keeps a moving average of the weights; else an error."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    if not getattr(optimizer, "use_ema", False):
+        raise ValueError(
+            f"{who} an optimizer built with `use_ema=True`. "
+            f"Received: {type(optimizer).__name__} with use_ema={getattr(optimizer, 'use_ema', None)!r}"
+        )
+    return optimizer
 
 
 class RobustnessMonitor(keras.callbacks.Callback):
@@ -216,12 +222,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
         return self._best
 
     def on_train_begin(self, logs=None):
-        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
-        if self.averaged_weights and not getattr(optimizer, "use_ema", False):
-            raise ValueError(
-                "RobustnessMonitor(averaged_weights=True) measures the optimizer's moving average of the weights: "
-                "compile the model with an optimizer built with `use_ema=True`. "
-                f"Received: {type(optimizer).__name__} with use_ema={getattr(optimizer, 'use_ema', None)!r}"
+        if self.averaged_weights:
+            _averaging(
+                self.model.optimizer,
+                "RobustnessMonitor(averaged_weights=True) measures the moving average of the weights: compile with",
             )
         self.history, self.best_epoch, self.collapsed_at = [], None, None
         self._best = self._best_weights = self.kept_epoch = None

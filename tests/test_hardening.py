@@ -612,7 +612,7 @@ class _AverageProbe(keras.callbacks.Callback):
 
 
 def test_harden_with_weight_averaging_trains_on_the_raw_weights_and_ships_the_average(tmp_path, data_dir):
-    probe = _AverageProbe()
+    probe, messages = _AverageProbe(), []
     report = hardening.harden(
         load_pipeline(TINY).replace(ema_momentum=0.9),
         out_dir=tmp_path / "run",
@@ -622,9 +622,10 @@ def test_harden_with_weight_averaging_trains_on_the_raw_weights_and_ships_the_av
         eval_examples=100,
         callbacks=[probe],
         verbose=0,
-        log=lambda *_: None,
+        log=messages.append,
     )
     assert report["pipeline"]["ema_momentum"] == 0.9
+    assert any("keeping the weights' average (EMA 0.9)" in m for m in messages)
     ((raw, average),) = probe.ends
     assert max(np.abs(r - a).max() for r, a in zip(raw, average)) > 1e-4  # the callbacks after the monitor: raw
     for got, want in zip(probe.final, probe.final_average):  # one epoch, so kept: fit ends with the average

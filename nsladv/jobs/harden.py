@@ -236,6 +236,7 @@ class _HardenJob:
         self.log(
             f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
             + (f", {_describe(pipeline, graph)}" if adversarial else "")
+            + ("" if pipeline.ema_momentum is None else f"; keeping the weights' average (EMA {pipeline.ema_momentum})")
         )
         start = time.perf_counter()
         model.fit(
