@@ -54,9 +54,10 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
 
 
-def staged_fit(schedule, *, extra_callbacks=(), **monitor_args):
+def staged_fit(schedule, *, optimizer=None, extra_callbacks=(), **monitor_args):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    optimizer = optimizer or keras.optimizers.SGD(0.0)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     monitor = RobustnessMonitor(model, X, Y, epsilon=EPSILON, **monitor_args)
     history = model.fit(
         X,
@@ -154,15 +155,10 @@ def test_an_epoch_run_again_after_a_resume_replaces_its_first_reading(tmp_path):
 STILL = 0.999999
 
 
-def averaged_fit(schedule, *, momentum=STILL, extra_callbacks=(), **monitor_args):
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    optimizer = keras.optimizers.SGD(0.0, use_ema=True, ema_momentum=momentum)
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    monitor = RobustnessMonitor(model, X, Y, epsilon=EPSILON, averaged_weights=True, **monitor_args)
-    history = model.fit(
-        X, Y, batch_size=50, epochs=len(schedule), verbose=0, callbacks=[Stage(schedule), monitor, *extra_callbacks]
-    )
-    return model, monitor, history
+def averaged_fit(schedule, **kwargs):
+    """`staged_fit` with a weight-averaging optimizer and a monitor that reads the average."""
+    optimizer = keras.optimizers.SGD(0.0, use_ema=True, ema_momentum=STILL)
+    return staged_fit(schedule, optimizer=optimizer, averaged_weights=True, **kwargs)
 
 
 class Probe(keras.callbacks.Callback):
