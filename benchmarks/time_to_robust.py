@@ -13,11 +13,12 @@ Contenders (budgets: the defaults below, about 55 minutes in all on 2 cores):
 
 - `nsladv`: `nsladv harden`'s default recipe, read from pipelines/mnist.py
   (PGD-3, step 0.15, random start, TRADES' KL distance x6, half an epoch of
-  epsilon warm-up, cosine learning rate from 4e-3, 10 epochs) with the
-  RobustnessMonitor harden adds (PGD-10 on 500 validation digits after every
-  epoch; a 30-point fall stops training), its time counted as training; when
-  the pipeline averages the weights (`ema_momentum`), the monitor and the
-  evaluations after each epoch attack the average, as harden keeps it;
+  epsilon warm-up, cosine learning rate from 4e-3, 10 epochs, Adam's moving
+  average of the weights at 0.99) with the RobustnessMonitor harden adds
+  (PGD-10 on 500 validation digits after every epoch; a 30-point fall stops
+  training), its time counted as training; when the pipeline averages the
+  weights (`ema_momentum`), the monitor and the evaluations after each epoch
+  attack the average, as harden keeps it;
 - `madry_pgd7`: Madry-style PGD adversarial training written by hand in Keras 3:
   PGD-7, step 0.1 (k x step = 2.33 epsilon), random start, the loss on the
   adversarial examples only; 8 epochs, Adam 1e-3 with cosine decay, and a
