@@ -4,8 +4,10 @@
 PGD steps and step size and the epsilon warm-up (and, with a graph, the graph
 term's multiplier); its `fit` adds a callback
 that measures white-box robust accuracy on the validation data once per epoch
-(`val_robust_accuracy`) and a clean/robust trade-off (`val_tradeoff`). Any
-keras-tuner tuner takes it unchanged:
+(`val_robust_accuracy`) and a clean/robust trade-off (`val_tradeoff`). With an
+optimizer that averages the weights (`use_ema=True`), the objective, the
+validation metrics and keras-tuner's best-epoch checkpoint are all of the
+average. Any keras-tuner tuner takes it unchanged:
 
 ```python
 hypermodel = nsladv.tuning.HardeningHyperModel(build_base, epsilon=0.3, attack=nsladv.pgd(10, 1))
@@ -166,7 +168,15 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         eval_epsilon: the objective's radius (default `epsilon`).
         tradeoff_weight: clean share of `val_tradeoff`.
         clean_floor: clean accuracy under which `val_tradeoff` drops.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's learning rate (default 1e-3), when no `optimizer`
+            is given.
+        optimizer: the trials' optimizer: a Keras optimizer, its name or its
+            config; each trial compiles a fresh copy (the same settings,
+            schedule included, and new state). If it averages the weights
+            (`use_ema=True`), each trial is measured and checkpointed on the
+            average (`keras.callbacks.SwapEMAWeights(swap_on_epoch=True)`),
+            which is also what its model ends with. Default: Adam at
+            `learning_rate`.
         search_space: `hp -> dict` of settings (default `default_search_space`).
         seed: every trial starts from this seed, so a trial's settings
             reproduce its result.
@@ -191,7 +201,8 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         eval_epsilon=None,
         tradeoff_weight=0.0,
         clean_floor=None,
-        learning_rate=1e-3,
+        learning_rate=None,
+        optimizer=None,
         search_space=default_search_space,
         seed=0,
         graph=None,
@@ -214,7 +225,13 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         self.eval_epsilon = epsilon if eval_epsilon is None else eval_epsilon
         self.tradeoff_weight = tradeoff_weight
         self.clean_floor = clean_floor
-        self.learning_rate = learning_rate
+        if optimizer is not None and learning_rate is not None:
+            raise ValueError(
+                "Give `learning_rate` (for the default Adam) or `optimizer`, not both. "
+                f"Received: learning_rate={learning_rate!r}, optimizer={optimizer!r}"
+            )
+        self.learning_rate = 1e-3 if learning_rate is None and optimizer is None else learning_rate
+        self.optimizer = None if optimizer is None else _optimizer_config(optimizer)
         self.search_space = search_space
         self.seed = seed
         if graph is not None and not isinstance(graph, GraphRegularization):
@@ -256,7 +273,9 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         base = self._fresh_base(hp)
         model = AdversarialModel(base, threat=threat, regularization=regularization, graph=self.graph_settings(hp))
         model.compile(
-            optimizer=keras.optimizers.Adam(self.learning_rate),
+            optimizer=keras.optimizers.Adam(self.learning_rate)
+            if self.optimizer is None
+            else keras.optimizers.deserialize(self.optimizer),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
@@ -278,7 +297,12 @@ class HardeningHyperModel(keras_tuner.HyperModel):
                 "validation_data= to search(). Received: validation_data=None"
             )
         _, _, warmup = self.settings(hp)
-        callbacks = list(callbacks or []) + [
+        callbacks = list(callbacks or [])
+        if _averages(model.optimizer) and not any(isinstance(c, keras.callbacks.SwapEMAWeights) for c in callbacks):
+            # The average is in the model from each epoch's end to the next epoch's start: the objective and
+            # keras-tuner's checkpoint after it see it, training goes on from the raw weights.
+            callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        callbacks += [
             EpsilonWarmup(warmup),
             RobustAccuracy(
                 validation_data,
@@ -293,8 +317,8 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             folder = str(pathlib.Path(self.tensorboard_dir) / trial_name(hp))
             callbacks += [keras.callbacks.TensorBoard(folder), TrialHParams(folder, hp)]
         # The robust objective must be in the logs before keras-tuner's
-        # checkpoint callback reads them.
-        callbacks.sort(key=lambda c: not isinstance(c, (EpsilonWarmup, RobustAccuracy, FailOnNonFiniteLoss)))
+        # checkpoint callback reads them, and of the average if there is one.
+        callbacks.sort(key=lambda c: not isinstance(c, _FIRST_CALLBACKS))
         keras.utils.set_random_seed(self.seed)
         start = time.perf_counter()
         history = model.fit(*args, validation_data=validation_data, callbacks=callbacks, **kwargs)
@@ -302,6 +326,24 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         seconds = round(time.perf_counter() - start, 1)
         history.history["trial_seconds"] = [seconds] * len(history.epoch)
         return history
+
+
+_FIRST_CALLBACKS = (keras.callbacks.SwapEMAWeights, EpsilonWarmup, RobustAccuracy, FailOnNonFiniteLoss)
+
+
+def _optimizer_config(optimizer):
+    """The serialized config of a Keras optimizer given as an instance, a name or a config."""
+    try:
+        return keras.optimizers.serialize(keras.optimizers.get(optimizer))
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "`optimizer` must be a Keras optimizer, its name or its config. "
+            f"Received: optimizer={optimizer!r} ({error})"
+        ) from None
+
+
+def _averages(optimizer):
+    return getattr(getattr(optimizer, "inner_optimizer", optimizer), "use_ema", False)
 
 
 def results_table(tuner, num_trials=None):

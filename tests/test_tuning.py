@@ -114,6 +114,60 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path, digits):
     assert statuses == {1.0: "COMPLETED", 1e30: "FAILED"}
 
 
+def test_an_averaging_optimizer_is_measured_and_checkpointed_on_the_average(tmp_path, data_dir):
+    """Each trial compiles a fresh copy of the given optimizer; with `use_ema`, the objective and the best-epoch
+    checkpoint are of the weights' average (what `fit` ends with), not of the raw weights training goes on from."""
+    splits = data.load(data_dir=data_dir)
+    train = data.pipeline(splits.train.take(640), batch_size=128, training=False)  # the same order every time
+    validation = data.pipeline(splits.validation.take(200), batch_size=100, training=False)
+    model = hypermodel(optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9))
+    hp = keras_tuner.HyperParameters()
+    first, second = model.build(hp).optimizer, model.build(hp).optimizer
+    assert first is not second and second.use_ema and second.ema_momentum == 0.9
+    assert float(second.learning_rate) == pytest.approx(1e-2) and int(second.iterations) == 0
+
+    search = keras_tuner.GridSearch(model, objective=tuning.ROBUST_OBJECTIVE, max_trials=1, directory=str(tmp_path))
+    search.search(train, validation_data=validation, epochs=1, verbose=0)
+    best_trial = search.oracle.get_best_trials(1)[0]
+    checkpointed = search.get_best_models(1)[0].base_model
+
+    # The same trial by hand: the weights after its last step (raw) and those fit ends with (the average).
+    direct = model.build(best_trial.hyperparameters)
+    raw = []
+
+    class AfterEachStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw[:] = direct.base_model.get_weights()
+
+    model.fit(
+        best_trial.hyperparameters,
+        direct,
+        train,
+        validation_data=validation,
+        epochs=1,
+        verbose=0,
+        callbacks=[AfterEachStep()],
+    )
+    for saved, average in zip(checkpointed.get_weights(), direct.base_model.get_weights()):
+        np.testing.assert_allclose(saved, average, atol=1e-5)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(checkpointed.get_weights(), raw)) > 1e-3
+    _, robust, _ = hand_written_fgsm_accuracy(checkpointed, validation, 0.1)
+    assert best_trial.score == pytest.approx(robust, abs=1e-9)
+
+
+def test_the_optimizer_or_a_learning_rate():
+    with pytest.raises(ValueError, match=r"Give `learning_rate` \(for the default Adam\) or `optimizer`, not both"):
+        hypermodel(learning_rate=1e-3, optimizer="adam")
+    with pytest.raises(
+        ValueError,
+        match=r"`optimizer` must be a Keras optimizer, its name or its config. Received: "
+        r"optimizer='nope'",
+    ):
+        hypermodel(optimizer="nope")
+    assert hypermodel().learning_rate == 1e-3 and hypermodel().optimizer is None
+    assert hypermodel(optimizer="sgd").build(keras_tuner.HyperParameters()).optimizer.__class__.__name__ == "SGD"
+
+
 def test_trade_off_objective():
     assert tuning.tradeoff(0.9, 0.5, weight=0.5) == pytest.approx(0.7)
     assert tuning.tradeoff(0.8, 0.5, clean_floor=0.9) == pytest.approx(0.4)

@@ -44,7 +44,10 @@ def tune_pipeline(
 ):
     """Searches a pipeline's regularization for robustness, then exports the best trial.
 
-    The best trial's model is reused (keras-tuner keeps its best epoch's
+    Trials train as `nsladv harden` does: with the pipeline's optimizer
+    (`Pipeline.optimizer`: its learning-rate schedule over `epochs`, its
+    weights' average, on which trials are then measured and kept). The best
+    trial's model is reused (keras-tuner keeps its best epoch's
     weights), evaluated white-box on the test split with the pipeline's
     attacks, and exported through the normal export path with the tuning
     results in its metadata. An interrupted search resumes where it stopped
@@ -78,7 +81,8 @@ def tune_pipeline(
         clip_range=pipeline.threat.clip_range,
         tradeoff_weight=tradeoff_weight if objective == "tradeoff" else 0.0,
         clean_floor=clean_floor,
-        learning_rate=pipeline.learning_rate,
+        # The recipe's optimizer (its schedule over a trial's epochs, its weight average), fresh for each trial.
+        optimizer=pipeline.optimizer(int(train.cardinality()), epochs),
         seed=pipeline.seed,
         graph=None if pipeline.graph is None else pipeline.graph.regularization,
         tensorboard_dir=out_dir / "logs",
