@@ -24,7 +24,8 @@ def build_model(input_shape, num_classes):
 
 PIPELINE = nsladv.Pipeline(
     name="mnist",
-    description="the standard MNIST (offline); PGD-3 KL (TRADES) training at L-inf 0.3; AutoAttack-grade evaluation",
+    description="the standard MNIST (offline); PGD-3 KL (TRADES) training at L-inf 0.3 with averaged weights; "
+    "AutoAttack-grade evaluation",
     dataset="mnist_offline",
     build_model=build_model,
     # PGD-3 with steps of 0.15 (k x step = 1.5 epsilon), a half-epoch epsilon warm-up and Adam from 4e-3: robust
