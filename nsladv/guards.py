@@ -101,10 +101,15 @@ def averaged_weights(optimizer):
             variable.assign(value)
 
 
+def keeps_weight_average(optimizer):
+    """Whether `optimizer` (a LossScaleOptimizer's inner one) keeps a moving average of the weights (`use_ema`)."""
+    return bool(getattr(getattr(optimizer, "inner_optimizer", optimizer), "use_ema", False))
+
+
 def _averaging(optimizer, who):
     """The optimizer (a LossScaleOptimizer's inner one) if it keeps a moving average of the weights; else an error."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    if not getattr(optimizer, "use_ema", False):
+    if not keeps_weight_average(optimizer):
         raise ValueError(
             f"{who} an optimizer built with `use_ema=True`. "
             f"Received: {type(optimizer).__name__} with use_ema={getattr(optimizer, 'use_ema', None)!r}"

@@ -31,6 +31,7 @@ from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.guards import StopOnNonFiniteLoss
+from nsladv.guards import keeps_weight_average
 from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import pgd
 from nsladv.schedules import EpsilonWarmup
@@ -298,7 +299,9 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             )
         _, _, warmup = self.settings(hp)
         callbacks = list(callbacks or [])
-        if _averages(model.optimizer) and not any(isinstance(c, keras.callbacks.SwapEMAWeights) for c in callbacks):
+        if keeps_weight_average(model.optimizer) and not any(
+            isinstance(c, keras.callbacks.SwapEMAWeights) for c in callbacks
+        ):
             # The average is in the model from each epoch's end to the next epoch's start: the objective and
             # keras-tuner's checkpoint after it see it, training goes on from the raw weights.
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
@@ -340,10 +343,6 @@ def _optimizer_config(optimizer):
             "`optimizer` must be a Keras optimizer, its name or its config. "
             f"Received: optimizer={optimizer!r} ({error})"
         ) from None
-
-
-def _averages(optimizer):
-    return getattr(getattr(optimizer, "inner_optimizer", optimizer), "use_ema", False)
 
 
 def results_table(tuner, num_trials=None):
