@@ -71,7 +71,7 @@ def test_iterates_match_the_papers_algorithm(x0, epsilon, steps):
     attack = APGD(steps=steps, random_start=False)
     attacker = attack.batch_attacker(bump_model())
     x, y, no_seed = tf.constant([[x0]], tf.float32), tf.constant([0], tf.int64), tf.constant([0, 0], tf.int64)
-    fooled, found = attacker._run(x, y, tf.constant(epsilon, tf.float32), y, no_seed)
+    fooled, found, _ = attacker._run(x, y, tf.constant(epsilon, tf.float32), y, no_seed)
     assert not bool(fooled[0])  # B < 0: the model is right everywhere, so the best-loss point comes back
     np.testing.assert_allclose(found.numpy()[0, 0], reference_apgd(x0, epsilon, steps), atol=1e-5)
 
@@ -181,7 +181,23 @@ def test_a_diversified_start_without_an_input_gradient_is_the_random_start():
     x = tf.fill([5, 6], 0.3)
     y = tf.argmax(model(x), -1)
     seed, epsilon = tf.constant([3, 4], tf.int64), tf.constant(0.1, tf.float32)
-    _, plain = APGD(steps=3).batch_attacker(model)._run(x, y, epsilon, y, seed)
-    _, diversified = APGD(steps=3, odi_steps=2).batch_attacker(model)._run(x, y, epsilon, y, seed)
+    _, plain, _ = APGD(steps=3).batch_attacker(model)._run(x, y, epsilon, y, seed)
+    _, diversified, _ = APGD(steps=3, odi_steps=2).batch_attacker(model)._run(x, y, epsilon, y, seed)
     np.testing.assert_array_equal(diversified.numpy(), plain.numpy())
     assert not np.allclose(plain.numpy(), 0.3) and np.all(np.abs(plain.numpy() - 0.3) <= 0.1 + 1e-6)
+
+
+def test_apgd_reports_the_smallest_margin_its_iterates_reached():
+    """Two classes, linear logits: from x, the first step of 2 epsilon along the loss's sign lands on the box corner
+    where the margin is smallest, so the margin APGD reports is that exact minimum, fooled or not."""
+    model, w, x, y = linear_problem(classes=2, n=40)
+    epsilon = 0.05
+    d = (w[:, y] - w[:, 1 - y]).T  # the margin's direction per example: margin = x . d
+    low, high = np.maximum(-epsilon, -x), np.minimum(epsilon, 1 - x)
+    exact = (d * x).sum(1) + np.minimum(d * low, d * high).sum(1)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    attacker = APGD(steps=5, random_start=False).batch_attacker(model)
+    clean, robust, margin = attacker.masks_and_margins(data, epsilon)
+    assert clean.all() and 0 < robust.sum() < len(y)  # some fooled, some not: both kinds are checked
+    np.testing.assert_allclose(margin, exact, atol=1e-5)
+    np.testing.assert_array_equal(robust, exact > 0)

@@ -13,6 +13,7 @@ from nsladv import pgd
 from nsladv.jobs.report import check_summary
 from nsladv.robustness import fgsm
 from nsladv.robustness.attacks import BatchAttacker
+from nsladv.robustness.attacks import Counter
 from nsladv.robustness.attacks import adversarial_examples
 from nsladv.robustness.evaluation import sanity_checks
 
@@ -557,3 +558,83 @@ def test_a_batch_of_one_example_is_attacked(name, tmp_path):
     clean, robust, count = attacker.accuracy(one, 0.05)
     assert count == 1 and robust <= clean
     assert attacker.accuracy(dataset, 0.05)[2] == 40  # and then batches of another size
+
+
+class Recording:
+    """A white-box attack that fools nothing and records the inputs it is run on (their first pixel)."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.seen = []
+
+    def get_config(self):
+        return {"name": self.name}
+
+    def batch_attacker(self, model, *, from_logits=True, seed=None):
+        recording = self
+
+        class Attacker(Counter):
+            def batch_masks(self, x, y, epsilon):
+                recording.seen.extend(np.asarray(x).reshape(len(x), -1)[:, 0].tolist())
+                right = tf.argmax(model(x, training=False), -1) == y
+                return right, right
+
+        return Attacker()
+
+
+def test_closest_reattacks_only_the_share_the_attacks_before_it_came_closest_to_fooling():
+    """FGSM tracks no margin, so the examples still robust rank by their clean margin; APGD's tracked margins rank
+    them once it has run. Either way the Closest attack sees the closest share, and the others stay robust."""
+    from nsladv.robustness import APGD
+    from nsladv.robustness.evaluation import Closest
+
+    model, dataset = honest_linear_task(seed=3, examples=40, classes=3)
+    x, y = (np.concatenate([np.asarray(t) for t in part]) for part in zip(*dataset))
+    logits = model.predict(x, verbose=0)
+    clean_margin = logits[np.arange(40), y] - np.where(np.eye(3, dtype=bool)[y], -np.inf, logits).max(1)
+    epsilon = 1e-4
+    plain = evaluate_robustness(model, dataset, epsilons=[epsilon], attacks=[FGSM], black_box_retry=None)
+    recording = Recording()
+    result = evaluate_robustness(
+        model, dataset, epsilons=[epsilon], attacks=[FGSM, Closest(attack=recording, share=0.25)], black_box_retry=None
+    )
+    assert plain["worst_case"] == {"0.0001": 1.0}  # every example correct clean, and FGSM this small fools none
+    assert result["worst_case"] == {"0.0001": 1.0}  # the examples it does not re-attack stay robust
+    chosen = np.argsort(clean_margin)[:10]  # ceil(0.25 * 40)
+    assert sorted(recording.seen) == sorted(x.reshape(40, -1)[chosen, 0].tolist())
+    entry = result["attacks"]["recording-closest"]
+    assert entry["attacked"] == {"0.0001": 10} and entry["fooled"] == {"0.0001": 0}
+    assert entry["config"] == {"name": "recording-closest", "share": 0.25, "attack": recording.get_config()}
+    # after APGD (the first attack: seed 0, on every example in the dataset's batches) the ranking is by the
+    # smallest margin its iterates reached, which its own attacker reports alike; here that picks other examples
+    # than the clean margins would
+    model, dataset = honest_linear_task(seed=5, examples=40, classes=3)
+    x, y = (np.concatenate([np.asarray(t) for t in part]) for part in zip(*dataset))
+    logits = model.predict(x, verbose=0)
+    clean_margin = logits[np.arange(40), y] - np.where(np.eye(3, dtype=bool)[y], -np.inf, logits).max(1)
+    apgd = APGD(name="apgd-ce", steps=10)
+    _, robust, reached = apgd.batch_attacker(model, seed=0).masks_and_margins(dataset, 0.05)
+    recording = Recording()
+    evaluate_robustness(
+        model, dataset, epsilons=[0.05], attacks=[apgd, Closest(attack=recording, share=0.1)], black_box_retry=None
+    )
+    left = np.flatnonzero(robust)
+    assert left.size == 30  # so the share is 3 examples
+    chosen = left[np.argsort(reached[left])[:3]]
+    assert set(chosen) != set(left[np.argsort(clean_margin[left])[:3]])
+    assert sorted(recording.seen) == sorted(x.reshape(40, -1)[chosen, 0].tolist())
+
+
+def test_closest_settings_are_checked():
+    from nsladv.robustness import APGD
+    from nsladv.robustness.evaluation import Closest
+    from nsladv.robustness.square import Square
+
+    assert Closest(attack=APGD(name="apgd-ce-x20", restarts=20)).name == "apgd-ce-x20-closest"
+    for attack in (Square(queries=10), "apgd-ce", Closest(attack=FGSM)):
+        with pytest.raises(ValueError, match=r"`Closest` re-runs a white-box attack .* Received: attack="):
+            Closest(attack=attack)
+    for share in (0, 1.5, True, "5%"):
+        with pytest.raises(ValueError, match=r"`share` must be a fraction in \(0, 1\]. Received: share="):
+            Closest(attack=FGSM, share=share)

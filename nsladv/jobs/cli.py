@@ -122,7 +122,8 @@ def _parser():
         "--attacks",
         choices=["quick", "standard", "full"],
         default="standard",
-        help="standard: FGSM, APGD-CE, APGD-T (3 targets), Square (1,000 queries); full: AutoAttack's settings "
+        help="standard: FGSM, APGD-CE, APGD-T (3 targets), APGD-CE with 20 restarts on the 5%% closest to being "
+        "fooled, Square (1,000 queries); full: AutoAttack's settings "
         "(APGD-T and FAB-T on 9 targets, Square 5,000 queries); quick: FGSM, PGD-20, APGD-CE-50",
     )
     evaluate.add_argument(

@@ -91,8 +91,9 @@ def evaluate(
         data_dir: the TFDS data folder.
         epsilons: the L-inf radii.
         attacks: an attack set of `nsladv.robustness.ATTACK_SETS`:
-            `"standard"` (FGSM, APGD-CE, APGD-T on 3 target classes, Square
-            with 1,000 queries), `"full"` (AutoAttack's settings: APGD-T and
+            `"standard"` (FGSM, APGD-CE, APGD-T on 3 target classes, APGD-CE
+            with 20 restarts on the 5% of the digits left that came closest to
+            being fooled, Square with 1,000 queries), `"full"` (AutoAttack's settings: APGD-T and
             FAB-T on 9 targets, Square with 5,000 queries) or `"quick"` (FGSM, PGD-20,
             APGD-CE with 50 steps).
         eval_examples: evaluate on N test examples spread over the split.

@@ -33,7 +33,8 @@ def model_card(*, title, model, dataset, evaluations, hardening=None, versions=N
         f"White-box attacks on {dataset.get('examples')} examples of {dataset.get('name')} ({dataset.get('split')}), "
         "against the model being evaluated. The attacks run in the order listed; each row is the share of "
         "examples still robust after that attack and every one above it (after the reference attacks, an "
-        "attack only runs on the examples still robust). *Worst case* counts an example robust only if it "
+        "attack only runs on the examples still robust, one named *-closest* on the share of them the attacks "
+        "before it came closest to fooling). *Worst case* counts an example robust only if it "
         "is classified correctly clean and under every attack and restart.",
         "",
     ]

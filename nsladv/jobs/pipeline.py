@@ -28,6 +28,7 @@ from nsladv.errors import SettingsError
 from nsladv.export import check_model_name
 from nsladv.robustness.apgd import APGD
 from nsladv.robustness.attacks import Attack
+from nsladv.robustness.evaluation import Closest
 from nsladv.robustness.evaluation import attack_set
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.square import Square
@@ -111,8 +112,10 @@ class Pipeline(KeywordOnly):
         multiplier_warmup_epochs: epochs over which the multiplier ramps.
         eval_epsilons: the evaluation grid.
         eval_attacks: the evaluation attacks, run as a cascade (default the
-            "standard" set: FGSM, APGD-CE, APGD-T on 3 target classes, Square
-            with 1,000 queries; see `nsladv.robustness.ATTACK_SETS`).
+            "standard" set: FGSM, APGD-CE, APGD-T on 3 target classes, APGD-CE
+            with 20 restarts on the 5% of the examples left that came closest
+            to being fooled, Square with 1,000 queries; see
+            `nsladv.robustness.ATTACK_SETS`).
         eval_examples: evaluate on this many test examples spread evenly over
             the test split (None: all of them).
         large_epsilon: a destroying radius for the gradient-masking check.
@@ -193,9 +196,10 @@ class Pipeline(KeywordOnly):
                 raise ValueError(f"`{name}` must be an integer >= 1 or None. Received: {name}={value!r}")
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
-        if not all(isinstance(a, (Attack, APGD, FAB, Square)) for a in self.eval_attacks):
+        if not all(isinstance(a, (Attack, APGD, FAB, Closest, Square)) for a in self.eval_attacks):
             raise ValueError(
-                f"`eval_attacks` must be nsladv attacks (Attack, APGD, FAB, Square). Received: {self.eval_attacks!r}"
+                "`eval_attacks` must be nsladv attacks (Attack, APGD, FAB, Closest, Square). "
+                f"Received: {self.eval_attacks!r}"
             )
 
     def replace(self, **changes):

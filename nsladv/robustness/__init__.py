@@ -11,6 +11,7 @@ from nsladv.robustness.attacks import adversarial_examples
 from nsladv.robustness.attacks import fgsm
 from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import ATTACK_SETS
+from nsladv.robustness.evaluation import Closest
 from nsladv.robustness.evaluation import attack_set
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.evaluation import gradient_path_check
@@ -26,6 +27,7 @@ __all__ = [
     "FAB",
     "FGSM",
     "Attack",
+    "Closest",
     "Square",
     "BatchAttacker",
     "adversarial_examples",

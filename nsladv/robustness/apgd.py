@@ -35,6 +35,7 @@ from nsladv.robustness.attacks import LinfSettings
 from nsladv.robustness.attacks import SeededAttacker
 from nsladv.robustness.attacks import input_gradient
 from nsladv.robustness.attacks import logits_of as _logits
+from nsladv.robustness.attacks import true_class_margin
 from nsladv.robustness.attacks import wrong_classes_by_score
 
 LOSSES = ("ce", "dlr-targeted")
@@ -151,7 +152,8 @@ class APGDAttacker(SeededAttacker):
         return x0
 
     def _fooled(self, x, y, epsilon, target, seed):
-        """Whether any iterate misclassifies each example, and the first such iterate (else the best-loss one)."""
+        """Whether any iterate misclassifies each example, the first such iterate (else the best-loss one), and the
+        smallest `true_class_margin` over its iterates (how close the run came to fooling it)."""
         attack = self.attack
         lo, hi = attack.clip_range
         x = tf.cast(x, tf.float32)
@@ -173,6 +175,7 @@ class APGDAttacker(SeededAttacker):
         loss, grad, logits = self._gradient(x0, y, target)
         fooled = tf.argmax(logits, -1, output_type=y.dtype) != y
         found = x0
+        closest = true_class_margin(logits, y)
         batch = tf.shape(x)[0]
         eta = tf.fill([batch], 2.0 * tf.cast(epsilon, tf.float32))
         state = {
@@ -185,6 +188,7 @@ class APGDAttacker(SeededAttacker):
             "best_grad": grad,
             "fooled": fooled,
             "found": found,
+            "closest": closest,
             "eta": eta,
             "rises": tf.zeros([batch], tf.int32),
             "last_best": loss,
@@ -222,16 +226,22 @@ class APGDAttacker(SeededAttacker):
                 best_grad=best_grad,
                 fooled=fooled,
                 found=found,
+                closest=tf.minimum(s["closest"], true_class_margin(logits, y)),
                 rises=rises,
             )
             return k + 1, tf.cond(is_check[k], lambda: _checkpoint(s, lengths[k], expand), lambda: s)
 
         _, state = tf.while_loop(lambda k, _: k < attack.steps, body, (tf.constant(0), state))
         found = tf.where(expand(state["fooled"]), state["found"], state["best"])
-        return state["fooled"], found
+        return state["fooled"], found, state["closest"]
 
     def fooled(self, x, y, epsilon):
         """Per example: fooled by any restart (and target), as a bool tensor."""
+        return self.fooled_and_margin(x, y, epsilon)[0]
+
+    def fooled_and_margin(self, x, y, epsilon):
+        """Per example: fooled by any restart (and target), and the smallest `true_class_margin` any iterate of any
+        of them reached."""
         y = tf.cast(tf.reshape(y, [-1]), tf.int64)
         epsilon = tf.constant(epsilon, tf.float32)
         targets = [None]
@@ -244,16 +254,21 @@ class APGDAttacker(SeededAttacker):
                 )
             targets = wrong_classes_by_score(logits, y, self.attack.target_classes)
         fooled = tf.zeros_like(y, tf.bool)
+        closest = tf.fill(tf.shape(y), tf.constant(float("inf")))
         for target in targets:
             for _ in range(self.attack.restarts):
                 seed = self._random.make_seeds(1)[:, 0]
-                run = self._run(x, y, epsilon, y if target is None else target, seed)[0]
-                fooled = fooled | run
-        return fooled
+                run, _, margin = self._run(x, y, epsilon, y if target is None else target, seed)
+                fooled, closest = fooled | run, tf.minimum(closest, margin)
+        return fooled, closest
 
     def batch_masks(self, x, y, epsilon):
+        return self.batch_margins(x, y, epsilon)[:2]
+
+    def batch_margins(self, x, y, epsilon):
         right = tf.argmax(_logits(self.model, x, self.from_logits), -1) == y
-        return right, right & ~self.fooled(x, y, epsilon)
+        fooled, closest = self.fooled_and_margin(x, y, epsilon)
+        return right, right & ~fooled, closest
 
 
 def _lengths(check, steps):

@@ -152,23 +152,46 @@ def random_starts(seed=None):
     return tf.random.Generator.from_seed(attack_seed(seed))
 
 
+def true_class_margin(logits, y):
+    """Per example: the label's score minus the best other class's (<= 0 where the model is fooled or tied)."""
+    logits = tf.cast(logits, tf.float32)
+    y = tf.cast(tf.reshape(y, [-1]), tf.int64)
+    label = tf.one_hot(y, tf.shape(logits)[-1], on_value=True, off_value=False)
+    others = tf.where(label, tf.constant(-np.inf, tf.float32), logits)
+    return tf.gather(logits, y, batch_dims=1) - tf.reduce_max(others, axis=-1)
+
+
 class Counter:
     """Per-example clean and robust predictions over a dataset, and accuracies from them.
 
     Subclasses give `batch_masks(x, y, epsilon)`: two boolean vectors, correct
     clean and robust (correct clean and under every restart of the attack).
+    Those that track how close they came to fooling each example also give
+    `batch_margins` (see there).
     """
 
     def masks(self, dataset, epsilon):
         """(clean, robust) boolean NumPy arrays, one entry per example in dataset order."""
-        clean, robust = [], []
+        return self._collect(dataset, epsilon, self.batch_masks)
+
+    def masks_and_margins(self, dataset, epsilon):
+        """(clean, robust, margin) NumPy arrays, one entry per example in dataset order (see `batch_margins`)."""
+        return self._collect(dataset, epsilon, self.batch_margins)
+
+    def batch_margins(self, x, y, epsilon):
+        """`batch_masks`' two vectors and, per example, the smallest `true_class_margin` at the points the attack
+        reached (NaN where the attacker does not track it, as here)."""
+        clean, robust = self.batch_masks(x, y, epsilon)
+        return clean, robust, tf.fill(tf.shape(clean), float("nan"))
+
+    @staticmethod
+    def _collect(dataset, epsilon, batch_fn):
+        parts = []
         for x, y in dataset:
-            c, r = self.batch_masks(x, tf.cast(tf.reshape(y, [-1]), tf.int64), epsilon)
-            clean.append(c.numpy())
-            robust.append(r.numpy())
-        if not clean or sum(len(c) for c in clean) == 0:
+            parts.append([np.asarray(v) for v in batch_fn(x, tf.cast(tf.reshape(y, [-1]), tf.int64), epsilon)])
+        if not parts or sum(len(p[0]) for p in parts) == 0:
             raise ValueError("The evaluation dataset is empty. Received: 0 examples")
-        return np.concatenate(clean), np.concatenate(robust)
+        return tuple(np.concatenate(column) for column in zip(*parts))
 
     def accuracy(self, dataset, epsilon):
         """(clean accuracy, robust accuracy, examples) over a batched dataset."""

@@ -17,6 +17,7 @@ import tensorflow as tf
 from nsladv.robustness.attacks import Counter
 from nsladv.robustness.attacks import LinfSettings
 from nsladv.robustness.attacks import attack_seed
+from nsladv.robustness.attacks import true_class_margin
 
 # Iterations (per 10,000 queries) at which the window's share halves (the paper's schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -62,10 +63,7 @@ class SquareAttacker(Counter):
         self._predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
 
     def _margins(self, x, y):
-        logits = self._predict(tf.constant(x, tf.float32)).numpy()
-        true = logits[np.arange(len(y)), y]
-        logits[np.arange(len(y)), y] = -np.inf
-        return true - logits.max(axis=1)
+        return true_class_margin(self._predict(tf.constant(x, tf.float32)), y).numpy()
 
     def _share(self, iteration):
         scaled = iteration * 10_000 / self.attack.queries
