@@ -99,3 +99,20 @@ def test_cli_evaluate_writes_the_card(tmp_path, data_dir, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["evaluations"]["model"]["worst_case"]) == {"0.1", "0.2"}
     assert np.isclose(report["evaluations"]["model"]["test_examples"], 40)
+
+
+def test_the_summary_table_keeps_its_columns_whatever_the_attack_names():
+    """The standard set's `apgd-ce-x20-closest` is longer than the column once was: the rows still line up."""
+    from nsladv.jobs.report import summary_table
+
+    attacks = ["fgsm", "apgd-ce-x20-closest", "square"]
+    result = {
+        "epsilons": [0.1, 0.3],
+        "clean_accuracy": 0.99,
+        "attacks": {name: {} for name in attacks},
+        "after_each_attack": {"0.1": dict(zip(attacks, (0.9, 0.8, 0.8))), "0.3": dict(zip(attacks, (0.5, 0.4, 0.3)))},
+    }
+    lines = summary_table({"hardened": result, "baseline": result}).splitlines()
+    rows = [lines[0]] + lines[2:8]
+    assert len(rows) == 7 and len({len(line) for line in rows}) == 1, "\n".join(rows)
+    assert all(line.index("%") == rows[1].index("%") for line in rows[1:])  # the clean column

@@ -108,13 +108,14 @@ def summary_table(evaluations):
     first = next(iter(evaluations.values()))
     keys = [f"{e:g}" for e in first["epsilons"]]
     width = max(10, *(len(label) for label in evaluations))
-    header = f"{'model':<{width}} {'after':<10} {'clean':>7} " + " ".join(f"{'eps=' + k:>9}" for k in keys)
+    after_width = max(10, *(len(name) + 1 for result in evaluations.values() for name in result["attacks"]))
+    header = f"{'model':<{width}} {'after':<{after_width}} {'clean':>7} " + " ".join(f"{'eps=' + k:>9}" for k in keys)
     lines = [header, "-" * len(header)]
     for label, result in evaluations.items():
         for i, (name, row) in enumerate(after_each_attack_rows(result)):
             cells = " ".join(f"{100 * row[k]:>8.1f}%" for k in keys)
             after = ("+" if i else "") + name
-            lines.append(f"{label:<{width}} {after:<10} {100 * result['clean_accuracy']:>6.1f}% {cells}")
+            lines.append(f"{label:<{width}} {after:<{after_width}} {100 * result['clean_accuracy']:>6.1f}% {cells}")
     for label, result in evaluations.items():
         lines.append(f"gradient-masking checks ({label}): {check_summary(result)}")
     return "\n".join(lines)
