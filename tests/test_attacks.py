@@ -583,6 +583,14 @@ class Recording:
         return Attacker()
 
 
+def clean_margins_by_hand(model, dataset):
+    """The dataset's images, and each one's label logit minus the best other logit (NumPy)."""
+    x, y = (np.concatenate([np.asarray(t) for t in part]) for part in zip(*dataset))
+    logits = model.predict(x, verbose=0)
+    others = np.where(np.eye(logits.shape[1], dtype=bool)[y], -np.inf, logits)
+    return x, logits[np.arange(len(y)), y] - others.max(1)
+
+
 def test_closest_reattacks_only_the_share_the_attacks_before_it_came_closest_to_fooling():
     """FGSM tracks no margin, so the examples still robust rank by their clean margin; APGD's tracked margins rank
     them once it has run. Either way the Closest attack sees the closest share, and the others stay robust."""
@@ -590,9 +598,7 @@ def test_closest_reattacks_only_the_share_the_attacks_before_it_came_closest_to_
     from nsladv.robustness.evaluation import Closest
 
     model, dataset = honest_linear_task(seed=3, examples=40, classes=3)
-    x, y = (np.concatenate([np.asarray(t) for t in part]) for part in zip(*dataset))
-    logits = model.predict(x, verbose=0)
-    clean_margin = logits[np.arange(40), y] - np.where(np.eye(3, dtype=bool)[y], -np.inf, logits).max(1)
+    x, clean_margin = clean_margins_by_hand(model, dataset)
     epsilon = 1e-4
     plain = evaluate_robustness(model, dataset, epsilons=[epsilon], attacks=[FGSM], black_box_retry=None)
     recording = Recording()
@@ -610,9 +616,7 @@ def test_closest_reattacks_only_the_share_the_attacks_before_it_came_closest_to_
     # smallest margin its iterates reached, which its own attacker reports alike; here that picks other examples
     # than the clean margins would
     model, dataset = honest_linear_task(seed=5, examples=40, classes=3)
-    x, y = (np.concatenate([np.asarray(t) for t in part]) for part in zip(*dataset))
-    logits = model.predict(x, verbose=0)
-    clean_margin = logits[np.arange(40), y] - np.where(np.eye(3, dtype=bool)[y], -np.inf, logits).max(1)
+    x, clean_margin = clean_margins_by_hand(model, dataset)
     apgd = APGD(name="apgd-ce", steps=10)
     _, robust, reached = apgd.batch_attacker(model, seed=0).masks_and_margins(dataset, 0.05)
     recording = Recording()
