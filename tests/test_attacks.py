@@ -500,6 +500,17 @@ def test_a_retry_that_is_not_white_box_attacks_is_refused_before_any_attack_runs
             evaluate_robustness(model, dataset, epsilons=[0.1], attacks=[FGSM], black_box_retry=retry)
 
 
+def test_a_closest_in_the_retry_is_refused_rather_than_run_on_every_hidden_example():
+    """The retry attacks every example only the black box fooled: a `Closest`'s share would be silently ignored."""
+    from nsladv.robustness.evaluation import Closest
+
+    model, dataset = honest_linear_task(seed=0, examples=4)
+    closest = Closest(attack=pgd(2, 1), share=0.5)
+    for retry in (closest, [pgd(2, 1), closest]):
+        with pytest.raises(ValueError, match=r"runs on every example .* Pass its attack .* Received: .*Closest\("):
+            evaluate_robustness(model, dataset, epsilons=[0.1], attacks=[FGSM], black_box_retry=retry)
+
+
 def test_a_retry_the_model_cannot_take_says_so_and_reads_nothing_into_it():
     """Only APGD-T for a 2-class model: nothing runs, so the check must not call the examples masked."""
     from nsladv.robustness.apgd import apgd_t

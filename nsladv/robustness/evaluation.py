@@ -279,6 +279,11 @@ def _retry_attacks(retry):
             "`black_box_retry` must be a white-box attack (an nsladv Attack, APGD or FAB), a non-empty sequence of "
             f"them, or None. Received: black_box_retry={retry!r}"
         )
+    if any(isinstance(a, Closest) for a in attacks):
+        raise ValueError(
+            "The black-box retry runs on every example only a black-box attack fooled, so a `Closest` share has no "
+            f"meaning there. Pass its attack instead. Received: black_box_retry={retry!r}"
+        )
     names = [a.name for a in attacks]
     if len(set(names)) != len(names):
         raise ValueError(f"The retry's attacks need names of their own (reports key on them). Received: names {names}")
