@@ -5,7 +5,15 @@ loopback, one plain and one with `--enable_batching` (max_batch_size 32,
 batch_timeout_micros 0, one batch thread: requests that arrive while a batch
 runs form the next one), and sends batch-1 predict requests from 1 and 16
 client threads over REST, over gRPC, and, as the reference, straight to the
-SavedModel in this process. Each cell runs for `--seconds` (or `--requests`,
+SavedModel in this process.
+
+Both servers also serve a linear model (one dense layer on the 784 pixels),
+exported the same way, whose call costs next to nothing beside the serving
+path: over gRPC it shows what batching could give if the model were free.
+`grpc_batched_linear_over_unbatched_16` (batched, linear model, over unbatched,
+the CNN) is that ceiling for `grpc_batched_over_unbatched_16`.
+
+Each cell runs for `--seconds` (or `--requests`,
 whichever ends first); the contenders take turns at each concurrency level
 (A B C ... A B C ...), `--rounds` times, after a warm-up. The table gives each
 cell's median over rounds; each ratio is the median over rounds of the ratio
@@ -35,6 +43,7 @@ import tempfile
 import threading
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
@@ -100,10 +109,10 @@ def start_server(workdir, env, *extra):
     return process, rest, GrpcClient(f"127.0.0.1:{grpc_port}")
 
 
-def grpc_call(client, image):
+def grpc_call(client, image, model="mnist"):
     """A batch-1 Predict whose request is serialized once: the call sends bytes and receives bytes."""
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = "mnist"
+    request.model_spec.name = model
     request.inputs["image"].CopyFrom(tf.make_tensor_proto(image))
     body = request.SerializeToString()
     method = client.channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
@@ -144,6 +153,9 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         path = export.export_model(build_model((28, 28, 1), 10), workdir, "mnist", input_shape=(28, 28, 1))
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        linear = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+        linear_path = export.export_model(linear, workdir, "linear", input_shape=(28, 28, 1))
+        linear_signature = tf.saved_model.load(str(linear_path)).signatures["serving_default"]
         parameters = os.path.join(workdir, "batching.config")
         with open(parameters, "w") as f:
             f.write("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n")
@@ -159,9 +171,12 @@ def main():
                 "rest_batched": rest_call(batched[1], image),
                 "grpc": grpc_call(plain[2], image),
                 "grpc_batched": grpc_call(batched[2], image),
+                "grpc_linear": grpc_call(plain[2], image, "linear"),
+                "grpc_batched_linear": grpc_call(batched[2], image, "linear"),
             }
-            expected = int(signature(image=tf.constant(image))["class_ids"].numpy()[0])
             for name, call in contenders.items():  # every reply decoded once and checked, then a warm-up
+                model = linear_signature if name.endswith("linear") else signature
+                expected = int(model(image=tf.constant(image))["class_ids"].numpy()[0])
                 reply = call()
                 if name.startswith("grpc"):
                     got = tf.make_ndarray(predict_pb2.PredictResponse.FromString(reply).outputs["class_ids"])[0]
@@ -200,6 +215,7 @@ def main():
     summary = {
         "grpc_batched_over_unbatched_16": ratio("per_second", "grpc_batched@16", "grpc@16"),
         "grpc_batched_over_inprocess_16": ratio("per_second", "grpc_batched@16", "in_process@1"),
+        "grpc_batched_linear_over_unbatched_16": ratio("per_second", "grpc_batched_linear@16", "grpc@16"),
         "rest_batched_over_unbatched_16": ratio("per_second", "rest_batched@16", "rest@16"),
         "grpc_batched_p99_over_unbatched_16": ratio("p99_ms", "grpc_batched@16", "grpc@16"),
         "grpc_batched_p50_over_unbatched_1": ratio("p50_ms", "grpc_batched@1", "grpc@1"),
