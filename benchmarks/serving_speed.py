@@ -203,10 +203,10 @@ def main():
         f"batch-1 predict, {args.seconds:g} s (at most {args.requests} requests) per cell, medians of {args.rounds} "
         "rounds, servers in subprocesses on loopback"
     )
-    print(f"{'transport':<14} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'transport':<20} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for key, row in results.items():
         name, concurrency = key.split("@")
-        print(f"{name:<14} {concurrency:>7} {row['per_second']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8}")
+        print(f"{name:<20} {concurrency:>7} {row['per_second']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8}")
 
     def ratio(key, a, b):
         """The median over rounds of a's figure over b's in the same round."""
