@@ -13,11 +13,11 @@ path: over gRPC it shows what batching could give if the model were free.
 `grpc_batched_linear_over_unbatched_16` (batched, linear model, over unbatched,
 the CNN) is that ceiling for `grpc_batched_over_unbatched_16`.
 
-Each cell runs for `--seconds` (or `--requests`,
-whichever ends first); the contenders take turns at each concurrency level
-(A B C ... A B C ...), `--rounds` times, after a warm-up. The table gives each
-cell's median over rounds; each ratio is the median over rounds of the ratio
-measured within one round (the two cells a few seconds apart).
+Each cell runs for `--seconds` (or `--requests`, whichever ends first); the
+contenders take turns at each concurrency level (A B C ... A B C ...),
+`--rounds` times, after a warm-up. The table gives each cell's median over
+rounds; each ratio is the median over rounds of the ratio measured within one
+round (the two cells a few seconds apart).
 
 The clients are lean, so that they measure the server rather than themselves
 (they share the 2 cores with it): each sends one request serialized once (the
