@@ -7,13 +7,14 @@ import tensorflow as tf
 from nsladv.errors import ModelMismatchError
 
 
-def check_classifier(model, input_shape, num_classes):
+def check_classifier(model, input_shape, num_classes, *, data_name="the data"):
     """Checks that `model` classifies inputs of `input_shape` into `num_classes` classes, one class per input.
 
     Args:
         model: a Keras model.
         input_shape: one input's shape (without the batch axis).
         num_classes: the number of classes.
+        data_name: what the data is called, for the errors.
 
     Returns:
         True if the model outputs probabilities (a softmax, whether a layer
@@ -23,6 +24,14 @@ def check_classifier(model, input_shape, num_classes):
         ModelMismatchError: the model cannot take such inputs, its output is
             not `(batch, num_classes)`, or it ends in a sigmoid.
     """
+    declared = _declared_input_shape(model)
+    if declared is not None and (
+        len(declared) != len(input_shape) or any(d not in (None, n) for d, n in zip(declared, input_shape))
+    ):
+        raise ModelMismatchError(
+            f"The model's input does not fit the data: expected images of shape {_shape(declared)} (the model's "
+            f"input). Received: images of shape {_shape(input_shape)} from {data_name}"
+        )
     rng = np.random.default_rng(0)
     batch = np.concatenate([np.zeros((1, *input_shape)), rng.random((7, *input_shape))]).astype("float32")
     try:
@@ -35,9 +44,10 @@ def check_classifier(model, input_shape, num_classes):
         ) from error
     expected = f"(batch, {num_classes})"
     if not isinstance(outputs, tf.Tensor) or outputs.shape.rank != 2 or outputs.shape[-1] != num_classes:
-        shape = tuple(outputs.shape) if isinstance(outputs, tf.Tensor) else type(outputs).__name__
+        shape = _shape(("batch", *outputs.shape[1:])) if isinstance(outputs, tf.Tensor) else type(outputs).__name__
         raise ModelMismatchError(
-            f"The model must output one score per class: shape {expected}. Received: output {shape}"
+            f"The model must output one score per class: shape {expected}, as {data_name} has labels "
+            f"0-{num_classes - 1}. Received: output {shape}"
         )
     if _ends_in(model, keras.activations.sigmoid):
         raise ModelMismatchError(
@@ -56,3 +66,18 @@ def _ends_in(model, activation):
     if activation is keras.activations.softmax and isinstance(last, keras.layers.Softmax):
         return True
     return getattr(last, "activation", None) is activation
+
+
+def _declared_input_shape(model):
+    """One input's shape as the model declares it (without the batch axis), or None when it declares none or many."""
+    inputs = getattr(model, "inputs", None)
+    try:
+        if not inputs or len(inputs) != 1:
+            return None
+        return tuple(inputs[0].shape[1:])
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _shape(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"

@@ -53,3 +53,15 @@ class StrategyError(NsladvError, ValueError):
 
 class StrategyUnavailableError(NsladvError, RuntimeError):
     """The asked-for tf.distribute strategy's devices cannot be reached."""
+
+
+class DataError(NsladvError, ValueError):
+    """Data that cannot be read, or that is not what the job needs (shapes, ranges, labels, layout)."""
+
+
+class RunExistsError(NsladvError, FileExistsError):
+    """A run folder holds work made with other settings; reusing it would destroy that work."""
+
+
+class MissingExtraError(NsladvError, ImportError):
+    """An optional part of nsladv whose packages are not installed."""

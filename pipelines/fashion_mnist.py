@@ -1,7 +1,7 @@
 """Fashion-MNIST (TFDS download): the MNIST recipe at L-inf 0.1."""
 
 import nsladv
-from pipelines.mnist import build_model
+from nsladv.pipelines.mnist import build_model
 
 PIPELINE = nsladv.Pipeline(
     name="fashion_mnist",

@@ -104,7 +104,7 @@ def test_attack_settings_are_validated():
         Attack(threat=ThreatModel(epsilon=1.0, steps=1), restarts=3)
     with pytest.raises(ValueError, match=r"Unknown norm"):
         pgd(norm="l7")
-    with pytest.raises(ValueError, match=r"`epsilons` must be a non-empty list of values > 0"):
+    with pytest.raises(ValueError, match=r"`epsilons` must name at least one radius > 0\. Received: epsilons=\[\]"):
         evaluate_robustness(linear_classifier(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(2), epsilons=[])
 
 

@@ -19,6 +19,7 @@ from nsladv import export
 from nsladv import load_pipeline
 from nsladv.classifier import check_classifier
 from nsladv.datasets import loading
+from nsladv.errors import RunExistsError
 from nsladv.errors import TrainingDivergedError
 from nsladv.jobs import cli
 from nsladv.jobs import harden as hardening
@@ -196,7 +197,7 @@ def test_a_rerun_after_a_kill_in_any_phase_picks_up_at_the_first_unfinished_one(
     assert sorted(p.name for p in (tmp_path / "saved_models" / "tiny").iterdir()) == ["1"]
 
 
-def test_a_rerun_with_other_training_settings_starts_afresh(tmp_path, data_dir):
+def test_a_rerun_with_other_training_settings_stops_unless_told_to_overwrite(tmp_path, data_dir):
     kwargs = dict(
         out_dir=tmp_path / "run", data_dir=data_dir, baseline=False, export=False, eval_examples=50, verbose=0
     )
@@ -209,8 +210,11 @@ def test_a_rerun_with_other_training_settings_starts_afresh(tmp_path, data_dir):
     hardening.harden(load_pipeline(TINY).replace(eval_epsilons=(0.2,)), log=lines.append, **kwargs)
     assert not any("training the" in line for line in lines) and any("white-box" in line for line in lines)
     lines.clear()
-    hardening.harden(load_pipeline(TINY).replace(learning_rate=0.01), log=lines.append, **kwargs)
-    assert any("settings changed since the last run" in line for line in lines)
+    with pytest.raises(RunExistsError, match=r"other settings \(learning_rate: 0\.001 -> 0\.01\); its trained models"):
+        hardening.harden(load_pipeline(TINY).replace(learning_rate=0.01), log=lines.append, **kwargs)
+    assert not lines and (tmp_path / "run" / "models" / "hardened.weights.h5").is_file()
+    hardening.harden(load_pipeline(TINY).replace(learning_rate=0.01), log=lines.append, overwrite=True, **kwargs)
+    assert any("the earlier run's trained models" in line for line in lines)
     assert any("training the hardened model" in line for line in lines)
 
 
@@ -383,13 +387,19 @@ def _flat_dense(classes, activation=None):
         (
             (32, 32, 3),
             _flat_dense(10),
-            "cannot take this dataset's images: expected inputs of shape (batch, 28, 28, 1)",
+            "expected images of shape (32, 32, 3) (the model's input). Received: images of shape (28, 28, 1) from "
+            "mnist_offline",
         ),
-        ((28, 28, 1), _flat_dense(3), "one score per class: shape (batch, 10). Received: output (8, 3)"),
+        (
+            (28, 28, 1),
+            _flat_dense(3),
+            "one score per class: shape (batch, 10), as mnist_offline has labels 0-9. Received: output (batch, 3)",
+        ),
         (
             (28, 28, 1),
             lambda inputs: keras.layers.Dense(10)(inputs),
-            "one score per class: shape (batch, 10). Received: output (8, 28, 28, 10)",
+            "one score per class: shape (batch, 10), as mnist_offline has labels 0-9. Received: output "
+            "(batch, 28, 28, 10)",
         ),
         ((28, 28, 1), _flat_dense(10, "sigmoid"), "The model ends in a sigmoid, which scores each class on its own"),
     ],
@@ -469,7 +479,7 @@ def test_cli_serve_refuses_what_tf_serving_refuses_to_start_with(capsys, tmp_pat
     code, out = run_cli(argv, capsys)
     assert code == 2 and "Could not find base path /models/mnist for servable mnist" in out.err
     code, out = run_cli(["serve", str(tmp_path), *argv[1:]], capsys)
-    assert code == 2 and "Give a folder or --model_config_file, not both" in out.err
+    assert code == 2 and "Give one of a folder, --model_config_file and --model_base_path" in out.err
     (tmp_path / "monitoring.config").write_text("prometheus_config { enabled: true }")
     code, out = run_cli(
         ["serve", str(tmp_path), "--monitoring_config_file", str(tmp_path / "monitoring.config")], capsys

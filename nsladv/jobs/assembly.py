@@ -40,9 +40,16 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
         validation_fraction: overrides the pipeline's.
     """
     fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
-    splits = datasets.load(pipeline.dataset, data_dir=data_dir, validation_fraction=fraction)
+    splits = datasets.resolve(
+        pipeline.dataset, data_dir=data_dir, validation_fraction=fraction, input_range=pipeline.input_range
+    )
     if pipeline.train_examples is not None:
-        splits = dataclasses.replace(splits, train=datasets.spread(splits.train, pipeline.train_examples))
+        kept = datasets.spread_rows(int(splits.train.cardinality()), pipeline.train_examples)
+        splits = dataclasses.replace(
+            splits,
+            train=datasets.spread(splits.train, pipeline.train_examples),
+            train_ids=None if splits.train_ids is None else tuple(np.asarray(splits.train_ids)[kept].tolist()),
+        )
     augment = datasets.random_shift(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
     batches = dict(batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
     graph_info = None
@@ -57,7 +64,7 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
             examples = tf.data.Dataset.from_tensor_slices((images[labelled], labels[labelled]))
             train = plain_train = datasets.pipeline(examples, augment=augment, **batches)
         else:
-            table, graph_info = _neighbor_table(pipeline, images, labels, labelled)
+            table, graph_info = _neighbor_table(pipeline, images, labels, labelled, splits.train_ids)
             batch_augment = (
                 datasets.random_shift_batch(pipeline.shift_augmentation) if pipeline.shift_augmentation else None
             )
@@ -80,18 +87,22 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
     return PipelineData(splits, train, validation, test, plain_train, graph_info)
 
 
-def _neighbor_table(pipeline, images, labels, rows):
-    """The graph over every training image, and the neighbors of the labelled `rows`."""
+def _neighbor_table(pipeline, images, labels, rows, ids):
+    """The graph over every training image (built, or read from the user's edges); the labelled `rows`' neighbors."""
     setup = pipeline.graph
     start = time.perf_counter()
-    embeddings = graph_lib.embed(images) if setup.embed is None else np.asarray(setup.embed(images), np.float32)
-    graph = graph_lib.build_graph(
-        embeddings,
-        similarity_threshold=setup.similarity_threshold,
-        lsh_splits=setup.lsh_splits,
-        lsh_rounds=setup.lsh_rounds,
-        seed=pipeline.seed,
-    )
+    read = None
+    if setup.edges is not None:
+        graph, read = graph_lib.Graph.read_tsv_over(setup.edges, ids)
+    else:
+        embeddings = graph_lib.embed(images) if setup.embed is None else np.asarray(setup.embed(images), np.float32)
+        graph = graph_lib.build_graph(
+            embeddings,
+            similarity_threshold=setup.similarity_threshold,
+            lsh_splits=setup.lsh_splits,
+            lsh_rounds=setup.lsh_rounds,
+            seed=pipeline.seed,
+        )
     k = setup.regularization.max_neighbors
     table = graph_lib.NeighborTable(graph, images, max_neighbors=k, feature_name="image")
     counts = table.neighbor_counts[rows]
@@ -109,6 +120,8 @@ def _neighbor_table(pipeline, images, labels, rows):
         "build_seconds": round(time.perf_counter() - start, 1),
         **setup.get_config(),
     }
+    if read is not None:
+        info["edges_file"] = read
     return table, info
 
 

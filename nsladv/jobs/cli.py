@@ -11,9 +11,11 @@ from nsladv.version import __version__
 
 _EPILOG = """examples:
   nsladv harden                          the default MNIST pipeline, offline
+  nsladv harden --model mine.keras --data images/ --name mine
+                                         your model on your images, the default recipe
   nsladv harden fashion_mnist --epochs 5
-  nsladv harden mnist --model my_model.keras --no-baseline
   nsladv harden path/to/my_pipeline.py
+  nsladv evaluate mine.keras --data images/ --epsilons 8/255
   nsladv tune mnist --trials 6 --epochs 3    search the regularization for robustness
   nsladv serve saved_models               TF Serving's REST (8501) and gRPC (8500) APIs, locally
   nsladv pipelines                       list the pipelines
@@ -31,9 +33,15 @@ def _parser():
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    # --debug also after the subcommand; SUPPRESS keeps a subcommand from resetting the main parser's value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of every error"
+    )
 
     harden = commands.add_parser(
         "harden",
+        parents=[common],
         help="train, evaluate and export a hardened model",
         description="Train the pipeline's model with adversarial neighbors (and the undefended baseline), evaluate "
         "both white-box, write the report and export the hardened model for TF Serving. A rerun picks up at the "
@@ -41,14 +49,31 @@ def _parser():
         epilog=_examples(
             ("nsladv harden", "the default MNIST pipeline, offline"),
             ("nsladv harden --epochs 4 --eval-examples 500", "a quick variant"),
-            ("nsladv harden mnist --model my_model.keras --no-baseline", "harden your own saved model"),
+            ("nsladv harden --model mine.keras --data images/", "your model on your image folder (default recipe)"),
+            ("nsladv harden --model mine.keras --data cifar10 --epsilon 8/255", "on a TFDS dataset"),
+            ("nsladv harden --model mine.keras --data digits.npz --graph edges.tsv", "with your graph's neighbors"),
             ("nsladv harden mnist --epsilon 0.2 --steps 7 --seed 1", "override settings (recorded in the report)"),
             ("nsladv harden path/to/my_pipeline.py", "a pipeline of your own"),
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_job_arguments(harden)
-    harden.add_argument("--model", metavar="FILE.keras", help="harden this saved Keras model instead of the pipeline's")
+    harden.add_argument(
+        "--model",
+        metavar="FILE.keras",
+        help="harden this saved Keras model instead of the pipeline's (NAME defaults to its file's stem)",
+    )
+    harden.add_argument(
+        "--graph",
+        metavar="EDGES.tsv",
+        help="join natural graph neighbors from an NSL TSV edge file (source<TAB>target<TAB>weight); ids are image "
+        "paths relative to the data folder, or row numbers of an .npz",
+    )
+    harden.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run folder that holds models trained with other settings (else the job stops)",
+    )
     harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
     harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
     harden.add_argument(
@@ -65,6 +90,7 @@ def _parser():
 
     tune = commands.add_parser(
         "tune",
+        parents=[common],
         help="search the regularization with keras-tuner for robustness, export the best",
         description="Search the regularization multiplier, distance, PGD steps and warm-up with keras-tuner "
         "against white-box robust accuracy on the validation split; export the best trial. Trials are logged "
@@ -98,6 +124,7 @@ def _parser():
 
     evaluate = commands.add_parser(
         "evaluate",
+        parents=[common],
         help="attack a saved model white-box: report, plot and model card",
         description="How robust is a model? Attack a .keras file, a SavedModel folder or a saved_models/<name> "
         "base (its newest version) white-box on a TFDS dataset's test split, and write report.json, "
@@ -109,15 +136,23 @@ def _parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument("model", help="a .keras file, a SavedModel folder or a saved_models/<name> base")
-    evaluate.add_argument("--dataset", default="mnist_offline", help="TFDS dataset name (default: mnist_offline)")
+    evaluate.add_argument(
+        "--data",
+        "--dataset",
+        dest="data",
+        default="mnist_offline",
+        metavar="SOURCE",
+        help=_DATA_HELP + " (default: mnist_offline); its test split is attacked",
+    )
     evaluate.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
     evaluate.add_argument(
         "--epsilons",
         type=_epsilons,
         default=(0.1, 0.2, 0.3),
         metavar="E1,E2",
-        help="L-inf radii (default: 0.1,0.2,0.3)",
+        help="radii, fractions allowed (default: 0.1,0.2,0.3; e.g. 2/255,8/255)",
     )
+    evaluate.add_argument("--norm", choices=["linf", "l2"], default="linf", help="the radii's norm (default: linf)")
     evaluate.add_argument(
         "--attacks",
         choices=["quick", "standard", "full"],
@@ -129,7 +164,6 @@ def _parser():
     evaluate.add_argument(
         "--eval-examples",
         type=_positive_int,
-        default=1000,
         metavar="N",
         help="N test examples, spread evenly over the test split (default: 1000)",
     )
@@ -142,6 +176,7 @@ def _parser():
 
     serve = commands.add_parser(
         "serve",
+        parents=[common],
         help="serve exported models through TF Serving's REST and gRPC APIs",
         description="Serve saved_models/ (or a models.config) locally through TF Serving's REST and gRPC APIs, "
         "for development where tensorflow_model_server cannot run.",
@@ -197,9 +232,29 @@ def _parser():
         action="store_true",
         help="gRPC outputs as raw bytes in tensor_content (default: float_val and the like, as TF Serving)",
     )
+    serve.add_argument(
+        "--model-name",
+        "--model_name",
+        metavar="NAME",
+        help="with --model_base_path: the name to serve one model under, as TF Serving's flag (default: default)",
+    )
+    serve.add_argument(
+        "--model-base-path",
+        "--model_base_path",
+        metavar="PATH",
+        help="serve the one model whose numbered versions are in PATH, as TF Serving's flag",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--rest-port", type=int, default=8501, help="REST port (default: 8501)")
-    serve.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default: 8500)")
+    serve.add_argument(
+        "--rest-port",
+        "--rest_api_port",
+        type=_port,
+        default=8501,
+        help="REST port; 0 turns REST off, as TF Serving's --rest_api_port (default: 8501)",
+    )
+    serve.add_argument(
+        "--grpc-port", "--port", type=_port, default=8500, help="gRPC port, as TF Serving's --port (default: 8500)"
+    )
     serve.add_argument(
         "--poll-seconds",
         "--file_system_poll_wait_seconds",
@@ -223,6 +278,7 @@ def _parser():
 
     commands.add_parser(
         "pipelines",
+        parents=[common],
         help="list the available pipelines",
         epilog=_examples(("nsladv pipelines", "names and one-line descriptions")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -230,9 +286,23 @@ def _parser():
     return parser
 
 
+_DATA_HELP = (
+    "the data: a TFDS name (cifar10, mnist:3.0.1, NAME@TRAIN,TEST), an image folder (one subfolder per class, "
+    "optionally under train/ and test/) or a keras.datasets-style .npz"
+)
+
+
 def _add_job_arguments(parser):
     """The arguments `harden` and `tune` share."""
-    parser.add_argument("pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist)")
+    parser.add_argument(
+        "pipeline", nargs="?", default=None, help="pipeline name or .py file (default: mnist, the default recipe)"
+    )
+    parser.add_argument("--data", metavar="SOURCE", help=_DATA_HELP + "; validation is carved from its training data")
+    parser.add_argument(
+        "--name",
+        type=_model_name,
+        help="the run and export name: runs/NAME, saved_models/NAME (default: --model's stem or the pipeline's name)",
+    )
     parser.add_argument(
         "--eval-examples",
         type=_positive_int,
@@ -244,7 +314,7 @@ def _add_job_arguments(parser):
         action="store_true",
         help="the whole test split and the full attack set (AutoAttack's settings); hours on 2 CPU cores",
     )
-    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<pipeline>[/tuning])")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/NAME[/tuning])")
     parser.add_argument(
         "--saved-models", default="saved_models", metavar="DIR", help="TF Serving base folder (default: saved_models)"
     )
@@ -253,7 +323,15 @@ def _add_job_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     overrides = parser.add_argument_group("overrides of the pipeline's settings (recorded in the report)")
     overrides.add_argument("--seed", type=int, help="random seed")
-    overrides.add_argument("--epsilon", type=_positive_float, help="training threat radius (the step size follows)")
+    overrides.add_argument(
+        "--epsilon",
+        type=_radius,
+        help="training radius, fractions allowed (8/255); step sizes and evaluation radii follow",
+    )
+    overrides.add_argument("--norm", choices=["linf", "l2"], help="the threat model's norm (evaluation follows)")
+    overrides.add_argument(
+        "--eval-epsilons", type=_epsilons, metavar="E1,E2", help="evaluation radii, fractions allowed"
+    )
     overrides.add_argument("--steps", type=_positive_int, help="PGD steps of the training neighbors")
     overrides.add_argument("--multiplier", type=_non_negative_float, help="regularization multiplier")
     overrides.add_argument("--batch-size", type=_positive_int, help="global batch size")
@@ -305,18 +383,50 @@ def _float(text, ok, expected):
 
 
 def _overrides(args):
-    names = ("seed", "epsilon", "steps", "multiplier", "batch_size", "learning_rate")
+    names = ("seed", "epsilon", "steps", "multiplier", "batch_size", "learning_rate", "norm", "eval_epsilons")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def _epsilons(text):
+def _radius(text):
+    from nsladv.robustness.inputs import parse_radius
+
     try:
-        values = tuple(float(v) for v in text.split(","))
+        return parse_radius(text)
+    except SettingsError:
+        raise argparse.ArgumentTypeError(f"expected a radius > 0 such as 0.3 or 8/255, received {text!r}") from None
+
+
+def _epsilons(text):
+    from nsladv.robustness.inputs import parse_radii
+
+    try:
+        return tuple(parse_radii(text))
+    except SettingsError:
+        raise argparse.ArgumentTypeError(
+            f"expected radii > 0 separated by commas (0.1,8/255), received {text!r}"
+        ) from None
+
+
+def _port(text):
+    try:
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected radii > 0 separated by commas, received {text!r}") from None
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected radii > 0 separated by commas, received {text!r}")
-    return values
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, received {text!r}")
+    return value
+
+
+def _model_name(text):
+    from nsladv.export import check_model_name
+
+    try:
+        check_model_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected letters, digits, '_', '.' or '-' (a TF Serving model name), received {text!r}"
+        ) from None
+    return text
 
 
 def _fraction(text):
@@ -329,8 +439,32 @@ def _fraction(text):
     return value
 
 
+def _run_name(args, pipeline_name):
+    """--name, else the model file's stem, else (data given, no pipeline named) the data's, else the pipeline's."""
+    import pathlib
+
+    from nsladv.export import check_model_name
+
+    if args.name:
+        return args.name
+    candidates = []
+    if getattr(args, "model", None):
+        candidates.append(pathlib.Path(args.model).stem)
+    if args.data and not args.pipeline:
+        candidates.append(pathlib.Path(args.data.split("@")[0].split(":")[0].rstrip("/")).name.removesuffix(".npz"))
+    for candidate in candidates:
+        name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in candidate)
+        try:
+            check_model_name(name)
+            return name
+        except ValueError:
+            continue
+    return pipeline_name
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
+    args.debug = getattr(args, "debug", False)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return _run(args)
@@ -367,19 +501,31 @@ def _run(args):
                 )
             except (OSError, ValueError) as error:
                 raise SettingsError(f"--batching_parameters_file: {error}") from None
-        if args.path and args.model_config_file:
+        given = [f for f in (args.path, args.model_config_file, args.model_base_path) if f]
+        if len(given) > 1:
             raise SettingsError(
-                "Give a folder or --model_config_file, not both. "
-                f"Received: {args.path!r} and {args.model_config_file!r}"
+                "Give one of a folder, --model_config_file and --model_base_path. "
+                f"Received: {', '.join(repr(g) for g in given)}"
             )
+        if args.model_name and not args.model_base_path:
+            raise SettingsError(
+                f"--model_name names the model of --model_base_path; give that too. Received: --model_name "
+                f"{args.model_name}"
+            )
+        config = None
+        if args.model_base_path:
+            from nsladv.serving.repository import single_model_config
+
+            config = single_model_config(args.model_name or "default", args.model_base_path)
         if args.rest_api_timeout_in_ms <= 0:
             raise SettingsError(f"--rest_api_timeout_in_ms must be positive. Received: {args.rest_api_timeout_in_ms}")
         try:
             server = Server(
-                None if args.model_config_file else (args.path or "saved_models"),
+                None if args.model_config_file or config else (args.path or "saved_models"),
                 config_file=args.model_config_file,
+                config=config,
                 host=args.host,
-                rest_port=args.rest_port,
+                rest_port=args.rest_port or None,
                 grpc_port=args.grpc_port,
                 poll_seconds=args.poll_seconds,
                 config_poll_seconds=args.model_config_file_poll_wait_seconds or None,
@@ -393,9 +539,10 @@ def _run(args):
             ).start()
         except (ServingError, OSError, ValueError) as error:  # what TF Serving would refuse to start with
             raise SettingsError(f"nsladv serve cannot start: {error}") from None
-        source = args.model_config_file or args.path or "saved_models"
+        source = args.model_config_file or args.model_base_path or args.path or "saved_models"
         print(f"serving {', '.join(server.repository.names)} from {source}")
-        print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")
+        if args.rest_port:
+            print(f"  REST  {server.rest_url}/v1/models/<name>[:predict]")
         print(f"  gRPC  {server.grpc_target}  (tensorflow_serving PredictionService, ModelService)")
         if server.monitoring is not None and server.monitoring.enable:
             print(f"  metrics {server.rest_url}{server.monitoring.path}")
@@ -410,13 +557,19 @@ def _run(args):
     if args.command == "evaluate":
         from nsladv.jobs import evaluate
 
+        if args.full_evaluation and args.eval_examples is not None:
+            raise SettingsError(
+                "--full-evaluation attacks the whole test split; drop --eval-examples. "
+                f"Received: --eval-examples {args.eval_examples}"
+            )
         evaluate.evaluate(
             args.model,
-            dataset=args.dataset,
+            data=args.data,
             data_dir=args.data_dir,
             epsilons=args.epsilons,
+            norm=args.norm,
             attacks="full" if args.full_evaluation else args.attacks,
-            eval_examples=None if args.full_evaluation else args.eval_examples,
+            eval_examples=None if args.full_evaluation else (args.eval_examples or 1000),
             out_dir=args.out,
         )
         return 0
@@ -426,7 +579,22 @@ def _run(args):
         return 0
     pipeline = pipeline_lib.load_pipeline(args.pipeline or pipeline_lib.DEFAULT_PIPELINE)
     overrides = _overrides(args)
-    pipeline = pipeline.with_overrides(**overrides)
+    if args.data is not None:
+        overrides["data"] = args.data
+        pipeline = pipeline.replace(dataset=args.data)
+    name = _run_name(args, pipeline.name)
+    if name != pipeline.name:
+        pipeline = pipeline.replace(name=name)
+    if getattr(args, "graph", None):
+        from nsladv.configs import GraphRegularization
+
+        overrides["graph"] = args.graph
+        pipeline = pipeline.replace(
+            graph=pipeline_lib.GraphSetup(
+                regularization=GraphRegularization(multiplier=3.0, distance="kl", max_neighbors=5), edges=args.graph
+            )
+        )
+    pipeline = pipeline.with_overrides(**{k: v for k, v in overrides.items() if k not in ("data", "graph")})
     if args.full_evaluation:
         from nsladv.robustness import attack_set
 
@@ -454,7 +622,9 @@ def _run(args):
         return 0
     harden_lib.harden(
         pipeline,
-        model_path=args.model,
+        model=args.model,
+        name=pipeline.name,
+        overwrite=args.overwrite,
         epochs=args.epochs,
         baseline=not args.no_baseline,
         strategy=args.strategy,

@@ -15,6 +15,7 @@ from nsladv.jobs import report as report_lib
 from nsladv.jobs.model_card import write_run_files
 from nsladv.robustness import attack_set
 from nsladv.robustness import evaluate_robustness
+from nsladv.robustness.inputs import parse_radii
 
 
 class SignatureModel:
@@ -74,12 +75,15 @@ def load_classifier(path):
 def evaluate(
     model_path,
     *,
-    dataset=datasets.DEFAULT_DATASET,
+    data=datasets.DEFAULT_DATASET,
+    dataset=None,
     data_dir=None,
     epsilons=(0.1, 0.2, 0.3),
+    norm="linf",
     attacks="standard",
     eval_examples=None,
     large_epsilon=0.5,
+    input_range=(0.0, 1.0),
     out_dir=None,
     log=print,
 ):
@@ -87,33 +91,35 @@ def evaluate(
 
     Args:
         model_path: a `.keras` file, a SavedModel folder or a `saved_models/<name>` base.
-        dataset: a TFDS name; its test split is used.
+        data: the data, any source `nsladv.datasets.resolve` reads; its test split is attacked.
+        dataset: the same as `data` (kept for earlier callers).
         data_dir: the TFDS data folder.
-        epsilons: the L-inf radii.
-        attacks: an attack set of `nsladv.robustness.ATTACK_SETS`:
-            `"standard"` (FGSM, APGD-CE, APGD-T on 3 target classes, APGD-CE
-            with 20 restarts on the 5% of the digits left that came closest to
-            being fooled, Square with 1,000 queries), `"full"` (AutoAttack's settings: APGD-T and
-            FAB-T on 9 targets, Square with 5,000 queries) or `"quick"` (FGSM, PGD-20,
-            APGD-CE with 50 steps).
+        epsilons: the radii (a number, a list, or text such as "0.1,8/255").
+        norm: `"linf"` or `"l2"` (see `nsladv.robustness.attack_set` for the L2 attacks).
+        attacks: an attack set of `nsladv.robustness.ATTACK_SETS` (`"standard"`,
+            `"full"`: AutoAttack's standard version, or `"quick"`).
         eval_examples: evaluate on N test examples spread over the split.
-        large_epsilon: a destroying radius for the gradient-masking check.
+        large_epsilon: a destroying radius for the gradient-masking check (L-inf only).
+        input_range: `(low, high)` of the model's inputs.
         out_dir: the run folder (default `runs/evaluate/<model name>`).
         log: where progress goes.
 
     Returns:
         The report dict.
     """
-    chosen = attack_set(attacks)  # An unknown name fails here, before anything loads.
+    data = data if dataset is None else dataset
+    epsilons = parse_radii(epsilons)
+    attack_set(attacks, norm=norm)  # An unknown name or norm fails here, before anything loads.
     model = load_classifier(model_path)
-    splits = datasets.load(dataset, data_dir=data_dir)
-    from_logits = not check_classifier(model, splits.image_shape, splits.num_classes)
+    splits = datasets.resolve(data, data_dir=data_dir, input_range=input_range)
+    from_logits = not check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
+    chosen = attack_set(attacks, norm=norm, clip_range=input_range, num_classes=splits.num_classes)
     test = datasets.pipeline(datasets.spread(splits.test, eval_examples), batch_size=500, training=False)
     name = pathlib.Path(model_path).stem if pathlib.Path(model_path).is_file() else pathlib.Path(model_path).name
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / "evaluate" / name)
     log(
-        f"white-box evaluation of {model_path} on {dataset} (test): {', '.join(a.name for a in chosen)} "
-        f"at epsilon {', '.join(f'{e:g}' for e in epsilons)}"
+        f"white-box evaluation of {model_path} on {splits.name} (test): {', '.join(a.name for a in chosen)} "
+        f"at {norm} epsilon {', '.join(f'{e:g}' for e in epsilons)}"
     )
     start = time.perf_counter()
     evaluation = evaluate_robustness(
@@ -122,13 +128,14 @@ def evaluate(
         epsilons=epsilons,
         attacks=chosen,
         from_logits=from_logits,
-        large_epsilon=large_epsilon,
+        large_epsilon=large_epsilon if norm == "linf" else None,
         progress=lambda *result: log(report_lib.progress_line(*result)),
     )
     metadata = getattr(model, "metadata", None)
     report = {
         "model": str(model_path),
-        "dataset": {"name": dataset, "split": "test", "examples": evaluation["examples"]},
+        "dataset": {"name": splits.name, "split": "test", "examples": evaluation["examples"], **splits.layout},
+        "norm": norm,
         "from_logits": from_logits,
         "evaluations": {"model": evaluation},
         "seconds": round(time.perf_counter() - start, 1),
@@ -139,10 +146,10 @@ def evaluate(
         report,
         report["evaluations"],
         title=name,
-        plot_title=f"{name}: white-box robust accuracy ({dataset} test)",
+        plot_title=f"{name}: white-box robust accuracy ({splits.name} test)",
         model={
             "source": str(model_path),
-            "inputs": f"images {splits.image_shape}, pixels in [0, 1]",
+            "inputs": f"images {splits.image_shape}, pixels in [{input_range[0]:g}, {input_range[1]:g}]",
             "classes": splits.num_classes,
             "outputs": "logits" if from_logits else "probabilities",
             "parameters": f"{model.count_params():,}",

@@ -5,11 +5,13 @@ import pathlib
 import time
 
 import keras
+import numpy as np
 
 from nsladv import datasets
 from nsladv import distribute
 from nsladv.classifier import check_classifier
 from nsladv.errors import ModelNotFoundError
+from nsladv.errors import SettingsError
 from nsladv.guards import RobustnessMonitor
 from nsladv.guards import StopOnNonFiniteLoss
 from nsladv.jobs import report as report_lib
@@ -19,16 +21,21 @@ from nsladv.jobs.assembly import pipeline_data
 from nsladv.jobs.model_card import write_run_files
 from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import evaluate_robustness
+from nsladv.robustness.evaluation import fit_attacks
 from nsladv.schedules import EpsilonWarmup
 from nsladv.schedules import MultiplierWarmup
 from nsladv.wrapper import AdversarialModel
 
 
 def harden(
-    pipeline,
+    pipeline=None,
     *,
+    model=None,
+    data=None,
+    name=None,
     model_path=None,
     out_dir=None,
+    overwrite=False,
     saved_models="saved_models",
     data_dir=None,
     epochs=None,
@@ -42,24 +49,39 @@ def harden(
     verbose=1,
     log=print,
 ):
-    """Runs a pipeline end to end and returns its report (also written to disk).
+    """Runs a hardening job end to end (train, evaluate, report, export) and returns its report.
 
     The phases run in order: train the hardened model (and, for a graph
     pipeline, the same model without the graph term), train the undefended
     baseline, evaluate each, write the report, export. Each finished phase is
     kept in `out_dir`, and a training is backed up every epoch, so the same
-    call after a kill picks up at the first unfinished phase (changed
-    training settings start afresh; changed evaluation settings keep the
-    trained models).
+    call after a kill picks up at the first unfinished phase. Changed
+    evaluation settings keep the trained models; changed training settings
+    stop with a `RunExistsError` unless `overwrite`.
+
+    Example, on data and a model already in memory:
+
+    >>> report = nsladv.harden(model=my_model, data=(x, y), name="digits", epochs=2)
+    >>> report["evaluations"]["hardened"]["worst_case"]
 
     Args:
-        pipeline: an `nsladv.Pipeline`.
-        model_path: a user's saved `.keras` model to harden instead of the
-            pipeline's `build_model` (it must take the dataset's images and
-            output one score per class).
+        pipeline: an `nsladv.Pipeline`, a bundled pipeline's name or a
+            pipeline file's path (default: the default recipe, `mnist`).
+        model: the model to harden instead of the pipeline's `build_model`:
+            a `keras.Model` (trained in place for the hardened model; the
+            baseline trains a clone) or a saved `.keras` file. It must take
+            the data's images and output one score per class.
+        data: the data instead of the pipeline's dataset: any source
+            `nsladv.datasets.resolve` reads (a TFDS name, an image folder,
+            a `.npz`, arrays `(x, y)`, a `tf.data.Dataset`).
+        name: the export and run name (default: the model file's stem, or
+            the pipeline's name).
+        model_path: the same as a file `model` (kept for earlier callers).
         out_dir: run folder for report.json, robustness.png, TensorBoard
             logs, the finished phases and the training backup (default
-            `runs/<pipeline name>`).
+            `runs/<name>`).
+        overwrite: replace a run folder that holds models trained with other
+            settings (else a `RunExistsError` names what changed).
         saved_models: the TF Serving base folder exports go to.
         data_dir: the TFDS data folder.
         epochs: overrides the pipeline's epochs.
@@ -84,8 +106,20 @@ def harden(
 
     Raises:
         TrainingDivergedError: a model's loss became NaN or infinite.
-        ModelMismatchError, ModelNotFoundError: `model_path` does not fit.
+        ModelMismatchError, ModelNotFoundError: `model` does not fit.
+        DataError: the data cannot be read or does not fit.
+        RunExistsError: `out_dir` holds models trained with other settings.
     """
+    pipeline = _pipeline(pipeline)
+    if model_path is not None:
+        if model is not None:
+            raise SettingsError("Pass `model` or `model_path`, not both. Received: both")
+        model = model_path
+    if data is not None:
+        pipeline = pipeline.replace(dataset=data)
+    name = name or (pathlib.Path(model).stem if isinstance(model, (str, pathlib.PurePath)) else None)
+    if name is not None and name != pipeline.name:
+        pipeline = pipeline.replace(name=name)
     if epochs is not None:
         pipeline = pipeline.replace(epochs=epochs)
     if eval_examples is not None:
@@ -93,8 +127,9 @@ def harden(
     with _dtype_policy(mixed_precision):
         job = _HardenJob(
             pipeline=pipeline,
-            model_path=model_path,
+            model=model,
             out_dir=pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name),
+            overwrite=overwrite,
             saved_models=saved_models,
             data_dir=data_dir,
             baseline=baseline,
@@ -130,8 +165,9 @@ class _HardenJob:
         self,
         *,
         pipeline,
-        model_path,
+        model,
         out_dir,
+        overwrite,
         saved_models,
         data_dir,
         baseline,
@@ -144,7 +180,8 @@ class _HardenJob:
     ):
         self.overrides = overrides
         self.pipeline = pipeline
-        self.model_path = model_path
+        self.user_model = model
+        self.model_source = _model_source(model)
         self.out_dir = out_dir
         self.saved_models = saved_models
         self.callbacks = callbacks
@@ -157,24 +194,23 @@ class _HardenJob:
         settings = pipeline.get_config()
         self.state = run_state.RunState(
             out_dir,
-            training=run_state.fingerprint(
-                {
-                    **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
-                    "model": str(model_path),
-                    "mixed_precision": mixed_precision,
-                }
-            ),
-            evaluation=run_state.fingerprint({k: settings[k] for k in _EVALUATION_SETTINGS}),
+            training={
+                **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
+                "model": _model_fingerprint(model),
+                "mixed_precision": mixed_precision,
+            },
+            evaluation={k: settings[k] for k in _EVALUATION_SETTINGS},
             writer=self.chief,
+            overwrite=overwrite,
+            overwrite_hint="--overwrite (overwrite=True in Python)",
         )
         if self.state.discarded:
-            log(
-                f"settings changed since the last run in {out_dir}: its {' and '.join(self.state.discarded)} "
-                "are not reused"
-            )
+            log(f"--overwrite: the earlier run's {' and '.join(self.state.discarded)} in {out_dir} were replaced")
         keras.utils.set_random_seed(pipeline.seed)
         self.data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples)
         self._log_data()
+        # Checked once, before any training: the model takes the data's images and scores its classes.
+        self.from_logits = self._check_model()
         self.contenders = self._contenders(baseline)
         self.timings = {}
         self.training_logs = {}
@@ -200,7 +236,7 @@ class _HardenJob:
         pipeline = self.pipeline
         keras.utils.set_random_seed(pipeline.seed)  # Every contender starts from the same weights.
         with self.strategy.scope():
-            base, self.from_logits = _base_model(pipeline, self.model_path, self.data.splits)
+            base = self._base_model(label)
         seconds = self.state.trained_seconds(label)
         if seconds is not None:
             base.load_weights(self.state.weights_path(label))
@@ -308,11 +344,14 @@ class _HardenJob:
                 f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
             )
             start = time.perf_counter()
+            attacks = fit_attacks(
+                pipeline.eval_attacks, clip_range=pipeline.input_range, num_classes=self.data.splits.num_classes
+            )
             evaluation = evaluate_robustness(
                 model,
                 self.data.test,
                 epsilons=pipeline.eval_epsilons,
-                attacks=pipeline.eval_attacks,
+                attacks=attacks,
                 from_logits=self.from_logits,
                 large_epsilon=pipeline.large_epsilon,
                 progress=self._progress,
@@ -328,7 +367,7 @@ class _HardenJob:
     def report(self, evaluations):
         report = {
             "pipeline": self.pipeline.get_config(),
-            "model": str(self.model_path) if self.model_path else f"{self.pipeline.name} pipeline's build_model",
+            "model": self.model_source,
             "overrides": self.overrides,
             "versions": report_lib.package_versions(),
             "evaluations": evaluations,
@@ -348,14 +387,14 @@ class _HardenJob:
             report,
             evaluations,
             title=self.pipeline.name,
-            plot_title=f"{self.pipeline.name}: white-box robust accuracy ({splits.info.name} test)",
+            plot_title=f"{self.pipeline.name}: white-box robust accuracy ({splits.name} test)",
             model={
                 "source": report["model"],
-                "inputs": f"images {splits.image_shape}, pixels in [0, 1]",
+                "inputs": f"images {splits.image_shape}, pixels in {_interval(self.pipeline.input_range)}",
                 "classes": splits.num_classes,
                 "outputs": "logits" if self.from_logits else "probabilities",
             },
-            dataset={"name": self.pipeline.dataset, "split": "test", "examples": evaluations["hardened"]["examples"]},
+            dataset={"name": splits.name, "split": "test", "examples": evaluations["hardened"]["examples"]},
             hardening=self._hardening(),
             log=self.log,
         )
@@ -388,9 +427,39 @@ class _HardenJob:
 
     # Set-up ------------------------------------------------------------------------
 
+    def _check_model(self):
+        """Whether the model outputs logits; raises when it does not fit the data (before any training)."""
+        splits = self.data.splits
+        if self.user_model is None:
+            model = self.pipeline.build_model(splits.image_shape, splits.num_classes)
+        else:
+            model = _load_user_model(self.user_model)
+        self._initial_weights = [np.array(w) for w in model.get_weights()]
+        return not check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
+
+    def _base_model(self, label):
+        """A fresh base model for a contender, every one from the same initial weights."""
+        splits = self.data.splits
+        if self.user_model is None:
+            return self.pipeline.build_model(splits.image_shape, splits.num_classes)
+        if isinstance(self.user_model, keras.Model):
+            # The hardened model is the user's own object, as `nsladv.wrap` would train it; the others are clones.
+            model = self.user_model if label == "hardened" else keras.models.clone_model(self.user_model)
+            if not model.built:
+                model(np.zeros((1, *splits.image_shape), np.float32))
+            model.set_weights(self._initial_weights)
+            return model
+        return _load_user_model(self.user_model)
+
     def _log_data(self):
         data = self.data
-        self.log(f"data: {self.pipeline.dataset} {data.splits.image_shape}, {data.splits.num_classes} classes")
+        splits, examples = data.splits, self.pipeline.eval_examples
+        tests = int(splits.test.cardinality())
+        self.log(
+            f"data: {splits.name}, images {splits.image_shape}, {splits.num_classes} classes; "
+            f"{int(splits.train.cardinality())} train, {int(splits.validation.cardinality())} validation (carved "
+            f"from the train split), {tests if examples is None else min(examples, tests)} test examples evaluated"
+        )
         if data.graph is not None:
             g = data.graph
             agreement = (
@@ -400,8 +469,15 @@ class _HardenJob:
                 f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
                 f"{g['nodes_with_neighbors']} of them with neighbors; "
                 f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
-                f"({g['mean_neighbors_of_labelled']} on average, {agreement} same digit)"
+                f"({g['mean_neighbors_of_labelled']} on average, {agreement} same class)"
             )
+            read = g.get("edges_file")
+            if read is not None and read["edges_left_out"]:
+                self.log(
+                    f"graph file {g['edges_tsv']}: {read['edges_left_out']} of its {read['edges']} edges left out, "
+                    f"naming {read['unknown_ids']} ids that are not training examples "
+                    f"(e.g. {', '.join(read['unknown_examples'])})"
+                )
 
     def _contenders(self, baseline):
         """(label, graph term, adversarial) of each model to train, all from the same initial weights."""
@@ -461,16 +537,56 @@ def _run_callbacks(out_dir, label, chief):
     return callbacks
 
 
-def _base_model(pipeline, model_path, splits):
-    """(model, from_logits): the pipeline's fresh model or the user's saved one."""
-    if model_path is None:
-        model = pipeline.build_model(splits.image_shape, splits.num_classes)
-    else:
-        path = pathlib.Path(model_path)
-        if not path.is_file() or path.suffix != ".keras":
-            raise ModelNotFoundError(
-                f"Expected a saved Keras model file (.keras). Received: model path {str(model_path)!r}"
-                + ("" if path.is_file() else " (no such file)")
-            )
-        model = keras.saving.load_model(path, compile=False)
-    return model, not check_classifier(model, splits.image_shape, splits.num_classes)
+def _pipeline(pipeline):
+    from nsladv.jobs.pipeline import DEFAULT_PIPELINE
+    from nsladv.jobs.pipeline import Pipeline
+    from nsladv.jobs.pipeline import load_pipeline
+
+    if pipeline is None or isinstance(pipeline, (str, pathlib.PurePath)):
+        return load_pipeline(str(pipeline or DEFAULT_PIPELINE))
+    if not isinstance(pipeline, Pipeline):
+        raise SettingsError(
+            "Expected an nsladv.Pipeline, a pipeline's name or a pipeline file. "
+            f"Received: pipeline of type {type(pipeline).__name__}"
+        )
+    return pipeline
+
+
+def _model_source(model):
+    if model is None:
+        return "the pipeline's build_model"
+    if isinstance(model, keras.Model):
+        return f"the keras.Model {model.name!r} given in Python"
+    return str(model)
+
+
+def _model_fingerprint(model):
+    """What identifies the model a run starts from: a file's path and size, or an in-memory model's weights."""
+    if model is None:
+        return None
+    if isinstance(model, keras.Model):
+        import hashlib
+
+        digest = hashlib.sha256(f"{type(model).__name__}:{model.name}".encode())
+        for weight in model.weights:
+            digest.update(np.asarray(weight).tobytes())
+        return f"keras.Model {model.name} {digest.hexdigest()[:16]}"
+    path = pathlib.Path(model)
+    return f"{path} ({path.stat().st_size} bytes)" if path.is_file() else str(path)
+
+
+def _interval(pair):
+    return f"[{pair[0]:g}, {pair[1]:g}]"
+
+
+def _load_user_model(model):
+    """The user's model: a keras.Model as it is, or a `.keras` file loaded."""
+    if isinstance(model, keras.Model):
+        return model
+    path = pathlib.Path(model)
+    if not path.is_file() or path.suffix != ".keras":
+        raise ModelNotFoundError(
+            f"Expected a saved Keras model file (.keras) or a keras.Model. Received: model {str(model)!r}"
+            + ("" if path.is_file() else " (no such file)")
+        )
+    return keras.saving.load_model(path, compile=False)

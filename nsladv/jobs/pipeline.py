@@ -22,6 +22,10 @@ from nsladv.configs import GraphRegularization
 from nsladv.configs import KeywordOnly
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
+from nsladv.datasets.sources import check_input_range
+from nsladv.datasets.sources import check_source
+from nsladv.datasets.sources import describe
+from nsladv.datasets.sources import fingerprint_arrays
 from nsladv.errors import PipelineLoadError
 from nsladv.errors import PipelineNotFoundError
 from nsladv.errors import SettingsError
@@ -53,6 +57,11 @@ class GraphSetup(KeywordOnly):
             packs them. The `without_graph` model sees the same batches.
         labelled_share: with `train_on_all`, the share of each epoch the
             (repeated) labelled images make.
+        edges: a user's graph instead of building one: an NSL TSV file
+            (`source<TAB>target<TAB>weight`, as NSL's graph builder writes
+            it) whose ids are the examples' ids (`Splits.train_ids`: an
+            image's path relative to the data folder, or a row number). Edges
+            naming ids outside the training split are counted and reported.
     """
 
     regularization: GraphRegularization = None
@@ -62,6 +71,7 @@ class GraphSetup(KeywordOnly):
     embed: Callable = None
     train_on_all: bool = True
     labelled_share: float = 0.25
+    edges: object = None
 
     def __post_init__(self):
         if not isinstance(self.regularization, GraphRegularization) or self.regularization.max_neighbors is None:
@@ -71,6 +81,8 @@ class GraphSetup(KeywordOnly):
             )
         if self.embed is not None and not callable(self.embed):
             raise ValueError(f"`embed` must be callable or None. Received: embed={self.embed!r}")
+        if self.edges is not None and not pathlib.Path(self.edges).is_file():
+            raise SettingsError(f"No graph file (NSL TSV) at {self.edges}. Received: edges={str(self.edges)!r}")
 
     def get_config(self):
         return {
@@ -81,6 +93,7 @@ class GraphSetup(KeywordOnly):
             "train_on_all": self.train_on_all,
             "labelled_share": self.labelled_share,
             "embedding": "raw pixels" if self.embed is None else getattr(self.embed, "__name__", repr(self.embed)),
+            "edges_tsv": None if self.edges is None else str(self.edges),
         }
 
 
@@ -92,7 +105,13 @@ class Pipeline(KeywordOnly):
         name: the export name (`saved_models/<name>/<version>`).
         build_model: `(input_shape, num_classes) -> keras.Model` returning
             logits; called once per model (hardened, baseline).
-        dataset: a TFDS name (default: the offline MNIST digits).
+        dataset: the data, any source `nsladv.datasets.resolve` reads: a
+            TFDS name (default: the offline MNIST digits), an image folder,
+            a `.npz` in the keras.datasets layout, arrays `(x, y)` or a
+            `tf.data.Dataset`. Validation is carved from its training data.
+        input_range: `(low, high)` of the model's inputs: integer pixels are
+            scaled to it, float ones must lie in it (the threat model's
+            `clip_range`, when set, must equal it).
         threat: the training `ThreatModel`.
         regularization: the `Regularization`.
         epochs: training epochs.
@@ -138,7 +157,8 @@ class Pipeline(KeywordOnly):
 
     name: str = "model"
     build_model: Callable = None
-    dataset: str = "mnist_offline"
+    dataset: object = "mnist_offline"
+    input_range: tuple = (0.0, 1.0)
     threat: ThreatModel = dataclasses.field(default_factory=lambda: ThreatModel(epsilon=0.3, clip_range=(0, 1)))
     regularization: Regularization = dataclasses.field(default_factory=Regularization)
     epochs: int = 10
@@ -163,6 +183,15 @@ class Pipeline(KeywordOnly):
 
     def __post_init__(self):
         check_model_name(self.name)
+        check_source(self.dataset)
+        low, high = check_input_range(self.input_range)
+        object.__setattr__(self, "input_range", (low, high))
+        clip = self.threat.clip_range
+        if clip is not None and not isinstance(clip, Mapping) and tuple(float(c) for c in clip) != (low, high):
+            raise SettingsError(
+                "The threat model's `clip_range` must be the data's `input_range`, where the images live. "
+                f"Received: clip_range={tuple(clip)!r}, input_range={(low, high)!r}"
+            )
         if not callable(self.build_model):
             raise ValueError(
                 "A pipeline needs `build_model(input_shape, num_classes) -> keras.Model`. "
@@ -219,12 +248,24 @@ class Pipeline(KeywordOnly):
         return keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=self.ema_momentum)
 
     def with_overrides(
-        self, *, seed=None, epsilon=None, steps=None, multiplier=None, batch_size=None, learning_rate=None
+        self,
+        *,
+        seed=None,
+        epsilon=None,
+        steps=None,
+        multiplier=None,
+        batch_size=None,
+        learning_rate=None,
+        norm=None,
+        eval_epsilons=None,
     ):
         """A copy with the command line's common overrides applied (None: keep).
 
-        A new `epsilon` keeps the step size's share of epsilon; new `steps`
-        keep the distance the steps travel together (steps x step size).
+        Step sizes are fractions of the radius: a new `epsilon` keeps the step
+        size's share of it, and scales the evaluation radii with it (unless
+        `eval_epsilons` are given); new `steps` keep the distance the steps
+        travel together (steps x step size). A new `norm` also evaluates in
+        it (`nsladv.robustness.attack_set`'s sets for that norm).
         """
         changes = {}
         if seed is not None:
@@ -235,25 +276,36 @@ class Pipeline(KeywordOnly):
             changes["learning_rate"] = learning_rate
         if multiplier is not None:
             changes["regularization"] = self.regularization.replace(multiplier=multiplier)
-        if epsilon is not None or steps is not None:
-            threat = self.threat
+        threat = self.threat
+        if epsilon is not None or steps is not None or (norm is not None and norm != threat.norm):
             if isinstance(threat.epsilon, Mapping):
                 raise SettingsError(
-                    "--epsilon and --steps need a single epsilon in the pipeline's threat model. "
+                    "--epsilon, --steps and --norm need a single epsilon in the pipeline's threat model. "
                     f"Received: epsilon={dict(threat.epsilon)!r}"
                 )
             new_epsilon = threat.epsilon if epsilon is None else epsilon
             new_steps = threat.steps if steps is None else steps
             relative = threat.relative_step_size() * threat.steps / new_steps
             step_size = None if threat.step_size is None else relative * new_epsilon
-            changes["threat"] = threat.replace(epsilon=new_epsilon, steps=new_steps, step_size=step_size)
+            changes["threat"] = threat.replace(
+                epsilon=new_epsilon, steps=new_steps, step_size=step_size, norm=norm or threat.norm
+            )
+            if eval_epsilons is None and epsilon is not None:
+                eval_epsilons = tuple(e * new_epsilon / threat.epsilon for e in self.eval_epsilons)
+        if norm is not None and norm != threat.norm:
+            changes["eval_attacks"] = attack_set("standard", norm=norm, clip_range=self.input_range)
+            changes["large_epsilon"] = None if norm != "linf" else self.large_epsilon
+        if eval_epsilons is not None:
+            changes["eval_epsilons"] = tuple(float(e) for e in eval_epsilons)
         return self.replace(**changes)
 
     def get_config(self):
         """JSON-ready settings, for reports and export metadata."""
         return {
             "name": self.name,
-            "dataset": self.dataset,
+            "dataset": describe(self.dataset),
+            "dataset_fingerprint": fingerprint_arrays(self.dataset),
+            "input_range": list(self.input_range),
             "threat": self.threat.get_config(),
             "regularization": self.regularization.get_config(),
             "epochs": self.epochs,
@@ -281,8 +333,14 @@ DEFAULT_PIPELINE = "mnist"
 
 
 def available_pipelines():
-    """{name: description} of the pipelines in the `pipelines` package."""
-    return {name: _load_module(f"nsladv.pipelines.{name}").PIPELINE.description for name in _pipeline_names()}
+    """{name: description} of the pipelines in the `pipelines` package; one that does not load says why."""
+    listing = {}
+    for name in _pipeline_names():
+        try:
+            listing[name] = load_pipeline(name).description
+        except PipelineLoadError as error:
+            listing[name] = f"(does not load: {error})"
+    return listing
 
 
 def load_pipeline(name_or_path=DEFAULT_PIPELINE):

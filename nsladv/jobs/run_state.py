@@ -4,8 +4,11 @@ A run folder holds `state.json` (finished phases and their results), the
 trained models' weights and each model's evaluation. Every file is written
 under a temporary name and renamed, so a kill at any moment leaves either
 the old file or the new one. The state remembers the settings it was made
-with: a rerun with other training settings starts afresh, and one with other
-evaluation settings keeps the trained models and evaluates again.
+with. A rerun with other training settings stops with a `RunExistsError`
+that names what changed, unless it is asked to overwrite: trained models are
+never deleted silently. A rerun with other evaluation settings keeps the
+trained models and evaluates again; every evaluation is kept, filed under
+its settings, so going back to earlier settings reuses it.
 """
 
 import hashlib
@@ -14,6 +17,7 @@ import os
 import pathlib
 import shutil
 
+from nsladv.errors import RunExistsError
 from nsladv.jobs.report import write_json
 
 STATE_FILE = "state.json"
@@ -30,27 +34,43 @@ class RunState:
 
     Args:
         out_dir: the run folder.
-        training: fingerprint of everything that shapes the trained models.
-        evaluation: fingerprint of everything that shapes the evaluations.
+        training: JSON-ready settings that shape the trained models.
+        evaluation: JSON-ready settings that shape the evaluations.
         writer: whether this process writes (the chief of a cluster); the
             others only read.
+        overwrite: with other training settings than the folder's, delete its
+            trained models, evaluations and backup and start afresh (else
+            raise `RunExistsError`).
+        overwrite_hint: how the caller asks for `overwrite`, for the error.
     """
 
-    def __init__(self, out_dir, *, training, evaluation, writer=True):
+    def __init__(self, out_dir, *, training, evaluation, writer=True, overwrite=False, overwrite_hint="overwrite=True"):
         self.out_dir = pathlib.Path(out_dir)
         self.writer = writer
         self.discarded = []
         path = self.out_dir / STATE_FILE
         state = json.loads(path.read_text()) if path.is_file() else {}
-        if state and state.get("training") != training:
+        training_key, self.evaluation_key = fingerprint(training), fingerprint(evaluation)
+        if state and state.get("training") != training_key:
+            if not overwrite:
+                raise RunExistsError(
+                    f"{self.out_dir} holds a run trained with other settings ({_changes(state, training)}); "
+                    f"its trained models and evaluations are kept. Choose another run folder (--out DIR, or "
+                    f"--name NAME), or pass {overwrite_hint} to replace it. Received: out_dir={str(self.out_dir)!r}"
+                )
             self.discarded.append("trained models")
             state = {}
             self._remove("models", "evaluations", "backup")
-        if state and state.get("evaluation") != evaluation:
-            self.discarded.append("evaluations")
-            state = {key: state[key] for key in ("training", "trained", "training_logs") if key in state}
-            self._remove("evaluations")
-        self._state = {"training": training, "evaluation": evaluation, "trained": {}, "evaluated": {}, **state}
+        self._state = {
+            "training": training_key,
+            "training_settings": training,
+            "trained": {},
+            "evaluated": {},
+            "exports": {},
+            **state,
+        }
+        self._state["evaluation"] = self.evaluation_key
+        self._state["evaluated"].setdefault(self.evaluation_key, {})
 
     # Trained models ------------------------------------------------------------
 
@@ -81,30 +101,34 @@ class RunState:
     # Evaluations ------------------------------------------------------------------
 
     def evaluation(self, label):
-        """(evaluation, seconds) of a model, or None."""
-        path = self.out_dir / "evaluations" / f"{label}.json"
-        if label not in self._state["evaluated"] or not path.is_file():
+        """(evaluation, seconds) of a model under the current evaluation settings, or None."""
+        path = self._evaluation_path(label)
+        done = self._state["evaluated"][self.evaluation_key]
+        if label not in done or not path.is_file():
             return None
-        return json.loads(path.read_text()), self._state["evaluated"][label]
+        return json.loads(path.read_text()), done[label]
 
     def save_evaluation(self, label, evaluation, seconds):
         if not self.writer:
             return
-        write_json(self.out_dir / "evaluations" / f"{label}.json", evaluation)
-        self._state["evaluated"][label] = seconds
+        write_json(self._evaluation_path(label), evaluation)
+        self._state["evaluated"][self.evaluation_key][label] = seconds
         self._write()
+
+    def _evaluation_path(self, label):
+        return self.out_dir / "evaluations" / self.evaluation_key / f"{label}.json"
 
     # Export ---------------------------------------------------------------------------
 
     @property
     def export(self):
-        """The exported version folder of this run, if it was exported and is still there."""
-        path = self._state.get("export")
+        """The version folder this run exported under the current evaluation settings, if it is still there."""
+        path = self._state["exports"].get(self.evaluation_key)
         return path if path and pathlib.Path(path).is_dir() else None
 
     def save_export(self, path):
         if self.writer:
-            self._state["export"] = str(path)
+            self._state["exports"][self.evaluation_key] = str(path)
             self._write()
 
     def _write(self):
@@ -114,3 +138,31 @@ class RunState:
         if self.writer:
             for name in names:
                 shutil.rmtree(self.out_dir / name, ignore_errors=True)
+
+
+def _changes(state, training):
+    """What differs between a folder's training settings and the new ones, in words."""
+    old = state.get("training_settings")
+    if not isinstance(old, dict):
+        return "settings not recorded"
+    old, training = _flat(old), _flat(training)
+    changed = [key for key in sorted(set(old) | set(training)) if old.get(key) != training.get(key)]
+    shown = [f"{key}: {_short(old.get(key))} -> {_short(training.get(key))}" for key in changed[:3]]
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return "; ".join(shown) + more if shown else "settings not recorded"
+
+
+def _flat(settings, prefix=""):
+    """Nested settings as {"threat.epsilon": 0.3, ...}."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _short(value, width=40):
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."

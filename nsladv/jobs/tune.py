@@ -10,6 +10,7 @@ from nsladv.jobs import report as report_lib
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
 from nsladv.robustness.evaluation import evaluate_robustness
+from nsladv.robustness.evaluation import fit_attacks
 from nsladv.tuning import ROBUST_OBJECTIVE
 from nsladv.tuning import TRADEOFF_OBJECTIVE
 from nsladv.tuning import HardeningHyperModel
@@ -115,7 +116,7 @@ def tune_pipeline(
         best.base_model,
         test,
         epsilons=pipeline.eval_epsilons,
-        attacks=pipeline.eval_attacks,
+        attacks=fit_attacks(pipeline.eval_attacks, clip_range=pipeline.input_range, num_classes=splits.num_classes),
         large_epsilon=pipeline.large_epsilon,
     )
     tuning = {

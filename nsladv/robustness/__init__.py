@@ -14,10 +14,14 @@ from nsladv.robustness.evaluation import ATTACK_SETS
 from nsladv.robustness.evaluation import Closest
 from nsladv.robustness.evaluation import attack_set
 from nsladv.robustness.evaluation import evaluate_robustness
+from nsladv.robustness.evaluation import fit_attacks
 from nsladv.robustness.evaluation import gradient_path_check
 from nsladv.robustness.evaluation import sanity_checks
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.fab import fab_t
+from nsladv.robustness.inputs import parse_radii
+from nsladv.robustness.inputs import parse_radius
+from nsladv.robustness.result import RobustnessResult
 from nsladv.robustness.square import Square
 
 __all__ = [
@@ -36,6 +40,10 @@ __all__ = [
     "attack_set",
     "evaluate_robustness",
     "fab_t",
+    "fit_attacks",
+    "parse_radii",
+    "parse_radius",
+    "RobustnessResult",
     "fgsm",
     "gradient_path_check",
     "pgd",

@@ -7,10 +7,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from nsladv.classifier import check_classifier
+from nsladv.errors import DataError
 from nsladv.robustness.apgd import APGD
 from nsladv.robustness.apgd import apgd_ce
 from nsladv.robustness.apgd import apgd_t
 from nsladv.robustness.attacks import FGSM
+from nsladv.robustness.attacks import Attack
+from nsladv.robustness.attacks import fgsm
 from nsladv.robustness.attacks import input_gradient
 from nsladv.robustness.attacks import logits_of
 from nsladv.robustness.attacks import pgd
@@ -18,6 +22,10 @@ from nsladv.robustness.attacks import true_class_margin
 from nsladv.robustness.attacks import wrong_classes_by_score
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.fab import fab_t
+from nsladv.robustness.inputs import evaluation_arrays
+from nsladv.robustness.inputs import output_classes
+from nsladv.robustness.inputs import parse_radii
+from nsladv.robustness.result import RobustnessResult
 from nsladv.robustness.square import Square
 
 # Accuracy differences within this are read as equal (a few examples of 1,000).
@@ -111,11 +119,54 @@ PATH_EXAMPLES = 50
 PATH_RATIOS = (0.5, 2.0)
 
 
-def attack_set(name):
-    """A fresh tuple of the named attack set's attacks (`"quick"`, `"standard"` or `"full"`; see `ATTACK_SETS`)."""
+def attack_set(name, *, norm="linf", clip_range=(0.0, 1.0), num_classes=None):
+    """A fresh tuple of the named attack set's attacks (`"quick"`, `"standard"` or `"full"`; see `ATTACK_SETS`).
+
+    Args:
+        name: the set.
+        norm: `"linf"` (the sets as listed) or `"l2"`: APGD, FAB and Square are
+            L-inf attacks here, so the L2 sets are FGSM and PGD (`quick`:
+            PGD-20; `standard`: PGD-40 with 3 restarts and PGD-100 with 5);
+            AutoAttack's `full` set has no L2 version here.
+        clip_range: the valid input range every attack keeps to.
+        num_classes: the model's classes: targeted attacks aim at no more
+            than `num_classes - 1` target classes.
+    """
     if name not in ATTACK_SETS:
         raise ValueError(f"Unknown attack set. Expected one of {list(ATTACK_SETS)}. Received: attacks={name!r}")
-    return ATTACK_SETS[name]()
+    clip = tuple(float(c) for c in clip_range)
+    if norm == "l2":
+        if name == "full":
+            raise ValueError(
+                "AutoAttack's standard version ('full') is L-inf here (APGD, FAB and Square are L-inf attacks). "
+                "Use attacks='standard' for L2 (FGSM and PGD with restarts). Received: attacks='full', norm='l2'"
+            )
+        chosen = (fgsm(norm="l2", clip_range=clip), pgd(20, 1, norm="l2", clip_range=clip))
+        if name == "standard":
+            chosen = (chosen[0], pgd(40, 3, norm="l2", clip_range=clip), pgd(100, 5, norm="l2", clip_range=clip))
+        return chosen
+    if norm != "linf":
+        raise ValueError(f"Attack sets are for norm 'linf' or 'l2'. Received: norm={norm!r}")
+    return fit_attacks(ATTACK_SETS[name](), clip_range=clip, num_classes=num_classes)
+
+
+def fit_attacks(attacks, *, clip_range=(0.0, 1.0), num_classes=None):
+    """`attacks` fitted to a model: clipped to its input range, no more target classes than it has wrong ones."""
+    clip = tuple(float(c) for c in clip_range)
+    return tuple(_fitted(a, clip, num_classes) for a in attacks)
+
+
+def _fitted(attack, clip_range, num_classes):
+    """`attack` with `clip_range`, and no more target classes than a model of `num_classes` has wrong ones."""
+    if isinstance(attack, Closest):
+        return dataclasses.replace(attack, attack=_fitted(attack.attack, clip_range, num_classes))
+    if isinstance(attack, Attack):
+        return dataclasses.replace(attack, threat=attack.threat.replace(clip_range=clip_range))
+    changes = {"clip_range": clip_range}
+    targets = getattr(attack, "target_classes", None)
+    if num_classes is not None and targets is not None and targets > num_classes - 1:
+        changes["target_classes"] = max(1, num_classes - 1)
+    return dataclasses.replace(attack, **changes)
 
 
 def evaluate_robustness(
@@ -123,8 +174,8 @@ def evaluate_robustness(
     dataset,
     *,
     epsilons,
-    attacks=None,
-    from_logits=True,
+    attacks="standard",
+    from_logits=None,
     large_epsilon=None,
     near_zero=0.1,
     progress=None,
@@ -146,15 +197,20 @@ def evaluate_robustness(
     Args:
         model: the Keras classifier (the model being evaluated is the one
             attacked).
-        dataset: a batched `tf.data.Dataset` of `(x, y)`; it is read once
-            (into memory), then attacked in batches of its own size.
-        epsilons: the grid of radii (> 0).
-        attacks: a sequence of `Attack`s, `APGD`s, `FAB`s, `Closest`s or
-            `Square`s (default FGSM and PGD-40 with 3 restarts, L-inf, inputs
-            in [0, 1]). A `Closest` runs only on the share of the examples
-            robust so far that the white-box attacks before it came closest
-            to fooling.
-        from_logits: whether the model outputs logits.
+        dataset: the examples: arrays `(x, y)`, a `tf.data.Dataset` of
+            `(x, y)` (batched, or not), or a data source's name or path (its
+            test split; see `nsladv.datasets.resolve`). It is read once (into
+            memory), then attacked in batches (a batched dataset's own size,
+            else 500).
+        epsilons: a radius > 0 or a list of them (`"8/255"` reads as 8/255).
+        attacks: an attack set's name (`"quick"`, `"standard"` (default),
+            `"full"`; see `attack_set`), or a sequence of `Attack`s, `APGD`s,
+            `FAB`s, `Closest`s or `Square`s. A `Closest` runs only on the share
+            of the examples robust so far that the white-box attacks before it
+            came closest to fooling.
+        from_logits: whether the model outputs logits; None (default) tells
+            from the model (a softmax layer, or outputs that are
+            probabilities).
         large_epsilon: a radius large enough to destroy any image (e.g. 0.5
             for L-inf on [0, 1]); the strongest reference white-box attack
             must drive accuracy below `near_zero` there, else gradients are
@@ -179,7 +235,7 @@ def evaluate_robustness(
             sequence; None skips it.
 
     Returns:
-        A JSON-ready dict: `clean_accuracy`, `examples` (also as
+        A `RobustnessResult`: a JSON-ready dict with `clean_accuracy`, `examples` (also as
         `test_examples`), per attack its `config`, `seed`, `attacked` and
         `fooled` counts by epsilon and (when it ran on every example) its
         `accuracy` by epsilon; `worst_case` by epsilon (the share of examples
@@ -190,18 +246,33 @@ def evaluate_robustness(
         `after_each_attack` (the worst case after the first 1, 2, ...
         attacks, in run order), `confidence_95` (the Wilson interval of the
         worst case), `seconds` by attack, and `sanity` checks (see
-        `sanity_checks`).
+        `sanity_checks`). `worst_case_at(epsilon)` reads the worst case,
+        `write_card(path)` writes a Markdown card.
+
+    Example:
+
+    >>> result = nsladv.evaluate_robustness(model, (x_test, y_test), epsilons=0.3)
+    >>> result.worst_case_at(0.3)
     """
-    attacks = list(attacks or (FGSM, pgd()))
-    epsilons = sorted(float(e) for e in epsilons)
-    if not epsilons or epsilons[0] <= 0:
-        raise ValueError(f"`epsilons` must be a non-empty list of values > 0. Received: epsilons={epsilons!r}")
+    epsilons = parse_radii(epsilons)
+    x, y, batch_size = evaluation_arrays(dataset)
+    classes = output_classes(model, x)
+    if y.max() >= classes:
+        raise DataError(
+            f"Labels must be class ids below the model's {classes} outputs. Received: labels up to {int(y.max())}"
+        )
+    if from_logits is None:
+        from_logits = not check_classifier(model, x.shape[1:], classes)
+    if isinstance(attacks, str):
+        attacks = attack_set(attacks, num_classes=classes)
+    attacks = list(attacks)
+    if not attacks:
+        raise ValueError("`attacks` must name an attack set or list at least one attack. Received: attacks=[]")
     names = [a.name for a in attacks]
     if len(set(names)) != len(names):
         raise ValueError(f"Every attack needs a name of its own (reports key on it). Received: names {names}")
     attacks = [a for a in attacks if not _black_box(a)] + [a for a in attacks if _black_box(a)]
     black_box_retry = _retry_attacks(black_box_retry)  # checked before the attacks run, which can take hours
-    x, y, batch_size = _in_memory(dataset)
     clean, margins = _clean_margins(model, x, y, batch_size, from_logits)
     reference = _reference_attacks(attacks) if cascade else set(range(len(attacks)))
     results = {"epsilons": epsilons, "attacks": {}, "seconds": {}, "clean_accuracy": float(clean.mean())}
@@ -264,7 +335,7 @@ def evaluate_robustness(
         large = _robust_rows(attackers[strongest.name], x, y, rows, batch_size, large_epsilon)
         results["large_epsilon"] = {"epsilon": large_epsilon, "attack": strongest.name, "accuracy": float(large.mean())}
     results["sanity"] = sanity_checks(results, near_zero=near_zero)
-    return results
+    return RobustnessResult(results)
 
 
 def _retry_attacks(retry):
@@ -445,17 +516,6 @@ def _reference_attacks(attacks):
     chosen.update(i for i, a in enumerate(attacks) if _steps({"config": a.get_config()}) == 1)
     chosen.update(multi_step[:1])
     return chosen
-
-
-def _in_memory(dataset):
-    """(x, y, batch size) of a batched dataset of (x, y)."""
-    xs, ys = [], []
-    for x, y in dataset:
-        xs.append(np.asarray(x))
-        ys.append(np.asarray(y).reshape(-1).astype(np.int64))
-    if not ys or sum(len(y) for y in ys) == 0:
-        raise ValueError("The evaluation dataset is empty. Received: 0 examples")
-    return np.concatenate(xs), np.concatenate(ys), max(len(y) for y in ys)
 
 
 def _clean_margins(model, x, y, batch_size, from_logits):

@@ -121,6 +121,14 @@ def folder_config(path):
     return config
 
 
+def single_model_config(name, base_path):
+    """The `ModelServerConfig` of TF Serving's `--model_name NAME --model_base_path PATH`: one model, latest version."""
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name, entry.base_path, entry.model_platform = name, str(pathlib.Path(base_path).resolve()), "tensorflow"
+    return config
+
+
 def _error_code(error):
     """The TF Serving status name of a load failure."""
     if isinstance(error, tf.errors.OpError):
@@ -138,6 +146,7 @@ class ModelRepository:
     Args:
         path: a folder of model folders, one model folder, or a models.config file.
         config_file: a TF Serving model config file (instead of `path`).
+        config: a `ModelServerConfig` (instead of `path`; e.g. `single_model_config`).
         allow_version_labels_for_unavailable_models: as TF Serving's flag:
             a label new to a model may name a version that is not loaded yet.
         on_change: called (no arguments) after a refresh or reload that
@@ -151,13 +160,23 @@ class ModelRepository:
     """
 
     def __init__(
-        self, path=None, *, config_file=None, allow_version_labels_for_unavailable_models=False, on_change=None
+        self,
+        path=None,
+        *,
+        config_file=None,
+        config=None,
+        allow_version_labels_for_unavailable_models=False,
+        on_change=None,
     ):
-        if (path is None) == (config_file is None):
-            raise ValueError(f"Give a folder or a config file. Received: path={path!r}, config_file={config_file!r}")
+        if sum(x is not None for x in (path, config_file, config)) != 1:
+            raise ValueError(
+                "Give a folder, a config file or a config. "
+                f"Received: path={path!r}, config_file={config_file!r}, config={'set' if config else None}"
+            )
         if path is not None and pathlib.Path(path).is_file():
             path, config_file = None, path
-        self.path = pathlib.Path(path if path is not None else config_file)
+        sources = (path, config_file, config.model_config_list.config[0].base_path if config is not None else None)
+        self.path = pathlib.Path(next(s for s in sources if s is not None))
         self.config_file = None if config_file is None else pathlib.Path(config_file)
         self.allow_version_labels_for_unavailable_models = allow_version_labels_for_unavailable_models
         self._lock = threading.Lock()  # guards the published dicts (swapped whole)
@@ -170,7 +189,9 @@ class ModelRepository:
         self._stop = threading.Event()
         self.on_change = on_change
         self._changes = 0  # versions loaded, failed or unloaded so far
-        self.reload(read_config_file(self.config_file) if self.config_file else folder_config(self.path))
+        if config is None:
+            config = read_config_file(self.config_file) if self.config_file else folder_config(self.path)
+        self.reload(config)
 
     # Configuration -----------------------------------------------------------
 

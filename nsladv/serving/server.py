@@ -31,6 +31,8 @@ class Server:
             is not read: give it as `config_file`.
         config_file: a TF Serving model config file (`--model_config_file`),
             read strictly: base paths as written, labels only on loaded versions.
+        config: a `ModelServerConfig` instead, e.g. TF Serving's
+            `--model_name`/`--model_base_path` as `single_model_config`.
         host: the address to bind (loopback unless told otherwise).
         rest_port, grpc_port: ports (0 picks a free one; None disables that API).
         poll_seconds: how often to look for new versions (None: never), as
@@ -76,6 +78,7 @@ class Server:
         path=None,
         *,
         config_file=None,
+        config=None,
         host="127.0.0.1",
         rest_port=8501,
         grpc_port=8500,
@@ -101,6 +104,7 @@ class Server:
         self.repository = ModelRepository(
             path,
             config_file=config_file,
+            config=config,
             allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
             on_change=self._refreeze,
         )

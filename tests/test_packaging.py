@@ -1,0 +1,80 @@
+"""What a user installs: the built wheel, used from outside the repository, loads every bundled pipeline.
+
+pytest runs from the repository root, where the top-level `pipelines/` folder is importable; a wheel installs it
+as `nsladv.pipelines` only. These tests build the wheel, install it into a fresh folder and run from elsewhere.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BUNDLED = ("fashion_mnist", "mnist", "mnist_graph")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory):
+    """A folder holding nsladv installed from its wheel (its requirements come from this environment)."""
+    root = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(root / "dist"),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (root / "dist").glob("nsladv-*.whl")
+    target = root / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    return target
+
+
+def run_installed(target, code, cwd):
+    env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_the_wheel_holds_no_top_level_pipelines_package(installed_wheel):
+    assert (installed_wheel / "nsladv" / "pipelines" / "mnist.py").is_file()
+    assert not (installed_wheel / "pipelines").exists()
+
+
+def test_every_bundled_pipeline_loads_from_the_installed_wheel(installed_wheel, tmp_path):
+    code = (
+        "import nsladv, sys\n"
+        "from nsladv.jobs.pipeline import load_pipeline\n"
+        f"assert nsladv.__file__.startswith({str(installed_wheel)!r}), nsladv.__file__\n"
+        f"for name in {BUNDLED!r}:\n"
+        "    print(name, load_pipeline(name).name)\n"
+    )
+    done = run_installed(installed_wheel, code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [word for name in BUNDLED for word in (name, name)]
+
+
+def test_nsladv_pipelines_lists_them_without_a_traceback(installed_wheel, tmp_path):
+    done = run_installed(
+        installed_wheel, "from nsladv.jobs.cli import main; raise SystemExit(main(['pipelines']))", tmp_path
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    listed = [line.split()[0] for line in done.stdout.splitlines()]
+    assert listed == list(BUNDLED) and "does not load" not in done.stdout
