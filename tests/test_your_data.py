@@ -123,18 +123,30 @@ def test_harden_on_another_tfds_dataset_with_a_color_cnn(tmp_path, capsys):
     assert (tmp_path / "saved_models" / "cifar_like" / "1" / "saved_model.pb").is_file()
 
 
+class SubclassedCNN(keras.Model):
+    def __init__(self, classes=10, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(8, 3, strides=2, activation="relu")
+        self.flat = keras.layers.Flatten()
+        self.head = keras.layers.Dense(classes)
+
+    def call(self, inputs, training=False):
+        return self.head(self.flat(self.conv(inputs)))
+
+
 @pytest.mark.parametrize("kind", ["arrays", "tf.data"])
 def test_the_whole_job_in_one_python_call(tmp_path, digits, kind):
     (x, y), _ = digits
     data = (x, y) if kind == "arrays" else tf.data.Dataset.from_tensor_slices((x[..., None] / 255, y)).batch(32)
-    model = small_cnn()
+    # A functional model on arrays; a subclassed one on tf.data, whose undefended baseline trains a clone of it.
+    model = small_cnn() if kind == "arrays" else SubclassedCNN()
     report = nsladv.harden(
         model=model,
         data=data,
         name="in_memory",
         epochs=1,
         eval_examples=100,
-        baseline=False,
+        baseline=kind != "arrays",
         out_dir=tmp_path / "run",
         saved_models=tmp_path / "saved_models",
         verbose=0,
@@ -258,3 +270,36 @@ def test_tune_a_pipeline_on_your_npz_under_your_name(tmp_path, digits, capsys):
     report = json.loads((tmp_path / "run" / "tuning_report.json").read_text())
     assert report["export"] == str(tmp_path / "saved_models" / "tuned" / "1")
     assert report["pipeline"]["dataset"] == str(tmp_path / "d.npz")
+
+
+def test_your_graph_joins_natural_neighbors_and_counts_the_edges_it_cannot_place(tmp_path, digits, capsys):
+    (x, y), (xt, yt) = digits
+    x, y = x[:400], y[:400]
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    # Each row joins the next row of its class: ids are the .npz's row numbers.
+    lines = []
+    for label in range(10):
+        rows = np.flatnonzero(y == label)
+        lines += [f"{a}\t{b}\t0.9" for a, b in zip(rows[:-1], rows[1:])]
+    lines += ["3\tnot_a_row\t0.5", "99999\t4\t0.5"]
+    (tmp_path / "edges.tsv").write_text("\n".join(lines) + "\n")
+    argv = ["harden", "--model", saved(small_cnn(), tmp_path), "--data", tmp_path / "d.npz"]
+    code, out = run_cli([*argv, "--graph", tmp_path / "edges.tsv", "--no-baseline", *QUICK, *where(tmp_path)], capsys)
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    read = report["graph"]["edges_file"]
+    # The two edges to ids no example has, and every edge that reaches a row held out for validation, are left out.
+    train_ids = set(datasets.resolve(tmp_path / "d.npz").train_ids)
+    edges = [line.split("\t")[:2] for line in lines]
+    outside = {node for edge in edges for node in edge if node not in train_ids}
+    left_out = sum(any(node in outside for node in edge) for edge in edges)
+    assert {"not_a_row", "99999"} < outside
+    assert read == {
+        "edges": len(lines),
+        "kept": len(lines) - left_out,
+        "unknown_ids": len(outside),
+        "edges_left_out": left_out,
+        "unknown_examples": sorted(outside)[:5],
+    }
+    assert f"{read['edges_left_out']} of its {read['edges']} edges left out" in out.out
+    assert set(report["evaluations"]) == {"hardened", "without_graph"}

@@ -151,9 +151,15 @@ def attack_set(name, *, norm="linf", clip_range=(0.0, 1.0), num_classes=None):
 
 
 def fit_attacks(attacks, *, clip_range=(0.0, 1.0), num_classes=None):
-    """`attacks` fitted to a model: clipped to its input range, no more target classes than it has wrong ones."""
+    """`attacks` fitted to a model: clipped to its input range, no more target classes than it has wrong ones, and
+    without the attacks whose loss needs more classes than it has (APGD-T's targeted DLR loss needs 4)."""
     clip = tuple(float(c) for c in clip_range)
-    return tuple(_fitted(a, clip, num_classes) for a in attacks)
+    usable = [a for a in attacks if num_classes is None or _min_classes(a) <= num_classes]
+    return tuple(_fitted(a, clip, num_classes) for a in usable)
+
+
+def _min_classes(attack):
+    return _min_classes(attack.attack) if isinstance(attack, Closest) else getattr(attack, "min_classes", 2)
 
 
 def _fitted(attack, clip_range, num_classes):
