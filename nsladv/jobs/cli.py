@@ -339,13 +339,16 @@ def _add_job_arguments(parser):
 
 
 def _job_kwargs(args):
+    from nsladv.jobs import console
+
     return {
         "out_dir": args.out,
         "saved_models": args.saved_models,
         "data_dir": args.data_dir,
         "eval_examples": args.eval_examples,
         "export": not args.no_export,
-        "verbose": 0 if args.quiet else 1,
+        # Live bars on a terminal; in a log file one line per epoch.
+        "verbose": console.keras_verbosity(args.quiet),
     }
 
 
@@ -481,6 +484,9 @@ def main(argv=None):
 
 def _run(args):
     """Runs the parsed command; anything but an NsladvError is a bug and keeps its traceback."""
+    from nsladv.jobs import console
+
+    console.load_tensorflow()
     from nsladv.jobs import harden as harden_lib
     from nsladv.jobs import pipeline as pipeline_lib
 
@@ -564,6 +570,7 @@ def _run(args):
             )
         evaluate.evaluate(
             args.model,
+            step_progress=console.AttackProgress(),
             data=args.data,
             data_dir=args.data_dir,
             epsilons=args.epsilons,
@@ -624,6 +631,7 @@ def _run(args):
         pipeline,
         model=args.model,
         name=pipeline.name,
+        step_progress=None if args.quiet else console.AttackProgress(),
         overwrite=args.overwrite,
         epochs=args.epochs,
         baseline=not args.no_baseline,

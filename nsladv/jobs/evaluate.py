@@ -86,6 +86,7 @@ def evaluate(
     input_range=(0.0, 1.0),
     out_dir=None,
     log=print,
+    step_progress=None,
 ):
     """Attacks a saved model white-box and writes report.json, robustness.png and model_card.md.
 
@@ -103,6 +104,7 @@ def evaluate(
         input_range: `(low, high)` of the model's inputs.
         out_dir: the run folder (default `runs/evaluate/<model name>`).
         log: where progress goes.
+        step_progress: follows each attack batch by batch (`evaluate_robustness`'s `step_progress`).
 
     Returns:
         The report dict.
@@ -130,6 +132,7 @@ def evaluate(
         from_logits=from_logits,
         large_epsilon=large_epsilon if norm == "linf" else None,
         progress=lambda *result: log(report_lib.progress_line(*result)),
+        step_progress=step_progress,
     )
     metadata = getattr(model, "metadata", None)
     report = {

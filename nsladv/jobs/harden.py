@@ -9,11 +9,14 @@ import numpy as np
 
 from nsladv import datasets
 from nsladv import distribute
+from nsladv._extras import available
 from nsladv.classifier import check_classifier
 from nsladv.errors import ModelNotFoundError
 from nsladv.errors import SettingsError
 from nsladv.guards import RobustnessMonitor
 from nsladv.guards import StopOnNonFiniteLoss
+from nsladv.jobs import console
+from nsladv.jobs import estimate
 from nsladv.jobs import report as report_lib
 from nsladv.jobs import run_state
 from nsladv.jobs.assembly import export_for_serving
@@ -48,6 +51,7 @@ def harden(
     overrides=None,
     verbose=1,
     log=print,
+    step_progress=None,
 ):
     """Runs a hardening job end to end (train, evaluate, report, export) and returns its report.
 
@@ -100,6 +104,9 @@ def harden(
             the command line's `--epsilon`), recorded in the report as given.
         verbose: Keras progress bars (1), one line per epoch (2), none (0).
         log: where progress messages go.
+        step_progress: follows each attack of the evaluations batch by batch
+            (`evaluate_robustness`'s `step_progress`; e.g.
+            `nsladv.jobs.console.AttackProgress()`), None for nothing.
 
     Returns:
         The report dict written to `out_dir/report.json`.
@@ -139,6 +146,7 @@ def harden(
             overrides=dict(overrides or {}),
             verbose=verbose,
             log=log,
+            step_progress=step_progress,
         )
         return job.run(export=export)
 
@@ -177,8 +185,10 @@ class _HardenJob:
         overrides,
         verbose,
         log,
+        step_progress,
     ):
         self.overrides = overrides
+        self.step_progress = step_progress
         self.pipeline = pipeline
         self.user_model = model
         self.model_source = _model_source(model)
@@ -216,6 +226,7 @@ class _HardenJob:
         self.training_logs = {}
 
     def run(self, *, export):
+        self._announce_plan(export)
         models = {label: self.model(label, graph, adversarial) for label, graph, adversarial in self.contenders}
         evaluations = {label: self.evaluate(label, model) for label, model in models.items()}
         report = self.report(evaluations)
@@ -240,7 +251,7 @@ class _HardenJob:
         seconds = self.state.trained_seconds(label)
         if seconds is not None:
             base.load_weights(self.state.weights_path(label))
-            self.log(f"the {_TITLES[label]} was trained by an earlier run: reusing it")
+            self._phase(f"the {_TITLES[label]} was trained by an earlier run: reusing it")
         else:
             seconds, training_log = self._train(label, base, graph, adversarial)
             self.state.save_model(label, base, seconds, training_log)
@@ -269,7 +280,7 @@ class _HardenJob:
         if monitor is not None:
             callbacks.append(monitor)
         callbacks += [*self.callbacks, *_run_callbacks(self.out_dir, label, self.chief)]
-        self.log(
+        self._phase(
             f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
             + (f", {_describe(pipeline, graph)}" if adversarial else "")
             + ("" if pipeline.ema_momentum is None else f"; keeping the weights' average (EMA {pipeline.ema_momentum})")
@@ -337,9 +348,10 @@ class _HardenJob:
         found = self.state.evaluation(label)
         if found is not None:
             evaluation, seconds = found
+            self._phase(f"the white-box evaluation of the {label} model was made by an earlier run: reusing it")
         else:
             pipeline = self.pipeline
-            self.log(
+            self._phase(
                 f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
                 f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
             )
@@ -355,6 +367,7 @@ class _HardenJob:
                 from_logits=self.from_logits,
                 large_epsilon=pipeline.large_epsilon,
                 progress=self._progress,
+                step_progress=self.step_progress,
             )
             seconds = round(time.perf_counter() - start, 1)
             self.state.save_evaluation(label, evaluation, seconds)
@@ -381,6 +394,7 @@ class _HardenJob:
 
     def write_report(self, report, evaluations):
         """report.json, the plot and the summary: written before the export, which may fail."""
+        self._phase(f"writing the report, the plot and the model card in {self.out_dir}")
         splits = self.data.splits
         write_run_files(
             self.out_dir,
@@ -409,6 +423,7 @@ class _HardenJob:
     def export(self, base, evaluation):
         """The hardened model's TF Serving version: exported now, or the one this run exported before."""
         path = self.state.export
+        self._phase("exporting the hardened model for TF Serving")
         if path is not None:
             self.log(f"exported for TF Serving by an earlier run: {path}")
             return path
@@ -425,6 +440,54 @@ class _HardenJob:
         self.log(f"exported for TF Serving: {path}")
         return path
 
+    # Progress ------------------------------------------------------------------------
+
+    def _announce_plan(self, export):
+        """Logs the job's phases and an estimate of its time on this machine (see `nsladv.jobs.estimate`)."""
+        phases = self._plan(export)
+        self._phases, self._done = len(phases), 0
+        left = [p.seconds for p in phases if p.seconds is not None]
+        self.log(
+            f"{self.pipeline.name}: {len(phases)} phases, about {console.duration(sum(left))} on this machine "
+            f"(estimated from a timed pass of the model: {console.duration(self._timing.seconds(1e6))} "
+            "a million example passes)"
+        )
+        for number, phase in enumerate(phases, 1):
+            when = "done by an earlier run" if phase.seconds is None else f"about {console.duration(phase.seconds)}"
+            self.log(f"  [{number}/{len(phases)}] {phase.title}: {when}")
+
+    def _plan(self, export):
+        pipeline, splits = self.pipeline, self.data.splits
+        self._timing = timing = estimate.time_passes(self._checked_model, splits.image_shape)
+        train = int(splits.train.cardinality()) if pipeline.train_examples is None else pipeline.train_examples
+        validation = int(splits.validation.cardinality())
+        tests = int(splits.test.cardinality())
+        tests = tests if pipeline.eval_examples is None else min(pipeline.eval_examples, tests)
+        phases = []
+        for label, graph, adversarial in self.contenders:
+            passes = estimate.training_passes(
+                pipeline, train, validation, adversarial=adversarial, graph=graph is not None
+            )
+            done = self.state.trained_seconds(label) is not None
+            seconds = None if done else timing.seconds(passes, estimate.TRAINING_TRACES)
+            phases.append(estimate.Phase(f"train the {_TITLES[label]}", seconds))
+        radii = len(pipeline.eval_epsilons)
+        for label, _, _ in self.contenders:
+            passes = estimate.evaluation_passes(pipeline.eval_attacks, tests, radii, robust=label != "baseline")
+            done = self.state.evaluation(label) is not None
+            traces = estimate.TRACES_PER_ATTACK * len(pipeline.eval_attacks)
+            seconds = None if done else timing.seconds(passes, traces)
+            phases.append(estimate.Phase(f"evaluate the {label} model", seconds))
+        phases.append(estimate.Phase("write the report, the plot and the model card", 1.0))
+        if export:
+            phases.append(estimate.Phase("export for TF Serving", None if self.state.export else 10.0))
+        return phases
+
+    def _phase(self, text):
+        """Logs the start of the next phase with its number: `[3/6] white-box evaluation of ...`."""
+        self._done += 1
+        self.log(f"[{self._done}/{self._phases}] {text}")
+
     # Set-up ------------------------------------------------------------------------
 
     def _check_model(self):
@@ -437,6 +500,7 @@ class _HardenJob:
         probabilities = check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
         # After the check's call, which builds a subclassed model's weights.
         self._initial_weights = [np.array(w) for w in model.get_weights()]
+        self._checked_model = model  # timed for the job's estimate
         return not probabilities
 
     def _base_model(self, label):
@@ -532,9 +596,10 @@ def _backup_dir(out_dir, label):
 
 
 def _run_callbacks(out_dir, label, chief):
-    """The resumable backup (all workers read the chief's) and, on the chief, TensorBoard logs."""
+    """The resumable backup (all workers read the chief's) and, on the chief, TensorBoard logs where TensorBoard
+    is installed (tf.summary needs it; it comes with the `tune` extra)."""
     callbacks = [distribute.ClusterBackupAndRestore(str(_backup_dir(out_dir, label)), chief=chief)]
-    if chief:
+    if chief and available("tensorboard"):
         callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / label)))
     return callbacks
 

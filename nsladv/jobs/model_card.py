@@ -2,6 +2,7 @@
 
 import pathlib
 
+from nsladv._extras import available
 from nsladv.jobs import report as report_lib
 
 
@@ -96,7 +97,12 @@ def write_run_files(out_dir, report, evaluations, *, title, plot_title, model, d
     """A run's report.json, robustness.png and model_card.md; the summary table and the paths go to `log`."""
     out_dir = pathlib.Path(out_dir)
     report_lib.write_json(out_dir / "report.json", report)
-    report_lib.plot_robustness(evaluations, out_dir / "robustness.png", title=plot_title)
+    plot = out_dir / "robustness.png"
+    if available("matplotlib"):
+        report_lib.plot_robustness(evaluations, plot, title=plot_title)
+        plotted = str(plot)
+    else:  # The figures are all in report.json and the card; the plot is an extra's.
+        plotted = "not drawn: matplotlib is not installed (pip install 'nsladv[plot]')"
     write_model_card(
         out_dir / "model_card.md",
         title=title,
@@ -107,4 +113,4 @@ def write_run_files(out_dir, report, evaluations, *, title, plot_title, model, d
         versions=report["versions"],
     )
     log("\n" + report_lib.summary_table(evaluations))
-    log(f"report: {out_dir / 'report.json'}\nplot:   {out_dir / 'robustness.png'}\ncard:   {out_dir / 'model_card.md'}")
+    log(f"report: {out_dir / 'report.json'}\nplot:   {plotted}\ncard:   {out_dir / 'model_card.md'}")

@@ -2,8 +2,7 @@
 
 import pathlib
 
-import keras_tuner
-
+from nsladv._extras import require
 from nsladv.errors import SearchFailedError
 from nsladv.errors import SettingsError
 from nsladv.jobs import report as report_lib
@@ -16,6 +15,8 @@ from nsladv.tuning import TRADEOFF_OBJECTIVE
 from nsladv.tuning import HardeningHyperModel
 from nsladv.tuning import metric
 from nsladv.tuning import results_table
+
+keras_tuner = require("keras_tuner", "tune")
 
 TUNERS = {
     "random": keras_tuner.RandomSearch,

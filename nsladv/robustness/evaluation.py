@@ -1,6 +1,7 @@
 """Robust accuracy at an epsilon grid, with gradient-masking sanity checks."""
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -185,6 +186,7 @@ def evaluate_robustness(
     large_epsilon=None,
     near_zero=0.1,
     progress=None,
+    step_progress=None,
     seed=0,
     cascade=True,
     black_box_retry=BLACK_BOX_RETRY,
@@ -224,6 +226,10 @@ def evaluate_robustness(
         near_zero: the accuracy threshold of that check.
         progress: called as `progress(attack name, epsilon, robust accuracy
             after it, seconds)` after each attack at each epsilon.
+        step_progress: called as `step_progress(attack name, epsilon,
+            examples attacked so far, examples to attack)` after each batch of
+            an attack at an epsilon (and once with 0 before the first), for a
+            progress bar with an estimate of the time left.
         seed: the attacks' random seeds are `seed`, `seed + 1`, ... in run
             order (reported under each attack's `seed`).
         cascade: False runs every attack on every example.
@@ -303,7 +309,8 @@ def evaluate_robustness(
             else:
                 rows, robust = np.flatnonzero(attackable), np.zeros_like(clean)
             if rows.size:
-                robust[rows], reached = _attack_rows(attacker, x, y, rows, batch_size, epsilon)
+                report = None if step_progress is None else functools.partial(step_progress, attack.name, epsilon)
+                robust[rows], reached = _attack_rows(attacker, x, y, rows, batch_size, epsilon, report)
                 if not _black_box(attack):
                     closest[key][rows] = np.fmin(closest[key][rows], reached)
             entry["attacked"][key], entry["fooled"][key] = int(rows.size), int(rows.size - robust[rows].sum())
@@ -536,12 +543,26 @@ def _clean_margins(model, x, y, batch_size, from_logits):
     return np.argmax(logits, axis=-1) == y, true_class_margin(logits, y).numpy()
 
 
-def _attack_rows(attacker, x, y, rows, batch_size, epsilon):
+def _attack_rows(attacker, x, y, rows, batch_size, epsilon, progress=None):
     """Robust (correct clean and under the attack) for each of `rows`, attacked in batches, and the smallest margin
-    the attack reached there (NaN where it does not track it)."""
-    subset = tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(batch_size)
-    _, robust, reached = attacker.masks_and_margins(subset, epsilon)
-    return robust, reached
+    the attack reached there (NaN where it does not track it). `progress(done, total)` follows the batches: they
+    are then handed to the attacker one at a time, in the same order, which draws the same random starts."""
+    if progress is None:
+        subset = tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).batch(batch_size)
+        _, robust, reached = attacker.masks_and_margins(subset, epsilon)
+        return robust, reached
+    parts = []
+    progress(0, rows.size)
+    for start in range(0, rows.size, batch_size):
+        chunk = rows[start : start + batch_size]
+        if hasattr(attacker, "on_progress"):  # a long per-batch search (Square) also reports within its batch
+            attacker.on_progress = lambda share, start=start, n=chunk.size: progress(start + int(share * n), rows.size)
+        batch = tf.data.Dataset.from_tensor_slices((x[chunk], y[chunk])).batch(batch_size)
+        parts.append(attacker.masks_and_margins(batch, epsilon)[1:])
+        progress(min(start + batch_size, rows.size), rows.size)
+    if hasattr(attacker, "on_progress"):
+        attacker.on_progress = None
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _robust_rows(attacker, x, y, rows, batch_size, epsilon):

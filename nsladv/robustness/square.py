@@ -52,6 +52,9 @@ class Square(LinfSettings):
         return SquareAttacker(model, self, seed=seed)
 
 
+PROGRESS_EVERY = 100
+
+
 class SquareAttacker(Counter):
     """Runs `Square` batch by batch; its random draws come from `seed` (None: NumPy's global generator)."""
 
@@ -60,6 +63,8 @@ class SquareAttacker(Counter):
         self.attack = attack
         self.seed = attack_seed(seed)
         self.rng = np.random.default_rng(self.seed)
+        # Called as on_progress(share of the queries spent) every PROGRESS_EVERY queries of a batch, when set.
+        self.on_progress = None
         # The margin is computed in the compiled call with the forward pass: eagerly, its few ops cost 15% more a
         # query on the small batches of still-robust images Square ends with.
         self._margin = tf.function(lambda x, y: true_class_margin(model(x, training=False), y), reduce_retracing=True)
@@ -89,6 +94,8 @@ class SquareAttacker(Counter):
         adversarial = np.clip(x + stripes, lo, hi).astype(np.float32)
         margins = self._margins(adversarial, y)
         for iteration in range(1, self.attack.queries):
+            if self.on_progress is not None and iteration % PROGRESS_EVERY == 0:
+                self.on_progress(iteration / self.attack.queries)
             active = np.flatnonzero(clean & (margins > 0))
             if active.size == 0:
                 break

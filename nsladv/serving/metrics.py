@@ -18,9 +18,12 @@ import dataclasses
 import pathlib
 import re
 
-import prometheus_client
-from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.core import Metric
+from nsladv._extras import require
+
+prometheus_client = require("prometheus_client", "serve")
+HistogramMetricFamily = require("prometheus_client.core", "serve").HistogramMetricFamily
+Metric = require("prometheus_client.core", "serve").Metric
+
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"  # TF Serving's PrometheusExporter::kPrometheusPath
 # monitoring::Buckets::Exponential(10, 1.8, 33): limits 10 * 1.8^i for i < 32, then +Inf.

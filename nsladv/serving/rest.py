@@ -24,14 +24,16 @@ import socket
 import time
 
 import numpy as np
-import prometheus_client
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from nsladv._extras import require
 from nsladv.serving import predict as predict_lib
 from nsladv.serving.errors import ServingError
 from nsladv.serving.repository import DEFAULT_SIGNATURE
+
+prometheus_client = require("prometheus_client", "serve")
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
