@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from nsladv import datasets
-from nsladv.jobs.evaluate import load_classifier
+from nsladv.classifier import load_classifier
 
 AGREEMENT_POINTS = 1.5
 

@@ -13,9 +13,10 @@ from nsladv import pgd
 from nsladv.jobs.report import check_summary
 from nsladv.robustness import fgsm
 from nsladv.robustness.attacks import BatchAttacker
-from nsladv.robustness.attacks import Counter
 from nsladv.robustness.attacks import adversarial_examples
-from nsladv.robustness.evaluation import sanity_checks
+from nsladv.robustness.base import AttackSettings
+from nsladv.robustness.base import Counter
+from nsladv.robustness.checks import sanity_checks
 
 # Two classes, logits = x @ W: the gradient of the cross-entropy for label 0 is
 # p_1 * (W[:, 1] - W[:, 0]), so every attack pushes x along sign(W1 - W0).
@@ -296,16 +297,16 @@ def only_square_fools(examples, epsilon, **settings):
 def test_the_retry_attacks_at_the_epsilon_itself_not_its_printed_key(monkeypatch):
     """Reports key epsilons by their `:g` text (8/255 -> "0.0313725"); every attack, the retry included, gets the
     radius itself."""
-    from nsladv.robustness import evaluation
+    from nsladv.robustness import retry as retry_module
 
     seen = []
-    real = evaluation._robust_rows
+    real = retry_module.robust_rows
 
     def spy(attacker, x, y, rows, batch_size, epsilon):
         seen.append(epsilon)
         return real(attacker, x, y, rows, batch_size, epsilon)
 
-    monkeypatch.setattr(evaluation, "_robust_rows", spy)
+    monkeypatch.setattr(retry_module, "robust_rows", spy)
     result = only_square_fools(examples=6, epsilon=8 / 255)  # 8/255 is enough for Square
     assert result["black_box_retry"]["examples"] == {"0.0313725": 6}
     assert set(seen) == {8 / 255}
@@ -322,17 +323,17 @@ def test_the_retry_reading_counts_one_hidden_example_in_the_singular():
 def test_the_path_check_is_capped_and_never_reads_an_unchecked_example_as_a_search_miss(monkeypatch):
     """At most PATH_EXAMPLES examples a radius are checked (the rest counted); an example Square does not fool again
     gets no point, and the reading stays "suspect masked gradients"."""
-    from nsladv.robustness import evaluation
+    from nsladv.robustness import retry as retry_module
 
-    monkeypatch.setattr(evaluation, "PATH_EXAMPLES", 3)
+    monkeypatch.setattr(retry_module, "PATH_EXAMPLES", 3)
     result = only_square_fools(examples=5, epsilon=0.1)
     retry = result["black_box_retry"]
     assert [p["example"] for p in retry["path_checks"]["0.1"]] == [0, 1, 2]
     assert retry["path_examples_left"] == {"0.1": 2}
     reading = result["sanity"]["black_box_finds_nothing_new"]["white_box_retry"]["reading"]
     assert reading.endswith("along 0 of 3 black-box paths checked)")
-    monkeypatch.setattr(evaluation, "PATH_EXAMPLES", 50)
-    monkeypatch.setattr(evaluation, "PATH_TRIES", 0)  # Square never runs again: no point to check
+    monkeypatch.setattr(retry_module, "PATH_EXAMPLES", 50)
+    monkeypatch.setattr(retry_module, "PATH_TRIES", 0)  # Square never runs again: no point to check
     result = only_square_fools(examples=4, epsilon=0.1)
     hidden = result["black_box_retry"]["hidden_examples"]["0.1"]
     assert hidden
@@ -374,7 +375,7 @@ def test_the_retry_tells_a_search_miss_from_masking_by_the_gradient_along_the_pa
 
 def test_the_gradient_path_check_by_hand():
     """On the linear model the margin logit_0 - logit_1 is x @ (W0 - W1); the gradient's integral is its exact fall."""
-    from nsladv.robustness.evaluation import gradient_path_check
+    from nsladv.robustness.retry import gradient_path_check
 
     x = np.array([[0.5, 0.0, 0.2]], "float32")  # margin 2 * 0.5 - 3 * 0.2 = 0.4
     x_adv = np.array([[0.4, 0.0, 0.4]], "float32")  # margin 0.8 - 1.2 = -0.4
@@ -390,7 +391,7 @@ def test_the_gradient_path_check_by_hand():
 
 
 def test_the_gradient_path_check_refuses_bad_input():
-    from nsladv.robustness.evaluation import gradient_path_check
+    from nsladv.robustness.retry import gradient_path_check
 
     with pytest.raises(ValueError, match=r"`points` must be an integer >= 2. Received: points=1"):
         gradient_path_check(linear_classifier(), X, Y, X, points=1)
@@ -462,17 +463,17 @@ def test_the_retry_runs_its_attacks_in_turn_on_what_the_ones_before_left():
     """APGD-CE with 20 restarts, then APGD-T on every target class, then APGD-CE from output-diversified starts, then
     FAB-T: on all 10,000 test digits the first left one digit Square had fooled, and the second found it
     (docs/results.md); each attacks only what is left."""
-    from nsladv.robustness import evaluation
+    from nsladv.robustness import retry as retry_module
     from nsladv.robustness.square import Square
 
-    assert [a.name for a in evaluation.BLACK_BOX_RETRY] == [
+    assert [a.name for a in retry_module.BLACK_BOX_RETRY] == [
         "apgd-ce-x20",
         "apgd-t-9x20",
         "apgd-ce-odi-x20",
         "fab-t-9x5",
     ]
-    assert [a.get_config()["odi_steps"] for a in evaluation.BLACK_BOX_RETRY[:3]] == [0, 0, 2]
-    assert [a.get_config()["target_classes"] for a in evaluation.BLACK_BOX_RETRY[1::2]] == [9, 9]
+    assert [a.get_config()["odi_steps"] for a in retry_module.BLACK_BOX_RETRY[:3]] == [0, 0, 2]
+    assert [a.get_config()["target_classes"] for a in retry_module.BLACK_BOX_RETRY[1::2]] == [9, 9]
     model, dataset = honest_linear_task(seed=1, examples=40)
     timid = pgd(2, 1, relative_step_size=0.01, name="timid")
     useless = pgd(1, 1, relative_step_size=1e-6, name="useless")  # one step from a random start far too small
@@ -502,7 +503,7 @@ def test_a_retry_that_is_not_white_box_attacks_is_refused_before_any_attack_runs
 
 def test_a_closest_in_the_retry_is_refused_rather_than_run_on_every_hidden_example():
     """The retry attacks every example only the black box fooled: a `Closest`'s share would be silently ignored."""
-    from nsladv.robustness.evaluation import Closest
+    from nsladv.robustness.closest import Closest
 
     model, dataset = honest_linear_task(seed=0, examples=4)
     closest = Closest(attack=pgd(2, 1), share=0.5)
@@ -530,8 +531,8 @@ def test_the_retry_attacks_need_names_of_their_own():
 def exported_and_reloaded(folder):
     """A small CNN with max pooling, exported and reloaded as `nsladv evaluate saved_models/...` reloads it: the
     restored max pooling's gradient has no static batch size, so neither has the input gradient."""
+    from nsladv.classifier import SignatureModel
     from nsladv.export import export_model
-    from nsladv.jobs.evaluate import SignatureModel
 
     keras.utils.set_random_seed(2)
     inputs = keras.Input((8, 8, 1))
@@ -571,8 +572,9 @@ def test_a_batch_of_one_example_is_attacked(name, tmp_path):
     assert attacker.accuracy(dataset, 0.05)[2] == 40  # and then batches of another size
 
 
-class Recording:
-    """A white-box attack that fools nothing and records the inputs it is run on (their first pixel)."""
+class Recording(AttackSettings):
+    """A white-box attack of the user's own (the protocol: `AttackSettings`) that fools nothing and records the inputs
+    it is run on (their first pixel)."""
 
     name = "recording"
 
@@ -606,7 +608,7 @@ def test_closest_reattacks_only_the_share_the_attacks_before_it_came_closest_to_
     """FGSM tracks no margin, so the examples still robust rank by their clean margin; APGD's tracked margins rank
     them once it has run. Either way the Closest attack sees the closest share, and the others stay robust."""
     from nsladv.robustness import APGD
-    from nsladv.robustness.evaluation import Closest
+    from nsladv.robustness.closest import Closest
 
     model, dataset = honest_linear_task(seed=3, examples=40, classes=3)
     x, clean_margin = clean_margins_by_hand(model, dataset)
@@ -643,7 +645,7 @@ def test_closest_reattacks_only_the_share_the_attacks_before_it_came_closest_to_
 
 def test_closest_settings_are_checked():
     from nsladv.robustness import APGD
-    from nsladv.robustness.evaluation import Closest
+    from nsladv.robustness.closest import Closest
     from nsladv.robustness.square import Square
 
     assert Closest(attack=APGD(name="apgd-ce-x20", restarts=20)).name == "apgd-ce-x20-closest"

@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import nsladv
 from nsladv.jobs import console
@@ -62,7 +63,7 @@ def test_attack_progress_batch_by_batch_changes_no_result():
     inputs = keras.Input((4, 4, 1))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     attacks = (*attack_set("quick"), Square(queries=300))
-    data = nsladv.robustness.evaluation.tf.data.Dataset.from_tensor_slices((x, y)).batch(10)  # 5 batches
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)  # 5 batches
     calls = []
     plain = nsladv.evaluate_robustness(model, data, epsilons=[0.05, 0.2], attacks=attacks)
     followed = nsladv.evaluate_robustness(

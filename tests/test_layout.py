@@ -73,8 +73,9 @@ def test_a_wheel_ships_pipelines_inside_nsladv_only(tmp_path):
 
 def test_docker_commands_pin_the_serving_image_to_the_exporting_tensorflow():
     """An untagged tensorflow/serving image can be older or newer than the TensorFlow that wrote the SavedModel
-    and fail with "Op type not registered": every docker command names the TensorFlow that setup.py pins."""
-    pinned = re.search(r'"tensorflow==([\d.]+)"', (ROOT / "setup.py").read_text()).group(1)
+    and fail with "Op type not registered": every docker command names the TensorFlow that CI tests
+    (constraints.txt)."""
+    pinned = re.search(r"^tensorflow==([\d.]+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1)
     for doc in ("README.md", "saved_models/README.md"):
         images = re.findall(r"tensorflow/serving(\S*)", (ROOT / doc).read_text())
         assert images and all(image == f":{pinned}" for image in images), (doc, images, pinned)

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from nsladv.robustness.apgd import APGD
 from nsladv.robustness.attacks import Attack
-from nsladv.robustness.evaluation import Closest
+from nsladv.robustness.closest import Closest
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.square import Square
 

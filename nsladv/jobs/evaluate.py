@@ -1,75 +1,16 @@
 """The evaluate job: how robust is a model, before or after hardening? A report, a plot and a model card."""
 
-import json
 import pathlib
 import time
 
-import keras
-import tensorflow as tf
-
 from nsladv import datasets
-from nsladv import export as export_lib
 from nsladv.classifier import check_classifier
-from nsladv.errors import ModelNotFoundError
+from nsladv.classifier import load_classifier
 from nsladv.jobs import report as report_lib
 from nsladv.jobs.model_card import write_run_files
 from nsladv.robustness import attack_set
 from nsladv.robustness import evaluate_robustness
 from nsladv.robustness.inputs import parse_radii
-
-
-class SignatureModel:
-    """A SavedModel's serving signature, called like a Keras classifier (`model(x, training=False)`)."""
-
-    def __init__(self, path, signature=export_lib.SIGNATURE):
-        self.path = pathlib.Path(path)
-        self._loaded = tf.saved_model.load(str(self.path))
-        if signature not in self._loaded.signatures:
-            raise ModelNotFoundError(
-                f"The SavedModel has no signature {signature!r}. Received: signatures "
-                f"{sorted(self._loaded.signatures)} in {self.path}"
-            )
-        self._function = self._loaded.signatures[signature]
-        inputs = self._function.structured_input_signature[1]
-        if len(inputs) != 1:
-            raise ModelNotFoundError(
-                f"Expected a signature with one input (the image). Received: inputs {sorted(inputs)} in {self.path}"
-            )
-        (self._input,) = inputs
-        outputs = self._function.structured_outputs
-        self._output = "logits" if "logits" in outputs else next(iter(outputs))
-        self.layers = []
-        self.name = self.path.name
-
-    def __call__(self, x, training=False):
-        return self._function(**{self._input: tf.cast(x, tf.float32)})[self._output]
-
-    def count_params(self):
-        return sum(int(tf.size(v)) for v in self._loaded.variables)
-
-    @property
-    def metadata(self):
-        path = self.path / "assets.extra" / export_lib.METADATA_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
-
-
-def load_classifier(path):
-    """A `.keras` file, a SavedModel folder, or a `saved_models/<name>` base (its newest version).
-
-    Raises:
-        ModelNotFoundError: nothing of those at `path`.
-    """
-    path = pathlib.Path(path)
-    if path.is_file() and path.suffix == ".keras":
-        return keras.saving.load_model(path, compile=False)
-    if path.is_dir() and not (path / "saved_model.pb").is_file() and export_lib.versions(path):
-        path = path / str(export_lib.versions(path)[-1])
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        return SignatureModel(path)
-    raise ModelNotFoundError(
-        "Expected a saved Keras model (.keras), a SavedModel folder or a TF Serving model base with numeric "
-        f"versions. Received: {str(path)!r}" + ("" if path.exists() else " (no such file or folder)")
-    )
 
 
 def evaluate(

@@ -24,7 +24,7 @@ from nsladv.jobs.assembly import pipeline_data
 from nsladv.jobs.model_card import write_run_files
 from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import evaluate_robustness
-from nsladv.robustness.evaluation import fit_attacks
+from nsladv.robustness.sets import fit_attacks
 from nsladv.schedules import EpsilonWarmup
 from nsladv.schedules import MultiplierWarmup
 from nsladv.wrapper import AdversarialModel

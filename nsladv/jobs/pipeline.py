@@ -30,12 +30,8 @@ from nsladv.errors import PipelineLoadError
 from nsladv.errors import PipelineNotFoundError
 from nsladv.errors import SettingsError
 from nsladv.export import check_model_name
-from nsladv.robustness.apgd import APGD
-from nsladv.robustness.attacks import Attack
-from nsladv.robustness.evaluation import Closest
-from nsladv.robustness.evaluation import attack_set
-from nsladv.robustness.fab import FAB
-from nsladv.robustness.square import Square
+from nsladv.robustness.base import AttackSettings
+from nsladv.robustness.sets import attack_set
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -225,9 +221,10 @@ class Pipeline(KeywordOnly):
                 raise ValueError(f"`{name}` must be an integer >= 1 or None. Received: {name}={value!r}")
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
-        if not all(isinstance(a, (Attack, APGD, FAB, Closest, Square)) for a in self.eval_attacks):
+        if not all(isinstance(a, AttackSettings) for a in self.eval_attacks):
             raise ValueError(
-                "`eval_attacks` must be nsladv attacks (Attack, APGD, FAB, Closest, Square). "
+                "`eval_attacks` must be nsladv attacks (Attack, APGD, FAB, Closest, Square: "
+                "nsladv.robustness.AttackSettings). "
                 f"Received: {self.eval_attacks!r}"
             )
 

@@ -9,7 +9,7 @@ from nsladv.jobs import report as report_lib
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
 from nsladv.robustness.evaluation import evaluate_robustness
-from nsladv.robustness.evaluation import fit_attacks
+from nsladv.robustness.sets import fit_attacks
 from nsladv.tuning import ROBUST_OBJECTIVE
 from nsladv.tuning import TRADEOFF_OBJECTIVE
 from nsladv.tuning import HardeningHyperModel

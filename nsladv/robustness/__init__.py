@@ -10,18 +10,19 @@ from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import adversarial_examples
 from nsladv.robustness.attacks import fgsm
 from nsladv.robustness.attacks import pgd
-from nsladv.robustness.evaluation import ATTACK_SETS
-from nsladv.robustness.evaluation import Closest
-from nsladv.robustness.evaluation import attack_set
+from nsladv.robustness.base import AttackSettings
+from nsladv.robustness.checks import sanity_checks
+from nsladv.robustness.closest import Closest
 from nsladv.robustness.evaluation import evaluate_robustness
-from nsladv.robustness.evaluation import fit_attacks
-from nsladv.robustness.evaluation import gradient_path_check
-from nsladv.robustness.evaluation import sanity_checks
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.fab import fab_t
 from nsladv.robustness.inputs import parse_radii
 from nsladv.robustness.inputs import parse_radius
 from nsladv.robustness.result import RobustnessResult
+from nsladv.robustness.retry import gradient_path_check
+from nsladv.robustness.sets import ATTACK_SETS
+from nsladv.robustness.sets import attack_set
+from nsladv.robustness.sets import fit_attacks
 from nsladv.robustness.square import Square
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "FAB",
     "FGSM",
     "Attack",
+    "AttackSettings",
     "Closest",
     "Square",
     "BatchAttacker",

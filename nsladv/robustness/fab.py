@@ -27,11 +27,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from nsladv.robustness.attacks import LinfSettings
-from nsladv.robustness.attacks import SeededAttacker
-from nsladv.robustness.attacks import input_gradient
-from nsladv.robustness.attacks import logits_of as _logits
-from nsladv.robustness.attacks import wrong_classes_by_score
+from nsladv.robustness.base import LinfSettings
+from nsladv.robustness.base import SeededAttacker
+from nsladv.robustness.base import input_gradient
+from nsladv.robustness.base import logits_of as _logits
+from nsladv.robustness.base import wrong_classes_by_score
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

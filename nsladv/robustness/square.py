@@ -14,10 +14,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from nsladv.robustness.attacks import Counter
-from nsladv.robustness.attacks import LinfSettings
-from nsladv.robustness.attacks import attack_seed
-from nsladv.robustness.attacks import true_class_margin
+from nsladv.robustness.base import Counter
+from nsladv.robustness.base import LinfSettings
+from nsladv.robustness.base import attack_seed
+from nsladv.robustness.base import true_class_margin
 
 # Iterations (per 10,000 queries) at which the window's share halves (the paper's schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -44,6 +44,9 @@ class Square(LinfSettings):
             raise ValueError(f"`queries` must be an integer >= 1. Received: queries={self.queries!r}")
         if not 0 < self.p_init <= 1:
             raise ValueError(f"`p_init` must be in (0, 1]. Received: p_init={self.p_init!r}")
+
+    black_box = True
+    gives_points = True
 
     def get_config(self):
         return {**super().get_config(), "black_box": True}

@@ -60,10 +60,10 @@ class Server:
             has out of the garbage collector's sight (`gc.freeze`), and again
             after each version change (after a full collection, so that an
             unloaded version is freed); `stop()` thaws them. A full collection
-            otherwise walks everything TensorFlow and the models made: on the
-            MNIST model about 220 ms with the GIL held, every half second
-            under 16 REST clients (8% of their requests took over 200 ms).
-            Process-wide, so off by default; `nsladv serve` turns it on.
+            otherwise walks everything TensorFlow and the models made, with the
+            interpreter lock held, while every request in flight waits (the
+            pauses measured are in docs/results.md). Process-wide, so off by
+            default; `nsladv serve` turns it on.
 
     Example:
 
