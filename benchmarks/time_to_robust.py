@@ -322,7 +322,7 @@ def main():
     y = y.astype(np.int64)
     train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(y), seed=args.seed).batch(BATCH).prefetch(2)
     steps_per_epoch = math.ceil(len(y) / BATCH)
-    test = data.pipeline(data.spread(splits.test, args.eval_examples), batch_size=200, training=False)
+    test = data.input_pipeline(data.spread(splits.test, args.eval_examples), batch_size=200, training=False)
     pipeline = nsladv.load_pipeline(args.pipeline)
     keras.utils.set_random_seed(args.seed)
     initial = pipeline.build_model((28, 28, 1), 10).get_weights()

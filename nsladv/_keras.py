@@ -1,8 +1,11 @@
 """What nsladv asks of a Keras model beyond its public API, in one place.
 
-Every reach into Keras' private attributes goes through this module, guarded:
+Every read of Keras' private attributes goes through this module, guarded:
 when a Keras release drops one, only the feature that needs it degrades, to
-the safe choice.
+the safe choice. Two private hooks are overridden where they are needed, each
+behind a check here and a test that fails when Keras drops it: the wrapper's
+`_maybe_symbolic_build` (`has_symbolic_build_hook`) and the cluster backup's
+`BackupAndRestore._save_model` (`backup_save_hook_exists`).
 """
 
 import keras
@@ -146,3 +149,12 @@ def input_structure(model):
         return model.input
     except (AttributeError, ValueError):
         return None
+
+
+def averaged_variables(optimizer):
+    """(the trainable variables, their moving averages) of an optimizer built with `use_ema=True`; the averages are
+    empty before its first step (Keras keeps both lists privately, in the same order)."""
+    return (
+        list(getattr(optimizer, "_trainable_variables", [])),
+        list(getattr(optimizer, "_model_variables_moving_average", None) or []),
+    )

@@ -23,8 +23,9 @@ def check_classifier(model, input_shape, num_classes, *, data_name="the data"):
         data_name: what the data is called, for the errors.
 
     Returns:
-        True if the model outputs probabilities (a softmax, whether a layer
-        says so or its outputs are non-negative and sum to 1), False for logits.
+        `from_logits`: True if the model outputs logits, False if it outputs
+        probabilities (a softmax, whether a layer says so or its outputs are
+        non-negative and sum to 1).
 
     Raises:
         ModelMismatchError: the model cannot take such inputs, its output is
@@ -62,9 +63,9 @@ def check_classifier(model, input_shape, num_classes, *, data_name="the data"):
             "Received: a sigmoid output layer"
         )
     if _ends_in(model, keras.activations.softmax):
-        return True
+        return False
     scores = tf.cast(outputs, tf.float32).numpy()
-    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+    return not bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
 
 
 def _ends_in(model, activation):

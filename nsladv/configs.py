@@ -133,8 +133,29 @@ def _mask_to_config(mask):
     return leaf(mask)
 
 
+class _PlainSettings(KeywordOnly):
+    """replace / get_config / from_config / == for settings; a class whose fields are not plain values (ThreatModel's
+    mappings and masks) overrides `get_config` alone."""
+
+    def replace(self, **changes):
+        """A copy with some settings changed (validated again)."""
+        return type(self)(**{**self.get_config(), **changes})
+
+    def get_config(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.get_config() == other.get_config()
+
+    __hash__ = None
+
+
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
-class ThreatModel(KeywordOnly):
+class ThreatModel(_PlainSettings):
     """The perturbations an attacker may make: x' = x + delta, delta in a norm ball.
 
     Neighbors are built by projected gradient ascent (PGD) on the attack loss:
@@ -230,10 +251,6 @@ class ThreatModel(KeywordOnly):
             return distance in DIVERGENCES
         return self.random_start
 
-    def replace(self, **changes):
-        """A copy with some settings changed (validated again)."""
-        return ThreatModel(**{**self.get_config(), **changes})
-
     def get_config(self):
         epsilon = dict(self.epsilon) if isinstance(self.epsilon, Mapping) else self.epsilon
         clip = self.clip_range
@@ -250,35 +267,6 @@ class ThreatModel(KeywordOnly):
             "clip_range": clip,
             "feature_mask": _mask_to_config(self.feature_mask),
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, ThreatModel) and self.get_config() == other.get_config()
-
-    __hash__ = None
-
-
-class _PlainSettings(KeywordOnly):
-    """replace / get_config / from_config / == for settings made of plain values."""
-
-    def replace(self, **changes):
-        """A copy with some settings changed (validated again)."""
-        return type(self)(**{**self.get_config(), **changes})
-
-    def get_config(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and self.get_config() == other.get_config()
-
-    __hash__ = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)

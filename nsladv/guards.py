@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nsladv import _keras
 from nsladv.errors import TrainingDivergedError
 
 REMEDIES = (
@@ -83,13 +84,12 @@ def averaged_weights(optimizer):
     ```
     """
     optimizer = _averaging(optimizer, "Averaged weights need")
-    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    variables, averages = _keras.averaged_variables(optimizer)
     if not averages:
         raise ValueError(
             "The optimizer has no moving average yet: it is built by the first training step. "
             f"Received: {type(optimizer).__name__} after {int(optimizer.iterations)} steps"
         )
-    variables = optimizer._trainable_variables
     raw = [variable.numpy() for variable in variables]
     try:
         for variable, average in zip(variables, averages):

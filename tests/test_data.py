@@ -120,18 +120,20 @@ def test_pipeline_batches_shuffles_and_augments(data_dir):
     splits = data.load(data_dir=data_dir)
     first = [
         y.numpy().tolist()
-        for _, y in data.pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)
+        for _, y in data.input_pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)
     ]
     again = [
         y.numpy().tolist()
-        for _, y in data.pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)
+        for _, y in data.input_pipeline(splits.train, batch_size=100, training=True, seed=1, deterministic=True).take(2)
     ]
     assert first == again and first[0] != sorted(first[0])
-    test = data.pipeline(splits.test.take(1000), batch_size=300, training=False)
+    test = data.input_pipeline(splits.test.take(1000), batch_size=300, training=False)
     sizes = [int(tf.shape(y)[0]) for _, y in test]
     assert sizes == [300, 300, 300, 100]
-    shifted = data.pipeline(splits.test.take(50), batch_size=50, training=True, seed=0, augment=data.random_shift(3))
-    original = next(iter(data.pipeline(splits.test.take(50), batch_size=50, training=False)))[0].numpy()
+    shifted = data.input_pipeline(
+        splits.test.take(50), batch_size=50, training=True, seed=0, augment=data.random_shift(3)
+    )
+    original = next(iter(data.input_pipeline(splits.test.take(50), batch_size=50, training=False)))[0].numpy()
     moved = next(iter(shifted))[0].numpy()
     assert moved.shape == original.shape and moved.max() <= 1.0
     assert not np.allclose(
@@ -215,7 +217,7 @@ def test_a_seeded_training_pipeline_gives_the_same_batches_every_time(batch_map)
     this way and claims they see the same batches.
     """
     rows = tf.data.Dataset.range(2000)
-    pipelines = [data.pipeline(rows, batch_size=50, training=True, seed=7, batch_map=batch_map) for _ in range(2)]
+    pipelines = [data.input_pipeline(rows, batch_size=50, training=True, seed=7, batch_map=batch_map) for _ in range(2)]
     epochs = [[[b.numpy().tolist() for b in p] for _ in range(2)] for p in pipelines]
     assert epochs[0] == epochs[1]
     assert epochs[0][0] != epochs[0][1]  # reshuffled every epoch
@@ -233,9 +235,9 @@ def test_random_augmentation_under_a_seed_repeats(where):
     for _ in range(2):
         tf.random.set_seed(5)
         if where == "augment":
-            batches = data.pipeline(images, batch_size=50, training=True, seed=7, augment=shift)
+            batches = data.input_pipeline(images, batch_size=50, training=True, seed=7, augment=shift)
         else:
-            batches = data.pipeline(
+            batches = data.input_pipeline(
                 images, batch_size=50, training=True, seed=7, batch_map=lambda x, y: (shift_batch(x), y)
             )
         epochs.append(np.concatenate([x.numpy() for x, _ in batches]))
@@ -245,7 +247,7 @@ def test_random_augmentation_under_a_seed_repeats(where):
 def test_an_evaluation_pipeline_keeps_its_order_through_parallel_maps_upstream():
     """Attacks combine their results example by example: every pass over the test data must see one order."""
     rows = tf.data.Dataset.range(600).map(_slow_at_random, num_parallel_calls=tf.data.AUTOTUNE)
-    evaluation = data.pipeline(rows, batch_size=100, training=False)
+    evaluation = data.input_pipeline(rows, batch_size=100, training=False)
     passes = [np.concatenate([b.numpy() for b in evaluation]) for _ in range(2)]
     np.testing.assert_array_equal(passes[0], np.arange(600))
     np.testing.assert_array_equal(passes[1], np.arange(600))

@@ -33,7 +33,7 @@ def test_evaluate_a_keras_file_and_its_export_alike(tmp_path, data_dir):
     # Trained a little, so that no prediction is a near tie that rounding could flip between the two.
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(
-        data.pipeline(data.load(data_dir=data_dir).train.take(1000), batch_size=100, training=False),
+        data.input_pipeline(data.load(data_dir=data_dir).train.take(1000), batch_size=100, training=False),
         epochs=2,
         verbose=0,
     )

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def digits(data_dir):
     splits = data.load(data_dir=data_dir)
-    train = data.pipeline(splits.train.take(640), batch_size=128, training=True, seed=0)
-    validation = data.pipeline(splits.validation.take(200), batch_size=100, training=False)
+    train = data.input_pipeline(splits.train.take(640), batch_size=128, training=True, seed=0)
+    validation = data.input_pipeline(splits.validation.take(200), batch_size=100, training=False)
     return train, validation, data_dir
 
 
@@ -118,8 +118,8 @@ def test_an_averaging_optimizer_is_measured_and_checkpointed_on_the_average(tmp_
     """Each trial compiles a fresh copy of the given optimizer; with `use_ema`, the objective and the best-epoch
     checkpoint are of the weights' average (what `fit` ends with), not of the raw weights training goes on from."""
     splits = data.load(data_dir=data_dir)
-    train = data.pipeline(splits.train.take(640), batch_size=128, training=False)  # the same order every time
-    validation = data.pipeline(splits.validation.take(200), batch_size=100, training=False)
+    train = data.input_pipeline(splits.train.take(640), batch_size=128, training=False)  # the same order every time
+    validation = data.input_pipeline(splits.validation.take(200), batch_size=100, training=False)
     model = hypermodel(optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9))
     hp = keras_tuner.HyperParameters()
     first, second = model.build(hp).optimizer, model.build(hp).optimizer
@@ -201,8 +201,8 @@ KILLED_SEARCH = textwrap.dedent(
             return super().build(hp)
 
     splits = data.load(data_dir=sys.argv[5])
-    train = data.pipeline(splits.train.take(256), batch_size=128, training=True, seed=0)
-    val = data.pipeline(splits.validation.take(100), batch_size=100, training=False)
+    train = data.input_pipeline(splits.train.take(256), batch_size=128, training=True, seed=0)
+    val = data.input_pipeline(splits.validation.take(100), batch_size=100, training=False)
     model = Built(tiny_base, epsilon=0.1, attack=FGSM, search_space=small_space)
     search = keras_tuner.RandomSearch(model, objective=tuning.ROBUST_OBJECTIVE, max_trials=3,
                                       directory=sys.argv[1], seed=3)

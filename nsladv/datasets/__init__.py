@@ -23,7 +23,7 @@ _EXPORTS = {
     "scale_image": "nsladv.datasets.loading",
     "spread": "nsladv.datasets.loading",
     "spread_rows": "nsladv.datasets.loading",
-    "pipeline": "nsladv.datasets.input_pipeline",
+    "input_pipeline": "nsladv.datasets.input_pipeline",
     "random_shift": "nsladv.datasets.input_pipeline",
     "random_shift_batch": "nsladv.datasets.input_pipeline",
     "DatasetUnavailableError": "nsladv.errors",

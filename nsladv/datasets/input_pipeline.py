@@ -34,7 +34,7 @@ def random_shift_batch(pixels):
     return shift
 
 
-def pipeline(
+def input_pipeline(
     dataset,
     *,
     batch_size,

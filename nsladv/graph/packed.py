@@ -189,4 +189,4 @@ def packed_dataset(
         return features, features.pop(label_key)
 
     records = tf.data.TFRecordDataset([str(p) for p in ([paths] if isinstance(paths, (str, pathlib.Path)) else paths)])
-    return input_pipeline.pipeline(records, batch_size=batch_size, training=training, seed=seed, batch_map=parse)
+    return input_pipeline.input_pipeline(records, batch_size=batch_size, training=training, seed=seed, batch_map=parse)

@@ -144,7 +144,7 @@ class NeighborTable:
             () if sample_weights is None else (np.asarray(sample_weights, np.float32),)
         )
         dataset = tf.data.Dataset.from_tensor_slices(columns)
-        return input_pipeline.pipeline(
+        return input_pipeline.input_pipeline(
             dataset,
             batch_size=batch_size,
             training=training,

@@ -54,7 +54,7 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
     batches = dict(batch_size=pipeline.batch_size, training=True, seed=pipeline.seed)
     graph_info = None
     if pipeline.labels_per_class is None and pipeline.graph is None:
-        train = plain_train = datasets.pipeline(splits.train, augment=augment, **batches)
+        train = plain_train = datasets.input_pipeline(splits.train, augment=augment, **batches)
     else:
         images, labels = datasets.as_arrays(splits.train)
         labelled = np.arange(len(labels))
@@ -62,7 +62,7 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
             labelled = datasets.few_labels(labels, pipeline.labels_per_class, seed=pipeline.seed)
         if pipeline.graph is None:
             examples = tf.data.Dataset.from_tensor_slices((images[labelled], labels[labelled]))
-            train = plain_train = datasets.pipeline(examples, augment=augment, **batches)
+            train = plain_train = datasets.input_pipeline(examples, augment=augment, **batches)
         else:
             table, graph_info = _neighbor_table(pipeline, images, labels, labelled, splits.train_ids)
             batch_augment = (
@@ -81,9 +81,9 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
                 table.dataset(rows, targets, sample_weights=weights, neighbors=n, augment=batch_augment, **batches)
                 for n in (True, False)
             )
-    validation = datasets.pipeline(splits.validation, batch_size=512, training=False)
+    validation = datasets.input_pipeline(splits.validation, batch_size=512, training=False)
     test_split = datasets.spread(splits.test, eval_examples)
-    test = datasets.pipeline(test_split, batch_size=500, training=False)
+    test = datasets.input_pipeline(test_split, batch_size=500, training=False)
     return PipelineData(splits, train, validation, test, plain_train, graph_info)
 
 

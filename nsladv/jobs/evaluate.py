@@ -55,9 +55,9 @@ def evaluate(
     attack_set(attacks, norm=norm)  # An unknown name or norm fails here, before anything loads.
     model = load_classifier(model_path)
     splits = datasets.resolve(data, data_dir=data_dir, input_range=input_range)
-    from_logits = not check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
+    from_logits = check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
     chosen = attack_set(attacks, norm=norm, clip_range=input_range, num_classes=splits.num_classes)
-    test = datasets.pipeline(datasets.spread(splits.test, eval_examples), batch_size=500, training=False)
+    test = datasets.input_pipeline(datasets.spread(splits.test, eval_examples), batch_size=500, training=False)
     name = pathlib.Path(model_path).stem if pathlib.Path(model_path).is_file() else pathlib.Path(model_path).name
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / "evaluate" / name)
     log(

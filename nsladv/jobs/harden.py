@@ -497,11 +497,11 @@ class _HardenJob:
             model = self.pipeline.build_model(splits.image_shape, splits.num_classes)
         else:
             model = _load_user_model(self.user_model)
-        probabilities = check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
+        from_logits = check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
         # After the check's call, which builds a subclassed model's weights.
         self._initial_weights = [np.array(w) for w in model.get_weights()]
         self._checked_model = model  # timed for the job's estimate
-        return not probabilities
+        return from_logits
 
     def _base_model(self, label):
         """A fresh base model for a contender, every one from the same initial weights."""

@@ -128,7 +128,7 @@ def evaluate_robustness(
             f"Labels must be class ids below the model's {classes} outputs. Received: labels up to {int(y.max())}"
         )
     if from_logits is None:
-        from_logits = not check_classifier(model, x.shape[1:], classes)
+        from_logits = check_classifier(model, x.shape[1:], classes)
     if isinstance(attacks, str):
         attacks = attack_set(attacks, num_classes=classes)
     attacks = list(attacks)
