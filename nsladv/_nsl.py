@@ -95,6 +95,8 @@ def distance_config(distance, *, from_logits, reduction="weighted_sum_over_batch
     The distance is summed over the last (class) axis and, by default,
     averaged over the batch, the reduction Keras losses use by default.
     """
+    if distance not in DISTANCES:
+        raise ValueError(f"Unknown distance. Expected one of {sorted(DISTANCES)}. Received: distance={distance!r}")
     transform = "softmax" if from_logits and distance in ("kl", "js") else "none"
     return nsl.configs.DistanceConfig(
         distance_type=DISTANCES[distance],

@@ -75,8 +75,16 @@ def _ends_in(model, activation):
     return getattr(last, "activation", None) is activation
 
 
+def declared_channels(model):
+    """The channel count of the images `model` declares it takes (`(height, width, channels)`), or None."""
+    shape = None if model is None else _declared_input_shape(model)
+    return shape[-1] if shape is not None and len(shape) == 3 and shape[-1] is not None else None
+
+
 def _declared_input_shape(model):
     """One input's shape as the model declares it (without the batch axis), or None when it declares none or many."""
+    if getattr(model, "declared_input_shape", None) is not None:  # a SavedModel signature's
+        return model.declared_input_shape
     inputs = getattr(model, "inputs", None)
     try:
         if not inputs or len(inputs) != 1:
@@ -108,6 +116,8 @@ class SignatureModel:
                 f"Expected a signature with one input (the image). Received: inputs {sorted(inputs)} in {self.path}"
             )
         (self._input,) = inputs
+        shape = inputs[self._input].shape
+        self.declared_input_shape = tuple(shape[1:]) if shape.rank is not None else None
         outputs = self._function.structured_outputs
         self._output = "logits" if "logits" in outputs else next(iter(outputs))
         self.name = self.path.name

@@ -3,11 +3,6 @@
 import ast
 import pathlib
 import re
-import subprocess
-import sys
-import zipfile
-
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "nsladv"
@@ -39,36 +34,19 @@ def test_the_library_never_imports_the_jobs():
     assert len(_library_modules()) > 20 and offenders == {}
 
 
+def test_the_only_job_names_the_package_exports_by_string_are_the_declared_ones():
+    """`nsladv/__init__.py` names modules in strings, which the import test cannot see: its entries into the jobs
+    are these four entry points of the Python API, and no library name resolves into nsladv.jobs."""
+    import nsladv
+
+    into_jobs = {name for name, module in {**nsladv._EXPORTS, **nsladv._SUBMODULES}.items() if ".jobs" in module}
+    assert into_jobs == {"Pipeline", "GraphSetup", "load_pipeline", "harden"}
+
+
 def test_the_import_rule_test_sees_an_offender(tmp_path):
     offender = tmp_path / "offender.py"
     offender.write_text("from nsladv.jobs import harden\nimport nsladv.jobs.cli as cli\n")
     assert {"nsladv.jobs", "nsladv.jobs.harden", "nsladv.jobs.cli"} <= set(_imports(offender))
-
-
-@pytest.mark.slow
-def test_a_wheel_ships_pipelines_inside_nsladv_only(tmp_path):
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = tmp_path.glob("nsladv-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
-    assert tops == {"nsladv"}
-    assert {"nsladv/pipelines/__init__.py", "nsladv/pipelines/mnist.py", "nsladv/jobs/cli.py"} <= set(names)
 
 
 def test_docker_commands_pin_the_serving_image_to_the_exporting_tensorflow():

@@ -53,9 +53,11 @@ def run_installed(target, code, cwd):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-def test_the_wheel_holds_no_top_level_pipelines_package(installed_wheel):
-    assert (installed_wheel / "nsladv" / "pipelines" / "mnist.py").is_file()
-    assert not (installed_wheel / "pipelines").exists()
+def test_the_wheel_ships_one_top_level_package_with_the_pipelines_inside(installed_wheel):
+    tops = {p.name for p in installed_wheel.iterdir() if not p.name.endswith(".dist-info")}
+    assert tops == {"nsladv"}
+    for name in ("nsladv/pipelines/__init__.py", "nsladv/pipelines/mnist.py", "nsladv/jobs/cli.py"):
+        assert (installed_wheel / name).is_file(), name
 
 
 def test_every_bundled_pipeline_loads_from_the_installed_wheel(installed_wheel, tmp_path):

@@ -1,4 +1,4 @@
-"""evaluate_robustness as a one-liner: radii as numbers or fractions, data as arrays or datasets, attacks by name."""
+"""evaluate_robustness as a one-liner: data as arrays or datasets, radii as numbers, attacks by name."""
 
 import keras
 import numpy as np
@@ -7,11 +7,8 @@ import tensorflow as tf
 
 import nsladv
 from nsladv.errors import DataError
-from nsladv.errors import SettingsError
 from nsladv.robustness import RobustnessResult
 from nsladv.robustness import attack_set
-from nsladv.robustness import parse_radii
-from nsladv.robustness import parse_radius
 
 RNG = np.random.default_rng(0)
 X = RNG.random((40, 4, 4, 1), dtype=np.float32)
@@ -25,22 +22,6 @@ def classifier(softmax=False):
     if not softmax:
         return keras.Model(inputs, logits)
     return keras.Model(inputs, keras.layers.Softmax()(logits))
-
-
-@pytest.mark.parametrize("text, value", [("0.3", 0.3), ("8/255", 8 / 255), (" 1/4 ", 0.25), (2, 2.0)])
-def test_radii_read_numbers_and_fractions(text, value):
-    assert parse_radius(text) == pytest.approx(value)
-
-
-@pytest.mark.parametrize("text", ["0", "-1/255", "1/0", "abc", "nan", True, None])
-def test_bad_radii(text):
-    with pytest.raises(SettingsError, match=r"`epsilon` must be a (finite )?number > 0"):
-        parse_radius(text)
-
-
-def test_radii_lists_are_sorted_and_deduplicated():
-    assert parse_radii("0.3,8/255,0.3") == [pytest.approx(8 / 255), 0.3]
-    assert parse_radii(0.1) == [0.1]
 
 
 def test_arrays_and_datasets_batched_or_not_give_the_same_result():

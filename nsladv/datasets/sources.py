@@ -81,6 +81,7 @@ def resolve(
     test_fraction=0.2,
     input_range=(0.0, 1.0),
     download=True,
+    channels=None,
 ):
     """The `Splits` of any data source (see the module's docstring for the kinds).
 
@@ -92,6 +93,8 @@ def resolve(
         input_range: `(low, high)` the model's inputs live in: integer pixels are scaled to it,
             float ones must lie in it.
         download: whether TFDS may download a dataset that is not prepared.
+        channels: decode image files with this many channels (1 reads color images as grayscale, 3 grayscale as
+            RGB, as `image_dataset_from_directory`'s `color_mode` does); None keeps the first image's.
 
     Returns:
         `Splits`.
@@ -118,7 +121,7 @@ def resolve(
         return _from_arrays(source, **options)
     path = pathlib.Path(source)
     if path.is_dir():
-        return _from_folder(path, **options)
+        return _from_folder(path, channels=channels, **options)
     if path.is_file():
         if path.suffix != ".npz":
             raise DataError(
@@ -201,11 +204,11 @@ def _from_npz(path, **options):
     return _in_memory(str(path), (arrays["x_train"], arrays["y_train"], None), test, **options)
 
 
-def _from_folder(path, **options):
+def _from_folder(path, *, channels=None, **options):
     train_dir, test_dir = path / "train", path / "test"
     if train_dir.is_dir():
         classes = _class_folders(train_dir)
-        train = _read_images(train_dir, classes, path)
+        train = _read_images(train_dir, classes, path, channels)
         test = None
         if test_dir.is_dir():
             test_classes = _class_folders(test_dir)
@@ -214,10 +217,10 @@ def _from_folder(path, **options):
                     f"train/ and test/ must hold the same class folders. Received: train/ {classes}, "
                     f"test/ {test_classes} in {path}"
                 )
-            test = _read_images(test_dir, classes, path)
+            test = _read_images(test_dir, classes, path, channels)
     else:
         classes = _class_folders(path)
-        train, test = _read_images(path, classes, path), None
+        train, test = _read_images(path, classes, path, channels), None
     shapes = {train[0].shape[1:]} | ({test[0].shape[1:]} if test is not None else set())
     if len(shapes) > 1:
         raise DataError(f"train/ and test/ images must have one shape. Received: shapes {sorted(shapes)} in {path}")
@@ -235,7 +238,7 @@ def _class_folders(folder):
     return classes
 
 
-def _read_images(folder, classes, root):
+def _read_images(folder, classes, root, channels=None):
     """(images uint8 [n, h, w, c], labels, ids) of every image under `folder/<class>/`, ids relative to `root`."""
     files, labels = [], []
     for label, name in enumerate(classes):
@@ -246,7 +249,7 @@ def _read_images(folder, classes, root):
             )
         files += found
         labels += [label] * len(found)
-    first = _decode(files[0])
+    first = _decode(files[0], channels or 0)
     height, width, channels = first.shape
     images = np.empty((len(files), height, width, channels), np.uint8)
     for i, file in enumerate(files):
@@ -336,6 +339,7 @@ def _in_memory(name, train, test, *, validation_fraction, test_fraction, input_r
         test_rows, rows = np.sort(rows[:cut]), rows[cut:]
         x_test, y_test = x[test_rows], y[test_rows]
         layout["test"] = f"{len(test_rows)} examples carved from the data ({test_fraction:g})"
+        layout["test_carved"] = True
     else:
         rows = np.random.default_rng(SPLIT_SEED).permutation(len(y))
         x_test, y_test = _images(test[0], input_range, "test"), _labels(test[1], "test")

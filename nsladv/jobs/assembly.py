@@ -30,7 +30,7 @@ class PipelineData:
     graph: dict = None
 
 
-def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fraction=None):
+def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fraction=None, channels=None):
     """Loads a pipeline's dataset and builds its tf.data pipelines.
 
     Args:
@@ -38,10 +38,15 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
         data_dir: the TFDS data folder.
         eval_examples: evaluate on N test examples spread evenly over the test split.
         validation_fraction: overrides the pipeline's.
+        channels: decode image files with this many channels (the model's; None: as stored).
     """
     fraction = pipeline.validation_fraction if validation_fraction is None else validation_fraction
     splits = datasets.resolve(
-        pipeline.dataset, data_dir=data_dir, validation_fraction=fraction, input_range=pipeline.input_range
+        pipeline.dataset,
+        data_dir=data_dir,
+        validation_fraction=fraction,
+        input_range=pipeline.input_range,
+        channels=channels,
     )
     if pipeline.train_examples is not None:
         kept = datasets.spread_rows(int(splits.train.cardinality()), pipeline.train_examples)

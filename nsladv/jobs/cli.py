@@ -301,7 +301,7 @@ def _overrides(args):
 
 
 def _radius(text):
-    from nsladv.robustness.inputs import parse_radius
+    from nsladv.radii import parse_radius
 
     try:
         return parse_radius(text)
@@ -310,7 +310,7 @@ def _radius(text):
 
 
 def _epsilons(text):
-    from nsladv.robustness.inputs import parse_radii
+    from nsladv.radii import parse_radii
 
     try:
         return tuple(parse_radii(text))

@@ -5,12 +5,13 @@ import time
 
 from nsladv import datasets
 from nsladv.classifier import check_classifier
+from nsladv.classifier import declared_channels
 from nsladv.classifier import load_classifier
 from nsladv.jobs import report as report_lib
 from nsladv.jobs.model_card import write_run_files
+from nsladv.radii import parse_radii
 from nsladv.robustness import attack_set
 from nsladv.robustness import evaluate_robustness
-from nsladv.robustness.inputs import parse_radii
 
 
 def evaluate(
@@ -54,10 +55,14 @@ def evaluate(
     epsilons = parse_radii(epsilons)
     attack_set(attacks, norm=norm)  # An unknown name or norm fails here, before anything loads.
     model = load_classifier(model_path)
-    splits = datasets.resolve(data, data_dir=data_dir, input_range=input_range)
+    splits = datasets.resolve(data, data_dir=data_dir, input_range=input_range, channels=declared_channels(model))
     from_logits = check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
     chosen = attack_set(attacks, norm=norm, clip_range=input_range, num_classes=splits.num_classes)
-    test = datasets.input_pipeline(datasets.spread(splits.test, eval_examples), batch_size=500, training=False)
+    examples = splits.test
+    if splits.layout.get("test_carved"):  # no test split of its own: every example is the model's to be tested on
+        examples = splits.train.concatenate(splits.validation).concatenate(splits.test)
+        splits.layout["test"] = f"all {int(examples.cardinality())} examples (the data has no test split)"
+    test = datasets.input_pipeline(datasets.spread(examples, eval_examples), batch_size=500, training=False)
     name = pathlib.Path(model_path).stem if pathlib.Path(model_path).is_file() else pathlib.Path(model_path).name
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / "evaluate" / name)
     log(

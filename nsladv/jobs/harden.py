@@ -11,6 +11,7 @@ from nsladv import datasets
 from nsladv import distribute
 from nsladv._extras import available
 from nsladv.classifier import check_classifier
+from nsladv.classifier import declared_channels
 from nsladv.errors import ModelNotFoundError
 from nsladv.errors import SettingsError
 from nsladv.guards import RobustnessMonitor
@@ -217,10 +218,13 @@ class _HardenJob:
         if self.state.discarded:
             log(f"--overwrite: the earlier run's {' and '.join(self.state.discarded)} in {out_dir} were replaced")
         keras.utils.set_random_seed(pipeline.seed)
-        self.data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples)
+        loaded = None if model is None else _load_user_model(model)
+        self.data = pipeline_data(
+            pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples, channels=declared_channels(loaded)
+        )
         self._log_data()
         # Checked once, before any training: the model takes the data's images and scores its classes.
-        self.from_logits = self._check_model()
+        self.from_logits = self._check_model(loaded)
         self.contenders = self._contenders(baseline)
         self.timings = {}
         self.training_logs = {}
@@ -490,13 +494,10 @@ class _HardenJob:
 
     # Set-up ------------------------------------------------------------------------
 
-    def _check_model(self):
+    def _check_model(self, loaded):
         """Whether the model outputs logits; raises when it does not fit the data (before any training)."""
         splits = self.data.splits
-        if self.user_model is None:
-            model = self.pipeline.build_model(splits.image_shape, splits.num_classes)
-        else:
-            model = _load_user_model(self.user_model)
+        model = loaded if loaded is not None else self.pipeline.build_model(splits.image_shape, splits.num_classes)
         from_logits = check_classifier(model, splits.image_shape, splits.num_classes, data_name=splits.name)
         # After the check's call, which builds a subclassed model's weights.
         self._initial_weights = [np.array(w) for w in model.get_weights()]

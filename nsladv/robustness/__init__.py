@@ -1,5 +1,7 @@
 """Measuring robustness: white-box attacks (FGSM, PGD, Auto-PGD, FAB-T), the black-box Square check, worst cases."""
 
+from nsladv.radii import parse_radii
+from nsladv.radii import parse_radius
 from nsladv.robustness.apgd import APGD
 from nsladv.robustness.apgd import APGDAttacker
 from nsladv.robustness.apgd import apgd_ce
@@ -16,8 +18,6 @@ from nsladv.robustness.closest import Closest
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.fab import fab_t
-from nsladv.robustness.inputs import parse_radii
-from nsladv.robustness.inputs import parse_radius
 from nsladv.robustness.result import RobustnessResult
 from nsladv.robustness.retry import gradient_path_check
 from nsladv.robustness.sets import ATTACK_SETS

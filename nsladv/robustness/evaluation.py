@@ -11,12 +11,12 @@ import numpy as np
 
 from nsladv.classifier import check_classifier
 from nsladv.errors import DataError
+from nsladv.radii import parse_radii
 from nsladv.robustness.checks import sanity_checks
 from nsladv.robustness.checks import wilson_interval
 from nsladv.robustness.closest import Closest
 from nsladv.robustness.inputs import evaluation_arrays
 from nsladv.robustness.inputs import output_classes
-from nsladv.robustness.inputs import parse_radii
 from nsladv.robustness.result import RobustnessResult
 from nsladv.robustness.retry import BLACK_BOX_RETRY
 from nsladv.robustness.retry import check_paths

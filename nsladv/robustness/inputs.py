@@ -1,51 +1,12 @@
-"""What `evaluate_robustness` accepts, made uniform: radii, evaluation data, attacks by name or in a list."""
-
-import fractions
-import numbers
+"""What `evaluate_robustness` accepts, made uniform: evaluation data as arrays, datasets or a source's name."""
 
 import numpy as np
 import tensorflow as tf
 
 from nsladv.errors import DataError
 from nsladv.errors import ModelMismatchError
-from nsladv.errors import SettingsError
 
 DEFAULT_BATCH_SIZE = 500
-
-
-def parse_radius(value, *, name="epsilon"):
-    """A radius > 0 from a number or a text such as `"0.3"` or `"8/255"`.
-
-    Raises:
-        SettingsError: not a finite number > 0.
-    """
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(fractions.Fraction(text)) if "/" in text else float(text)
-        except (ValueError, ZeroDivisionError):
-            raise SettingsError(
-                f"`{name}` must be a number > 0, or a fraction such as 8/255. Received: {name}={value!r}"
-            ) from None
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        raise SettingsError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
-    if not np.isfinite(number) or number <= 0:
-        raise SettingsError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
-    return number
-
-
-def parse_radii(values, *, name="epsilons"):
-    """Sorted radii from one radius, a comma-separated text (`"0.1,8/255"`) or a sequence of them."""
-    if isinstance(values, str):
-        values = [v for v in values.split(",") if v.strip()]
-    elif not isinstance(values, (list, tuple, np.ndarray)):
-        values = [values]
-    radii = sorted({parse_radius(v, name=name) for v in values})
-    if not radii:
-        raise SettingsError(f"`{name}` must name at least one radius > 0. Received: {name}={values!r}")
-    return radii
 
 
 def evaluation_arrays(data, *, data_dir=None, input_range=(0.0, 1.0)):

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 import nsladv
 from nsladv import datasets
+from nsladv import export
 from nsladv.errors import RunExistsError
 from nsladv.jobs import cli
 
@@ -258,6 +259,25 @@ def test_evaluate_any_model_on_an_image_folder_with_a_fraction_radius(tmp_path, 
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["evaluations"]["model"]["epsilons"] == [pytest.approx(8 / 255)]
     assert report["dataset"]["examples"] == 30 and report["dataset"]["source"] == str(tmp_path / "images")
+    # One folder has no test split of its own: evaluation draws from all of it, not from a carved share.
+    assert report["dataset"]["test"] == "all 200 examples (the data has no test split)"
+
+
+def test_color_images_are_read_with_the_models_channels_and_a_signature_says_what_it_takes(tmp_path, digits, capsys):
+    _, (xt, yt) = digits
+    for i, (image, label) in enumerate(zip(xt[:40], yt[:40])):
+        folder = tmp_path / "photos" / f"digit {label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(np.repeat(image[..., None], 3, axis=-1)).numpy())
+    model_file = saved(small_cnn(), tmp_path)  # grayscale (28, 28, 1), as image_dataset_from_directory's color_mode
+    argv = ["evaluate", model_file, "--data", tmp_path / "photos", "--attacks", "quick", "--epsilons", "0.1"]
+    code, out = run_cli([*argv, "--out", tmp_path / "eval"], capsys)
+    assert code == 0, out.err
+    export.export_model(small_cnn((32, 32, 3)), tmp_path / "saved_models", "color", input_shape=(32, 32, 3))
+    code, out = run_cli(["evaluate", tmp_path / "saved_models" / "color", "--data", tmp_path / "photos"], capsys)
+    assert (
+        code == 2 and "expected images of shape (32, 32, 3) (the model's input). Received: images of shape " in out.err
+    )
 
 
 def test_tune_a_pipeline_on_your_npz_under_your_name(tmp_path, digits, capsys):

@@ -27,9 +27,15 @@ def test_import_nsladv_does_not_load_tensorflow():
     assert result.stdout.split()[0] == "False"
 
 
-def test_the_public_api_resolves():
-    for name in nsladv.__all__:
-        assert getattr(nsladv, name) is not None, name
+def test_the_public_api_resolves_to_what_it_declares():
+    """Each lazy name is the object of the module it names, and `__all__` lists exactly them."""
+    import importlib
+
+    assert nsladv.__all__ == sorted({*nsladv._EXPORTS, *nsladv._SUBMODULES, "__version__"})
+    for name, module in nsladv._EXPORTS.items():
+        assert getattr(nsladv, name) is getattr(importlib.import_module(module), name), name
+    for name, module in nsladv._SUBMODULES.items():
+        assert getattr(nsladv, name) is importlib.import_module(module), name
 
 
 def test_the_functions_are_nsl_own():
