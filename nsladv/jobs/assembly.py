@@ -92,6 +92,36 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
     return PipelineData(splits, train, validation, test, plain_train, graph_info)
 
 
+def describe_data(data, eval_examples):
+    """The lines a job logs about its data (and its graph, and what a user's edge file could not place)."""
+    splits = data.splits
+    tests = int(splits.test.cardinality())
+    tests = tests if eval_examples is None else min(eval_examples, tests)
+    lines = [
+        f"data: {splits.name}, images {splits.image_shape}, {splits.num_classes} classes; "
+        f"{int(splits.train.cardinality())} train, {int(splits.validation.cardinality())} validation (carved "
+        f"from the train split), {tests} test examples evaluated"
+    ]
+    g = data.graph
+    if g is None:
+        return lines
+    agreement = "none" if g["neighbor_label_agreement"] is None else f"{100 * g['neighbor_label_agreement']:.1f}%"
+    lines.append(
+        f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
+        f"{g['nodes_with_neighbors']} of them with neighbors; "
+        f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
+        f"({g['mean_neighbors_of_labelled']} on average, {agreement} same class)"
+    )
+    read = g.get("edges_file")
+    if read is not None and read["edges_left_out"]:
+        lines.append(
+            f"graph file {g['edges_tsv']}: {read['edges_left_out']} of its {read['edges']} edges left out, "
+            f"naming {read['unknown_ids']} ids that are not training examples "
+            f"(e.g. {', '.join(read['unknown_examples'])})"
+        )
+    return lines
+
+
 def _neighbor_table(pipeline, images, labels, rows, ids):
     """The graph over every training image (built, or read from the user's edges); the labelled `rows`' neighbors."""
     setup = pipeline.graph

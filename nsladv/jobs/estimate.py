@@ -115,3 +115,29 @@ class Phase:
 
     title: str
     seconds: float = None
+
+
+def plan(job, export, timing):
+    """The phases of a harden job and their estimated seconds (None: done by an earlier run), from its timed pass."""
+    pipeline, splits = job.pipeline, job.data.splits
+    train = int(splits.train.cardinality()) if pipeline.train_examples is None else pipeline.train_examples
+    validation = int(splits.validation.cardinality())
+    tests = int(splits.test.cardinality())
+    tests = tests if pipeline.eval_examples is None else min(pipeline.eval_examples, tests)
+    phases = []
+    for label, graph, adversarial in job.contenders:
+        passes = training_passes(pipeline, train, validation, adversarial=adversarial, graph=graph is not None)
+        done = job.state.trained_seconds(label) is not None
+        seconds = None if done else timing.seconds(passes, TRAINING_TRACES)
+        phases.append(Phase(f"train the {job.titles[label]}", seconds))
+    radii = len(pipeline.eval_epsilons)
+    for label, _, _ in job.contenders:
+        passes = evaluation_passes(pipeline.eval_attacks, tests, radii, robust=label != "baseline")
+        done = job.state.evaluation(label) is not None
+        traces = TRACES_PER_ATTACK * len(pipeline.eval_attacks)
+        seconds = None if done else timing.seconds(passes, traces)
+        phases.append(Phase(f"evaluate the {label} model", seconds))
+    phases.append(Phase("write the report, the plot and the model card", 1.0))
+    if export:
+        phases.append(Phase("export for TF Serving", None if job.state.export else 10.0))
+    return phases

@@ -12,7 +12,6 @@ from nsladv import distribute
 from nsladv._extras import available
 from nsladv.classifier import check_classifier
 from nsladv.classifier import declared_channels
-from nsladv.errors import ModelNotFoundError
 from nsladv.errors import SettingsError
 from nsladv.guards import RobustnessMonitor
 from nsladv.guards import StopOnNonFiniteLoss
@@ -20,6 +19,8 @@ from nsladv.jobs import console
 from nsladv.jobs import estimate
 from nsladv.jobs import report as report_lib
 from nsladv.jobs import run_state
+from nsladv.jobs import user_models
+from nsladv.jobs.assembly import describe_data
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
 from nsladv.jobs.model_card import write_run_files
@@ -118,7 +119,7 @@ def harden(
         DataError: the data cannot be read or does not fit.
         RunExistsError: `out_dir` holds models trained with other settings.
     """
-    pipeline = _pipeline(pipeline)
+    pipeline = user_models.pipeline_of(pipeline)
     if model_path is not None:
         if model is not None:
             raise SettingsError("Pass `model` or `model_path`, not both. Received: both")
@@ -192,7 +193,7 @@ class _HardenJob:
         self.step_progress = step_progress
         self.pipeline = pipeline
         self.user_model = model
-        self.model_source = _model_source(model)
+        self.model_source = user_models.describe(model)
         self.out_dir = out_dir
         self.saved_models = saved_models
         self.callbacks = callbacks
@@ -207,7 +208,7 @@ class _HardenJob:
             out_dir,
             training={
                 **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
-                "model": _model_fingerprint(model),
+                "model": user_models.fingerprint(model),
                 "mixed_precision": mixed_precision,
             },
             evaluation={k: settings[k] for k in _EVALUATION_SETTINGS},
@@ -218,16 +219,18 @@ class _HardenJob:
         if self.state.discarded:
             log(f"--overwrite: the earlier run's {' and '.join(self.state.discarded)} in {out_dir} were replaced")
         keras.utils.set_random_seed(pipeline.seed)
-        loaded = None if model is None else _load_user_model(model)
+        loaded = None if model is None else user_models.load(model)
         self.data = pipeline_data(
             pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples, channels=declared_channels(loaded)
         )
-        self._log_data()
+        for line in describe_data(self.data, pipeline.eval_examples):
+            log(line)
         # Checked once, before any training: the model takes the data's images and scores its classes.
         self.from_logits = self._check_model(loaded)
         self.contenders = self._contenders(baseline)
         self.timings = {}
         self.training_logs = {}
+        self.titles = _TITLES
 
     def run(self, *, export):
         self._announce_plan(export)
@@ -448,7 +451,8 @@ class _HardenJob:
 
     def _announce_plan(self, export):
         """Logs the job's phases and an estimate of its time on this machine (see `nsladv.jobs.estimate`)."""
-        phases = self._plan(export)
+        self._timing = estimate.time_passes(self._checked_model, self.data.splits.image_shape)
+        phases = estimate.plan(self, export, self._timing)
         self._phases, self._done = len(phases), 0
         left = [p.seconds for p in phases if p.seconds is not None]
         self.log(
@@ -459,33 +463,6 @@ class _HardenJob:
         for number, phase in enumerate(phases, 1):
             when = "done by an earlier run" if phase.seconds is None else f"about {console.duration(phase.seconds)}"
             self.log(f"  [{number}/{len(phases)}] {phase.title}: {when}")
-
-    def _plan(self, export):
-        pipeline, splits = self.pipeline, self.data.splits
-        self._timing = timing = estimate.time_passes(self._checked_model, splits.image_shape)
-        train = int(splits.train.cardinality()) if pipeline.train_examples is None else pipeline.train_examples
-        validation = int(splits.validation.cardinality())
-        tests = int(splits.test.cardinality())
-        tests = tests if pipeline.eval_examples is None else min(pipeline.eval_examples, tests)
-        phases = []
-        for label, graph, adversarial in self.contenders:
-            passes = estimate.training_passes(
-                pipeline, train, validation, adversarial=adversarial, graph=graph is not None
-            )
-            done = self.state.trained_seconds(label) is not None
-            seconds = None if done else timing.seconds(passes, estimate.TRAINING_TRACES)
-            phases.append(estimate.Phase(f"train the {_TITLES[label]}", seconds))
-        radii = len(pipeline.eval_epsilons)
-        for label, _, _ in self.contenders:
-            passes = estimate.evaluation_passes(pipeline.eval_attacks, tests, radii, robust=label != "baseline")
-            done = self.state.evaluation(label) is not None
-            traces = estimate.TRACES_PER_ATTACK * len(pipeline.eval_attacks)
-            seconds = None if done else timing.seconds(passes, traces)
-            phases.append(estimate.Phase(f"evaluate the {label} model", seconds))
-        phases.append(estimate.Phase("write the report, the plot and the model card", 1.0))
-        if export:
-            phases.append(estimate.Phase("export for TF Serving", None if self.state.export else 10.0))
-        return phases
 
     def _phase(self, text):
         """Logs the start of the next phase with its number: `[3/6] white-box evaluation of ...`."""
@@ -516,35 +493,7 @@ class _HardenJob:
                 model(np.zeros((1, *splits.image_shape), np.float32))
             model.set_weights(self._initial_weights)
             return model
-        return _load_user_model(self.user_model)
-
-    def _log_data(self):
-        data = self.data
-        splits, examples = data.splits, self.pipeline.eval_examples
-        tests = int(splits.test.cardinality())
-        self.log(
-            f"data: {splits.name}, images {splits.image_shape}, {splits.num_classes} classes; "
-            f"{int(splits.train.cardinality())} train, {int(splits.validation.cardinality())} validation (carved "
-            f"from the train split), {tests if examples is None else min(examples, tests)} test examples evaluated"
-        )
-        if data.graph is not None:
-            g = data.graph
-            agreement = (
-                "none" if g["neighbor_label_agreement"] is None else f"{100 * g['neighbor_label_agreement']:.1f}%"
-            )
-            self.log(
-                f"graph: {g['edges']} edges over {g['nodes']} training images in {g['build_seconds']} s, "
-                f"{g['nodes_with_neighbors']} of them with neighbors; "
-                f"{g['labelled_with_neighbors']} of {g['labelled']} labelled images have neighbors "
-                f"({g['mean_neighbors_of_labelled']} on average, {agreement} same class)"
-            )
-            read = g.get("edges_file")
-            if read is not None and read["edges_left_out"]:
-                self.log(
-                    f"graph file {g['edges_tsv']}: {read['edges_left_out']} of its {read['edges']} edges left out, "
-                    f"naming {read['unknown_ids']} ids that are not training examples "
-                    f"(e.g. {', '.join(read['unknown_examples'])})"
-                )
+        return user_models.load(self.user_model)
 
     def _contenders(self, baseline):
         """(label, graph term, adversarial) of each model to train, all from the same initial weights."""
@@ -605,56 +554,5 @@ def _run_callbacks(out_dir, label, chief):
     return callbacks
 
 
-def _pipeline(pipeline):
-    from nsladv.jobs.pipeline import DEFAULT_PIPELINE
-    from nsladv.jobs.pipeline import Pipeline
-    from nsladv.jobs.pipeline import load_pipeline
-
-    if pipeline is None or isinstance(pipeline, (str, pathlib.PurePath)):
-        return load_pipeline(str(pipeline or DEFAULT_PIPELINE))
-    if not isinstance(pipeline, Pipeline):
-        raise SettingsError(
-            "Expected an nsladv.Pipeline, a pipeline's name or a pipeline file. "
-            f"Received: pipeline of type {type(pipeline).__name__}"
-        )
-    return pipeline
-
-
-def _model_source(model):
-    if model is None:
-        return "the pipeline's build_model"
-    if isinstance(model, keras.Model):
-        return f"the keras.Model {model.name!r} given in Python"
-    return str(model)
-
-
-def _model_fingerprint(model):
-    """What identifies the model a run starts from: a file's path and size, or an in-memory model's weights."""
-    if model is None:
-        return None
-    if isinstance(model, keras.Model):
-        import hashlib
-
-        digest = hashlib.sha256(f"{type(model).__name__}:{model.name}".encode())
-        for weight in model.weights:
-            digest.update(np.asarray(weight).tobytes())
-        return f"keras.Model {model.name} {digest.hexdigest()[:16]}"
-    path = pathlib.Path(model)
-    return f"{path} ({path.stat().st_size} bytes)" if path.is_file() else str(path)
-
-
 def _interval(pair):
     return f"[{pair[0]:g}, {pair[1]:g}]"
-
-
-def _load_user_model(model):
-    """The user's model: a keras.Model as it is, or a `.keras` file loaded."""
-    if isinstance(model, keras.Model):
-        return model
-    path = pathlib.Path(model)
-    if not path.is_file() or path.suffix != ".keras":
-        raise ModelNotFoundError(
-            f"Expected a saved Keras model file (.keras) or a keras.Model. Received: model {str(model)!r}"
-            + ("" if path.is_file() else " (no such file)")
-        )
-    return keras.saving.load_model(path, compile=False)
