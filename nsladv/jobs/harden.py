@@ -355,7 +355,7 @@ class _HardenJob:
         found = self.state.evaluation(label)
         if found is not None:
             evaluation, seconds = found
-            self._phase(f"the white-box evaluation of the {label} model was made by an earlier run: reusing it")
+            self._phase(f"the {label} model's evaluation was made by an earlier run: reusing it")
         else:
             pipeline = self.pipeline
             self._phase(
