@@ -31,7 +31,13 @@ ATTACK_SETS = {
         Square(queries=1000),
     ),
     # AutoAttack's standard version: APGD-CE, APGD-T (9 target classes), FAB-T (9) and Square (5,000 queries).
-    "full": lambda: (FGSM, apgd_ce(), apgd_t(target_classes=9), fab_t(target_classes=9), Square(queries=5000)),
+    "full": lambda: (
+        FGSM,
+        apgd_ce(),
+        apgd_t(target_classes=9),
+        fab_t(target_classes=9),
+        Square(queries=5000, rescale_schedule=False),
+    ),
 }
 
 

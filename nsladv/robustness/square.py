@@ -31,12 +31,18 @@ class Square(LinfSettings):
         name: label for reports.
         queries: model queries per example (AutoAttack: 5,000).
         p_init: the first window's share of the image (AutoAttack: 0.8).
+        rescale_schedule: stretch the window's halving schedule, written for
+            10,000 queries, over `queries` (the Square Attack code's default);
+            AutoAttack's standard version runs it as written
+            (`resc_schedule=False`): with 5,000 queries the window stops
+            shrinking at its 1/128 share.
         clip_range: the valid input range.
     """
 
     name: str = "square"
     queries: int = 1000
     p_init: float = 0.8
+    rescale_schedule: bool = True
     clip_range: tuple = (0.0, 1.0)
 
     def __post_init__(self):
@@ -76,8 +82,10 @@ class SquareAttacker(Counter):
         return self._margin(tf.constant(x, tf.float32), tf.constant(y, tf.int64)).numpy()
 
     def _share(self, iteration):
-        scaled = iteration * 10_000 / self.attack.queries
-        return self.attack.p_init / 2 ** sum(scaled > at for at in _HALVINGS)
+        """The window's share of the image at `iteration`: p_init halved at each of `_HALVINGS` passed, on the
+        schedule's own 10,000-query scale (truncated to an integer, as the reference does) or as written."""
+        at = int(iteration * 10_000 / self.attack.queries) if self.attack.rescale_schedule else iteration
+        return self.attack.p_init / 2 ** sum(at > halving for halving in _HALVINGS)
 
     def batch_masks(self, x, y, epsilon):
         clean, robust, _ = self.perturb(x, y, epsilon)
@@ -103,7 +111,8 @@ class SquareAttacker(Counter):
             if active.size == 0:
                 break
             side = int(np.clip(round(np.sqrt(self._share(iteration) * height * width)), 1, min(height, width) - 1))
-            # Each image gets a window of its own (the reference draws one per image).
+            # Each image gets a window of its own, as the Square Attack paper's code draws them (AutoAttack's PyTorch
+            # code draws one window a batch).
             top = self.rng.integers(0, height - side + 1, size=(active.size, 1))
             left = self.rng.integers(0, width - side + 1, size=(active.size, 1))
             rows, cols = np.arange(height)[None], np.arange(width)[None]
