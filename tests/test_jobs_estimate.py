@@ -30,10 +30,10 @@ def test_passes_per_example_and_radius(attack, passes):
     assert estimate.attack_passes(attack) == pytest.approx(passes)
 
 
-def test_an_undefended_model_is_counted_only_until_the_first_multi_step_attack():
+def test_an_undefended_model_keeps_a_quarter_of_its_examples_after_the_first_multi_step_attack():
     attacks = (FGSM, APGD(steps=100), Square(queries=300))
     assert estimate.evaluation_passes(attacks, 10, 2, robust=True) == pytest.approx((1 + 100 + 100) * 10 * 2)
-    assert estimate.evaluation_passes(attacks, 10, 2, robust=False) == pytest.approx((1 + 100) * 10 * 2)
+    assert estimate.evaluation_passes(attacks, 10, 2, robust=False) == pytest.approx((1 + 100 + 25) * 10 * 2)
 
 
 def test_training_counts_the_neighbor_steps_the_clean_step_and_the_monitor():
