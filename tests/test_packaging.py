@@ -6,6 +6,7 @@ as `nsladv.pipelines` only. These tests build the wheel, install it into a fresh
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +22,10 @@ pytestmark = pytest.mark.slow
 def installed_wheel(tmp_path_factory):
     """A folder holding nsladv installed from its wheel (its requirements come from this environment)."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from a copy, so that setuptools' build/ folder lands there and not in the working tree.
+    source = root / "source"
+    ignored = shutil.ignore_patterns(".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache")
+    shutil.copytree(REPO, source, ignore=ignored)
     build = subprocess.run(
         [
             sys.executable,
@@ -31,7 +36,7 @@ def installed_wheel(tmp_path_factory):
             "--no-build-isolation",
             "-w",
             str(root / "dist"),
-            str(REPO),
+            str(source),
         ],
         capture_output=True,
         text=True,
@@ -54,7 +59,8 @@ def run_installed(target, code, cwd):
 
 
 def test_the_wheel_ships_one_top_level_package_with_the_pipelines_inside(installed_wheel):
-    tops = {p.name for p in installed_wheel.iterdir() if not p.name.endswith(".dist-info")}
+    # What pip puts beside the packages: the metadata, and the console script's bin/.
+    tops = {p.name for p in installed_wheel.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin"}
     assert tops == {"nsladv"}
     for name in ("nsladv/pipelines/__init__.py", "nsladv/pipelines/mnist.py", "nsladv/jobs/cli.py"):
         assert (installed_wheel / name).is_file(), name

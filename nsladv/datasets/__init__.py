@@ -23,9 +23,9 @@ _EXPORTS = {
     "scale_image": "nsladv.datasets.loading",
     "spread": "nsladv.datasets.loading",
     "spread_rows": "nsladv.datasets.loading",
-    "input_pipeline": "nsladv.datasets.input_pipeline",
-    "random_shift": "nsladv.datasets.input_pipeline",
-    "random_shift_batch": "nsladv.datasets.input_pipeline",
+    "input_pipeline": "nsladv.datasets.batching",
+    "random_shift": "nsladv.datasets.batching",
+    "random_shift_batch": "nsladv.datasets.batching",
     "DatasetUnavailableError": "nsladv.errors",
 }
 

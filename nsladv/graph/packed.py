@@ -22,7 +22,7 @@ import re
 import tensorflow as tf
 
 from nsladv import _nsl
-from nsladv.datasets import input_pipeline
+from nsladv.datasets import batching
 
 DEFAULT_PREFIX = _nsl.nsl.configs.GraphNeighborConfig().prefix
 DEFAULT_WEIGHT_SUFFIX = _nsl.nsl.configs.GraphNeighborConfig().weight_suffix
@@ -189,4 +189,4 @@ def packed_dataset(
         return features, features.pop(label_key)
 
     records = tf.data.TFRecordDataset([str(p) for p in ([paths] if isinstance(paths, (str, pathlib.Path)) else paths)])
-    return input_pipeline.input_pipeline(records, batch_size=batch_size, training=training, seed=seed, batch_map=parse)
+    return batching.input_pipeline(records, batch_size=batch_size, training=training, seed=seed, batch_map=parse)

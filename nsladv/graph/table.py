@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from nsladv.datasets import input_pipeline
+from nsladv.datasets import batching
 from nsladv.graph.graph import Graph
 from nsladv.graph.packed import DEFAULT_PREFIX
 from nsladv.graph.packed import DEFAULT_WEIGHT_SUFFIX
@@ -144,7 +144,7 @@ class NeighborTable:
             () if sample_weights is None else (np.asarray(sample_weights, np.float32),)
         )
         dataset = tf.data.Dataset.from_tensor_slices(columns)
-        return input_pipeline.input_pipeline(
+        return batching.input_pipeline(
             dataset,
             batch_size=batch_size,
             training=training,
