@@ -84,6 +84,7 @@ def test_a_job_logged_to_a_file_reads_as_lines_with_its_phases(tmp_path, data_di
         done = subprocess.run(
             [sys.executable, "-m", "nsladv.jobs.cli", "harden", str(HERE / "tiny_pipeline.py")]
             + ["--eval-examples", "50", "--data-dir", data_dir, "--out", str(tmp_path / "run")]
+            + ["--name", "logged", "--epsilon", "1/10"]  # flags whose checks load TensorFlow
             + ["--saved-models", str(tmp_path / "saved_models")],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -94,7 +95,7 @@ def test_a_job_logged_to_a_file_reads_as_lines_with_its_phases(tmp_path, data_di
     assert "\r" not in text and "\x1b[" not in text  # no progress bars redrawn in place, no terminal colours
     assert "cuInit" not in text and "absl::InitializeLog" not in text and "cpu_feature_guard" not in text
     lines = text.splitlines()
-    assert any(line.startswith("tiny: 6 phases, about ") and "on this machine" in line for line in lines)
+    assert any(line.startswith("logged: 6 phases, about ") and "on this machine" in line for line in lines)
     for number, phase in enumerate(("training the hardened", "training the undefended", "white-box evaluation"), 1):
         assert any(line.startswith(f"[{number}/6] {phase}") for line in lines), phase
     assert any(line.startswith("15/15 - ") for line in lines)  # Keras' one line per epoch

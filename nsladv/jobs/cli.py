@@ -366,7 +366,12 @@ def _run_name(args, pipeline_name):
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    from nsladv.jobs import console
+
+    # A flag's check may load TensorFlow (a model name is checked as the export checks it): its start-up noise is
+    # filtered from the first import on.
+    with console.startup_noise_filtered():
+        args = _parser().parse_args(argv)
     args.debug = getattr(args, "debug", False)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
