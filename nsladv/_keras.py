@@ -158,3 +158,14 @@ def averaged_variables(optimizer):
         list(getattr(optimizer, "_trainable_variables", [])),
         list(getattr(optimizer, "_model_variables_moving_average", None) or []),
     )
+
+
+def is_graph_network(model):
+    """Whether a model is sequential or functional (its layers can be cloned one by one), not subclassed."""
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # A Keras that moved it: the public class name still tells.
+        return type(model).__name__ == "Functional"
+    return type(model) is Functional

@@ -163,6 +163,11 @@ class RobustnessMonitor(keras.callbacks.Callback):
             raw weights: for an optimizer with `use_ema=True`, whose average
             `fit` ends with (see `averaged_weights`). Training continues from
             the raw weights.
+        measured_model: the model the attack measures, given the fitted
+            model's weights before each reading: e.g. a float32 copy
+            (`nsladv.precision.float32_copy`) of a model trained in mixed
+            precision, so that every epoch is measured as the model will be
+            evaluated. Default: the fitted model itself.
 
     After training, `history` holds one dict per epoch, `best_epoch` the best
     (0-based), `kept_epoch` the one whose weights the model ends with and
@@ -186,6 +191,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
         backup_dir=None,
         writer=True,
         averaged_weights=False,
+        measured_model=None,
     ):
         super().__init__()
         from nsladv.robustness.attacks import pgd
@@ -193,6 +199,7 @@ class RobustnessMonitor(keras.callbacks.Callback):
         if not 0 < collapse_drop <= 1:
             raise ValueError(f"`collapse_drop` must be in (0, 1]. Received: collapse_drop={collapse_drop!r}")
         self.base = model
+        self.measured = model if measured_model is None else measured_model
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y).reshape(-1).astype(np.int64)
         self.epsilon = float(epsilon)
         self.attack = attack or pgd(10, 1)
@@ -213,8 +220,10 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
     def measure(self):
         """(clean accuracy, robust accuracy) of the model now, on the monitor's examples."""
+        if self.measured is not self.base:
+            self.measured.set_weights(self.base.get_weights())
         if self._attacker is None:
-            self._attacker = self.attack.batch_attacker(self.base, from_logits=self.from_logits, seed=self.seed)
+            self._attacker = self.attack.batch_attacker(self.measured, from_logits=self.from_logits, seed=self.seed)
         attacker = self._attacker
         attacker.reseed(self.seed)  # The same random starts every epoch.
         batch = tf.data.Dataset.from_tensor_slices((self.x, self.y)).batch(len(self.y))

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from nsladv import precision
 from nsladv.guards import RobustnessMonitor
 from nsladv.guards import averaged_weights
 
@@ -54,10 +55,13 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
 
 
-def staged_fit(schedule, *, optimizer=None, extra_callbacks=(), **monitor_args):
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+def staged_fit(schedule, *, optimizer=None, extra_callbacks=(), trained_in="float32", **monitor_args):
+    with precision.policy_scope(trained_in):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     optimizer = optimizer or keras.optimizers.SGD(0.0)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if trained_in != "float32":  # As the harden job measures a mixed-precision model: a float32 copy.
+        monitor_args["measured_model"] = precision.float32_copy(model)
     monitor = RobustnessMonitor(model, X, Y, epsilon=EPSILON, **monitor_args)
     history = model.fit(
         X,
@@ -82,10 +86,13 @@ def test_the_best_epoch_is_the_most_robust_not_the_cleanest():
     assert history.history["robust_accuracy"] == pytest.approx(robust)
 
 
-def test_a_collapse_stops_training_and_brings_back_the_best_epoch():
+@pytest.mark.parametrize("trained_in", ["float32", "bfloat16"])
+def test_a_collapse_stops_training_and_brings_back_the_best_epoch(trained_in):
+    """Under bfloat16 too: the monitor reads a float32 copy, so its readings are the float32 ones."""
     messages = []
     schedule = [CLEANER, ROBUST, CLEANER, COLLAPSED, CLEANER, ROBUST]
-    model, monitor, history = staged_fit(schedule, log=messages.append)
+    model, monitor, history = staged_fit(schedule, log=messages.append, trained_in=trained_in)
+    assert precision.of_model(model) == trained_in
     robust = [h["robust_accuracy"] for h in monitor.history]
     assert robust[:3] == pytest.approx([0.64, 0.80, 0.64]) and robust[3] < 0.05
     assert monitor.collapsed_at == 3 and len(history.history["loss"]) == 4  # stopped at the collapse

@@ -19,6 +19,7 @@ from nsladv import export
 from nsladv import load_pipeline
 from nsladv.datasets import loading
 from nsladv.errors import RunExistsError
+from nsladv.errors import SettingsError
 from nsladv.errors import TrainingDivergedError
 from nsladv.jobs import cli
 from nsladv.jobs import harden as hardening
@@ -473,10 +474,10 @@ def test_cli_serve_refuses_what_tf_serving_refuses_to_start_with(capsys, tmp_pat
     assert code == 2 and "Unknown or malformed field enabled" in out.err
 
 
-def test_harden_in_mixed_precision(tmp_path, data_dir):
+def test_harden_in_bfloat16_evaluates_and_exports_float32(tmp_path, data_dir):
     report = hardening.harden(
         load_pipeline(TINY).replace(epochs=3),
-        mixed_precision="mixed_float16",
+        precision="bfloat16",
         out_dir=tmp_path / "run",
         saved_models=tmp_path / "sm",
         data_dir=data_dir,
@@ -486,6 +487,8 @@ def test_harden_in_mixed_precision(tmp_path, data_dir):
         log=lambda *_: None,
     )
     assert keras.config.dtype_policy().name == "float32"  # restored
+    assert report["precision"]["training"] == "bfloat16" and report["precision"]["why"] == "asked for"
+    assert report["precision"]["evaluation_and_export"] == "float32"
     signature = tf.saved_model.load(report["export"]).signatures["serving_default"]
     assert signature(image=tf.zeros((2, 28, 28, 1)))["logits"].dtype == tf.float32
     # The reported clean accuracy is the shipped model's on the same 100 digits, counted here by hand.
@@ -633,3 +636,13 @@ def test_harden_with_weight_averaging_trains_on_the_raw_weights_and_ships_the_av
     np.testing.assert_allclose(
         signature(image=tf.constant(images))["logits"].numpy(), model(images).numpy(), rtol=1e-5, atol=1e-5
     )
+
+
+def test_a_model_given_in_python_keeps_its_precision_unless_asked_otherwise(tmp_path, data_dir):
+    """It trains in place: "auto" keeps its precision; an explicit other one is refused before any work."""
+    model = load_pipeline(TINY).build_model((28, 28, 1), 10)
+    with pytest.raises(SettingsError, match=r"built in \(float32\).*Received: precision='bfloat16' for a float32"):
+        hardening.harden(
+            TINY, model=model, precision="bfloat16", out_dir=tmp_path / "run", data_dir=data_dir, log=lambda *_: None
+        )
+    assert not (tmp_path / "run").exists()

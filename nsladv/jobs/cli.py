@@ -86,9 +86,12 @@ def _parser():
         help="tf.distribute strategy (default: default; auto picks from TF_CONFIG and the GPUs)",
     )
     harden.add_argument(
-        "--mixed-precision",
-        choices=["mixed_float16", "mixed_bfloat16"],
-        help="Keras mixed-precision policy (float16 on GPUs, bfloat16 on TPUs)",
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="training precision (default: auto, bfloat16 mixed precision where the hardware computes it "
+        "natively: TPUs, GPUs of compute capability 8.0+, CPUs with AVX512_BF16 or AMX; float32 elsewhere). "
+        "Evaluation and the export are float32",
     )
 
     tune = commands.add_parser(
@@ -161,11 +164,19 @@ def _parser():
         choices=["quick", "standard", "full"],
         default="standard",
         help="standard: FGSM, APGD-CE, APGD-T (3 targets), APGD-CE with 20 restarts on the 5%% closest to being "
-        "fooled, Square (1,000 queries); full: AutoAttack's settings "
-        "(APGD-T and FAB-T on 9 targets, Square 5,000 queries); quick: FGSM, PGD-20, APGD-CE-50",
+        "fooled, Square (1,000 queries); full: AutoAttack's standard version (APGD-CE, APGD-T and FAB-T on 9 "
+        "targets, Square 5,000 queries); quick: FGSM, PGD-20, APGD-CE-50",
     )
     _add_evaluation_arguments(evaluate, "1000")
-    evaluate.add_argument("--out", metavar="DIR", help="run folder (default: runs/evaluate/<model>)")
+    evaluate.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default: runs/evaluate/<model>); finished blocks of digits are kept in its checkpoints/ "
+        "as the attacks go, so the same command after a kill continues where it stopped",
+    )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="start afresh: discard the blocks an earlier run kept in the folder"
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -416,6 +427,7 @@ def _run(args):
             attacks="full" if args.full_evaluation else args.attacks,
             eval_examples=None if args.full_evaluation else (args.eval_examples or 1000),
             out_dir=args.out,
+            overwrite=args.overwrite,
         )
         return 0
     if args.command == "pipelines":
@@ -474,7 +486,7 @@ def _run(args):
         epochs=args.epochs,
         baseline=not args.no_baseline,
         strategy=args.strategy,
-        mixed_precision=args.mixed_precision,
+        precision=args.precision,
         overrides=overrides,
         **_job_kwargs(args),
     )

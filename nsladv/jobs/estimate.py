@@ -124,8 +124,10 @@ class Phase:
     seconds: float = None
 
 
-def plan(job, export, timing):
-    """The phases of a harden job and their estimated seconds (None: done by an earlier run), from its timed pass."""
+def plan(job, export, timing, evaluation_timing=None):
+    """The phases of a harden job and their estimated seconds (None: done by an earlier run), from its timed pass
+    (and the float32 copy's, `evaluation_timing`, where evaluation runs in another precision than training)."""
+    evaluation_timing = evaluation_timing or timing
     pipeline, splits = job.pipeline, job.data.splits
     train = int(splits.train.cardinality()) if pipeline.train_examples is None else pipeline.train_examples
     validation = int(splits.validation.cardinality())
@@ -142,7 +144,7 @@ def plan(job, export, timing):
         passes = evaluation_passes(pipeline.eval_attacks, tests, radii, robust=label != "baseline")
         done = job.state.evaluation(label) is not None
         traces = TRACES_PER_ATTACK * len(pipeline.eval_attacks)
-        seconds = None if done else timing.seconds(passes, traces)
+        seconds = None if done else evaluation_timing.seconds(passes, traces)
         phases.append(Phase(f"evaluate the {label} model", seconds))
     phases.append(Phase("write the report, the plot and the model card", 1.0))
     if export:

@@ -1,6 +1,5 @@
 """The main job: data -> hardened model -> honest robustness report -> TF Serving export."""
 
-import contextlib
 import pathlib
 import time
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from nsladv import datasets
 from nsladv import distribute
+from nsladv import precision as precision_lib
 from nsladv._extras import available
 from nsladv.classifier import check_classifier
 from nsladv.classifier import declared_channels
@@ -48,7 +48,7 @@ def harden(
     eval_examples=None,
     export=True,
     strategy=None,
-    mixed_precision=None,
+    precision="auto",
     callbacks=(),
     overrides=None,
     verbose=1,
@@ -98,9 +98,12 @@ def harden(
         strategy: a `tf.distribute.Strategy` (or a name for
             `nsladv.distribute.make_strategy`); models are built and compiled
             in its scope, and only the chief writes the report and export.
-        mixed_precision: a Keras dtype policy for training, e.g.
-            `"mixed_float16"` (GPU) or `"mixed_bfloat16"` (TPU); the
-            perturbation maths and losses stay float32.
+        precision: the training precision: "auto" (bfloat16 mixed
+            precision where the hardware computes it natively, float32
+            elsewhere; see `nsladv.precision`), "float32" or "bfloat16".
+            Losses stay float32; evaluation, the robustness monitor and the
+            export use a float32 copy of the model. A `keras.Model` given
+            in Python trains in place, in the precision it was built in.
         callbacks: more Keras callbacks for every model's `fit`.
         overrides: the settings a caller changed from the pipeline's (e.g.
             the command line's `--epsilon`), recorded in the report as given.
@@ -133,7 +136,8 @@ def harden(
         pipeline = pipeline.replace(epochs=epochs)
     if eval_examples is not None:
         pipeline = pipeline.replace(eval_examples=eval_examples)
-    with _dtype_policy(mixed_precision):
+    chosen = precision_lib.choose(precision)
+    with precision_lib.policy_scope(chosen):
         job = _HardenJob(
             pipeline=pipeline,
             model=model,
@@ -143,7 +147,8 @@ def harden(
             data_dir=data_dir,
             baseline=baseline,
             strategy=strategy,
-            mixed_precision=mixed_precision,
+            precision=chosen,
+            requested_precision=precision,
             callbacks=list(callbacks),
             overrides=dict(overrides or {}),
             verbose=verbose,
@@ -151,18 +156,6 @@ def harden(
             step_progress=step_progress,
         )
         return job.run(export=export)
-
-
-@contextlib.contextmanager
-def _dtype_policy(name):
-    """Sets the Keras dtype policy for the block (nothing when `name` is None)."""
-    previous = keras.config.dtype_policy()
-    if name is not None:
-        keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 _EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "eval_examples", "large_epsilon")
@@ -182,7 +175,8 @@ class _HardenJob:
         data_dir,
         baseline,
         strategy,
-        mixed_precision,
+        precision,
+        requested_precision,
         callbacks,
         overrides,
         verbose,
@@ -204,12 +198,14 @@ class _HardenJob:
         self.strategy = strategy
         self.chief = distribute.is_chief(strategy)
         settings = pipeline.get_config()
+        loaded = None if model is None else user_models.load(model)
+        self.precision, loaded = _training_precision(precision, requested_precision, model, loaded)
         self.state = run_state.RunState(
             out_dir,
             training={
                 **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
                 "model": user_models.fingerprint(model),
-                "mixed_precision": mixed_precision,
+                "precision": self.precision.name,
             },
             evaluation={k: settings[k] for k in _EVALUATION_SETTINGS},
             writer=self.chief,
@@ -219,7 +215,7 @@ class _HardenJob:
         if self.state.discarded:
             log(f"--overwrite: the earlier run's {' and '.join(self.state.discarded)} in {out_dir} were replaced")
         keras.utils.set_random_seed(pipeline.seed)
-        loaded = None if model is None else user_models.load(model)
+        log(f"training precision: {self.precision.name} ({self.precision.reason})")
         self.data = pipeline_data(
             pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples, channels=declared_channels(loaded)
         )
@@ -230,11 +226,14 @@ class _HardenJob:
         self.contenders = self._contenders(baseline)
         self.timings = {}
         self.training_logs = {}
+        self.evaluated_in = "float32"
         self.titles = _TITLES
 
     def run(self, *, export):
         self._announce_plan(export)
         models = {label: self.model(label, graph, adversarial) for label, graph, adversarial in self.contenders}
+        # Attacks and the export see the model in float32, whatever it trained in.
+        models = {label: self._float32(model) for label, model in models.items()}
         evaluations = {label: self.evaluate(label, model) for label, model in models.items()}
         report = self.report(evaluations)
         if not self.chief:
@@ -348,6 +347,7 @@ class _HardenJob:
             backup_dir=_backup_dir(self.out_dir, label) / "monitor",
             writer=self.chief,
             averaged_weights=pipeline.ema_momentum is not None,
+            measured_model=self._float32(base),  # every epoch measured as the evaluation will measure it
         )
 
     def evaluate(self, label, model):
@@ -392,6 +392,7 @@ class _HardenJob:
             "versions": report_lib.package_versions(),
             "evaluations": evaluations,
             "timings": self.timings,
+            "precision": {**self.precision.to_dict(), "evaluation_and_export": self.evaluated_in},
         }
         if self.training_logs:
             report["training"] = self.training_logs
@@ -425,6 +426,7 @@ class _HardenJob:
         return {
             "threat": self.pipeline.threat.get_config(),
             "regularization": self.pipeline.regularization.get_config(),
+            "precision": {"training": self.precision.name, "evaluation_and_export": self.evaluated_in},
         }
 
     def export(self, base, evaluation):
@@ -451,8 +453,15 @@ class _HardenJob:
 
     def _announce_plan(self, export):
         """Logs the job's phases and an estimate of its time on this machine (see `nsladv.jobs.estimate`)."""
-        self._timing = estimate.time_passes(self._checked_model, self.data.splits.image_shape)
-        phases = estimate.plan(self, export, self._timing)
+        shape = self.data.splits.image_shape
+        self._timing = estimate.time_passes(self._checked_model, shape)
+        evaluated = self._float32(self._checked_model)
+        phases = estimate.plan(
+            self,
+            export,
+            self._timing,
+            None if evaluated is self._checked_model else estimate.time_passes(evaluated, shape),
+        )
         self._phases, self._done = len(phases), 0
         left = [p.seconds for p in phases if p.seconds is not None]
         self.log(
@@ -470,6 +479,14 @@ class _HardenJob:
         self.log(f"[{self._done}/{self._phases}] {text}")
 
     # Set-up ------------------------------------------------------------------------
+
+    def _float32(self, model):
+        """The model computing in float32 (a copy with its weights), or itself where no copy can be made."""
+        try:
+            return precision_lib.float32_copy(model)
+        except SettingsError:  # A subclassed model built in mixed precision: measured as it computes.
+            self.evaluated_in = precision_lib.of_model(model)
+            return model
 
     def _check_model(self, loaded):
         """Whether the model outputs logits; raises when it does not fit the data (before any training)."""
@@ -493,7 +510,7 @@ class _HardenJob:
                 model(np.zeros((1, *splits.image_shape), np.float32))
             model.set_weights(self._initial_weights)
             return model
-        return user_models.load(self.user_model)
+        return precision_lib.in_precision(user_models.load(self.user_model), self.precision)
 
     def _contenders(self, baseline):
         """(label, graph term, adversarial) of each model to train, all from the same initial weights."""
@@ -509,6 +526,29 @@ class _HardenJob:
         if baseline:
             contenders.append(("baseline", None, False))
         return contenders
+
+
+def _training_precision(chosen, requested, model, loaded):
+    """(the precision the job trains in, the user's model in it): `chosen`, unless the user's model cannot change."""
+    if loaded is None:
+        return chosen, None
+    own = precision_lib.of_model(loaded)
+    if own == chosen.name:
+        return chosen, loaded
+    if not isinstance(model, keras.Model):  # A file: a copy in the chosen precision, where layers can be rebuilt.
+        try:
+            return chosen, precision_lib.in_precision(loaded, chosen)
+        except SettingsError:
+            if requested != "auto":
+                raise
+            return precision_lib.Precision(own, "a subclassed model keeps the precision it was built in"), loaded
+    if requested != "auto":
+        raise SettingsError(
+            f"A keras.Model given in Python trains in place, in the precision it was built in ({own}). Build it "
+            f"under keras.config.set_dtype_policy({chosen.policy!r}) to train it in {chosen.name}, or pass "
+            f"precision='auto'. Received: precision={requested!r} for a {own} model"
+        )
+    return precision_lib.Precision(own, "a keras.Model given in Python trains in the precision it was built in"), loaded
 
 
 _TITLES = {

@@ -27,6 +27,11 @@ def model_card(*, title, model, dataset, evaluations, hardening=None, versions=N
             f"{threat.get('epsilon')} ({threat.get('steps')} step(s), random start {threat.get('random_start')}), "
             f"{regularization.get('distance')} distance, multiplier {regularization.get('multiplier')}."
         )
+        precision = hardening.get("precision")
+        if precision:
+            lines[-1] += (
+                f" Trained in {precision['training']}; evaluated and exported in {precision['evaluation_and_export']}."
+            )
     else:
         lines.append("Unknown: no nsladv hardening metadata came with the model.")
     lines += ["", "## Robustness", ""]
