@@ -201,3 +201,29 @@ def test_apgd_reports_the_smallest_margin_its_iterates_reached():
     assert clean.all() and 0 < robust.sum() < len(y)  # some fooled, some not: both kinds are checked
     np.testing.assert_allclose(margin, exact, atol=1e-5)
     np.testing.assert_array_equal(robust, exact > 0)
+
+
+class CountedDense(keras.layers.Dense):
+    """A Dense layer that counts the examples it is called on (inside compiled loops too)."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32", name="calls")
+
+    def call(self, x):
+        self.calls.assign_add(tf.cast(tf.shape(x)[0], tf.float32))
+        return super().call(x)
+
+
+def test_a_batch_stops_iterating_once_every_example_is_fooled():
+    """At a radius that fools everything at the first step, 100 steps and 3 restarts cost a few passes, not 300:
+    the answer (every example fooled, the exact one here) cannot change after that."""
+    model, w, x, y = linear_problem(n=64)
+    layer = CountedDense(w.shape[1], use_bias=False)
+    counted = keras.Sequential([keras.Input((6,)), layer])
+    counted.set_weights([w, np.zeros((), "float32")])
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    _, robust, _ = APGD(steps=100, restarts=3).batch_attacker(counted, seed=0).masks_and_margins(data, 2.0)
+    assert not robust.any() and exact_robust_accuracy(w, x, y, 2.0) == 0
+    # Per batch of 32: the clean pass, the random start, one step (every example fooled), then no more restarts.
+    assert float(layer.calls.numpy()) <= 64 * 4

@@ -231,7 +231,11 @@ class APGDAttacker(SeededAttacker):
             )
             return k + 1, tf.cond(is_check[k], lambda: _checkpoint(s, lengths[k], expand), lambda: s)
 
-        _, state = tf.while_loop(lambda k, _: k < attack.steps, body, (tf.constant(0), state))
+        def going(k, s):
+            # Once every example of the batch is fooled, no later iterate changes the answer: stop there.
+            return (k < attack.steps) & ~tf.reduce_all(s["fooled"])
+
+        _, state = tf.while_loop(going, body, (tf.constant(0), state))
         found = tf.where(expand(state["fooled"]), state["found"], state["best"])
         return state["fooled"], found, state["closest"]
 
@@ -257,7 +261,9 @@ class APGDAttacker(SeededAttacker):
         closest = tf.fill(tf.shape(y), tf.constant(float("inf")))
         for target in targets:
             for _ in range(self.attack.restarts):
-                seed = self._random.make_seeds(1)[:, 0]
+                seed = self._random.make_seeds(1)[:, 0]  # drawn either way: later batches get the same seeds
+                if bool(tf.reduce_all(fooled)):
+                    continue  # nothing left to fool in this batch
                 run, _, margin = self._run(x, y, epsilon, y if target is None else target, seed)
                 fooled, closest = fooled | run, tf.minimum(closest, margin)
         return fooled, closest
