@@ -99,6 +99,18 @@ def test_cli_evaluate_writes_the_card(tmp_path, data_dir, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["evaluations"]["model"]["worst_case"]) == {"0.1", "0.2"}
     assert np.isclose(report["evaluations"]["model"]["test_examples"], 40)
+    # The same command again continues from the kept blocks (all of them: nothing left to attack), same answer.
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    again = json.loads((tmp_path / "run" / "report.json").read_text())
+    out = capsys.readouterr().out
+    assert "continuing from the blocks kept in" in out and "blocks came from an earlier run" in out
+    assert again["evaluations"]["model"]["not_robust_examples"] == report["evaluations"]["model"]["not_robust_examples"]
+    # Other settings in the same folder are refused in one line, and --overwrite starts afresh.
+    assert cli.main([*argv[:-3], "0.3", *argv[-2:]]) == 2
+    assert "differs in: epsilons" in capsys.readouterr().err
+    assert cli.main([*argv[:-3], "0.3", *argv[-2:], "--overwrite"]) == 0
+    assert "--overwrite: the blocks kept in" in capsys.readouterr().out
 
 
 def test_the_summary_table_keeps_its_columns_whatever_the_attack_names():

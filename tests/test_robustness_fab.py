@@ -124,9 +124,19 @@ def test_bad_settings_are_refused(settings, message):
 def test_the_full_set_is_autoattacks_standard_version():
     """AutoAttack's standard version runs APGD-CE, APGD-T, FAB-T and Square, in that order (fra31/auto-attack)."""
     attacks = attack_set("full")
-    assert [a.name for a in attacks] == ["fgsm", "apgd-ce", "apgd-t", "fab-t", "square"]
-    assert attacks[3].get_config()["target_classes"] == 9 and attacks[3].get_config()["steps"] == 100
-    assert fab_t().get_config() == attacks[3].get_config()
+    assert [a.name for a in attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]  # nothing before, between or after
+    # fra31/auto-attack's standard version: n_iter 100 and n_restarts 1 for every attack, 9 target classes,
+    # FAB's alpha_max 0.1, eta 1.05, beta 0.9; Square's n_queries 5000, p_init 0.8, resc_schedule False.
+    autoattack = {
+        "apgd-ce": {"loss": "ce", "steps": 100, "restarts": 1, "random_start": True, "odi_steps": 0},
+        "apgd-t": {"loss": "dlr-targeted", "steps": 100, "restarts": 1, "target_classes": 9, "odi_steps": 0},
+        "fab-t": {"steps": 100, "restarts": 1, "target_classes": 9, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
+        "square": {"queries": 5000, "p_init": 0.8, "rescale_schedule": False},
+    }
+    for attack in attacks:
+        config = attack.get_config()
+        assert {k: config[k] for k in autoattack[attack.name]} == autoattack[attack.name], attack.name
+    assert fab_t().get_config() == attacks[2].get_config()
 
 
 def test_fab_t_runs_in_the_cascade_and_is_reported():

@@ -1,12 +1,14 @@
 """The evaluate job: how robust is a model, before or after hardening? A report, a plot and a model card."""
 
 import pathlib
+import shutil
 import time
 
 from nsladv import datasets
 from nsladv.classifier import check_classifier
 from nsladv.classifier import declared_channels
 from nsladv.classifier import load_classifier
+from nsladv.jobs import console
 from nsladv.jobs import report as report_lib
 from nsladv.jobs.model_card import write_run_files
 from nsladv.radii import parse_radii
@@ -27,6 +29,8 @@ def evaluate(
     large_epsilon=0.5,
     input_range=(0.0, 1.0),
     out_dir=None,
+    overwrite=False,
+    block_size=500,
     log=print,
     step_progress=None,
 ):
@@ -44,7 +48,14 @@ def evaluate(
         eval_examples: evaluate on N test examples spread over the split.
         large_epsilon: a destroying radius for the gradient-masking check (L-inf only).
         input_range: `(low, high)` of the model's inputs.
-        out_dir: the run folder (default `runs/evaluate/<model name>`).
+        out_dir: the run folder (default `runs/evaluate/<model name>`). The
+            attacks keep their finished blocks of `block_size` digits in its
+            `checkpoints/`, each block seeded on its own: the same call after
+            a kill continues where it stopped, with the answer of a run
+            straight through (see `nsladv.robustness.checkpoints`). Other
+            settings in the same folder are refused.
+        overwrite: discard the blocks an earlier run kept, and start afresh.
+        block_size: digits per kept block.
         log: where progress goes.
         step_progress: follows each attack batch by batch (`evaluate_robustness`'s `step_progress`).
 
@@ -69,6 +80,12 @@ def evaluate(
         f"white-box evaluation of {model_path} on {splits.name} (test): {', '.join(a.name for a in chosen)} "
         f"at {norm} epsilon {', '.join(f'{e:g}' for e in epsilons)}"
     )
+    checkpoints = out_dir / "checkpoints"
+    if overwrite and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+        log(f"--overwrite: the blocks kept in {checkpoints} were discarded")
+    elif (checkpoints / "manifest.json").is_file():
+        log(f"continuing from the blocks kept in {checkpoints}")
     start = time.perf_counter()
     evaluation = evaluate_robustness(
         model,
@@ -79,7 +96,15 @@ def evaluate(
         large_epsilon=large_epsilon if norm == "linf" else None,
         progress=lambda *result: log(report_lib.progress_line(*result)),
         step_progress=step_progress,
+        checkpoint_dir=checkpoints,
+        block_size=block_size,
+        on_block=lambda key, epsilon, block, digits, left, seconds: log(
+            f"{key} at epsilon {epsilon:g}: block {block + 1} kept ({digits} digits); {left} digits left for it, "
+            f"about {console.duration(seconds)}"
+        ),
     )
+    if evaluation["checkpoints"]["blocks_reused"]:
+        log(f"{evaluation['checkpoints']['blocks_reused']} blocks came from an earlier run")
     metadata = getattr(model, "metadata", None)
     report = {
         "model": str(model_path),

@@ -14,7 +14,6 @@ from nsladv.configs import ThreatModel
 from nsladv.neighbors import NeighborBuilder
 from nsladv.robustness.base import AttackSettings
 from nsladv.robustness.base import SeededAttacker
-from nsladv.robustness.base import attack_seed
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -147,11 +146,6 @@ class BatchAttacker(SeededAttacker):
             )
             robust = robust & (tf.argmax(self.model(x_adv, training=False), axis=-1) == y)
         return clean, robust
-
-    def reseed(self, seed):
-        """Starts the random starts over from `seed` (the same starts as a fresh attacker's)."""
-        self.seed = attack_seed(seed)
-        self._random.reset_from_seed(self.seed)
 
     def batch_masks(self, x, y, epsilon):
         return self._step(x, y, tf.constant(epsilon, tf.float32))

@@ -119,6 +119,11 @@ class SeededAttacker(Counter):
         self.seed = attack_seed(seed)
         self._random = random_starts(self.seed)
 
+    def reseed(self, seed):
+        """Starts the random draws over from `seed` (the same draws as a fresh attacker's)."""
+        self.seed = attack_seed(seed)
+        self._random.reset_from_seed(self.seed)
+
 
 def logits_of(model, x, from_logits):
     """The model's logits, float32 (log-probabilities for a model that outputs probabilities)."""

@@ -12,6 +12,10 @@ import numpy as np
 from nsladv.classifier import check_classifier
 from nsladv.errors import DataError
 from nsladv.radii import parse_radii
+from nsladv.robustness.checkpoints import Checkpoints
+from nsladv.robustness.checkpoints import Straight
+from nsladv.robustness.checkpoints import fingerprint
+from nsladv.robustness.checkpoints import model_fingerprint
 from nsladv.robustness.checks import sanity_checks
 from nsladv.robustness.checks import wilson_interval
 from nsladv.robustness.closest import Closest
@@ -22,11 +26,9 @@ from nsladv.robustness.retry import BLACK_BOX_RETRY
 from nsladv.robustness.retry import check_paths
 from nsladv.robustness.retry import retry
 from nsladv.robustness.retry import retry_attacks
-from nsladv.robustness.rows import attack_rows
 from nsladv.robustness.rows import clean_margins
 from nsladv.robustness.rows import gradient_steps
 from nsladv.robustness.rows import radius_key
-from nsladv.robustness.rows import robust_rows
 from nsladv.robustness.sets import attack_set
 
 
@@ -44,6 +46,9 @@ def evaluate_robustness(
     seed=0,
     cascade=True,
     black_box_retry=BLACK_BOX_RETRY,
+    checkpoint_dir=None,
+    block_size=500,
+    on_block=None,
 ):
     """White-box robust accuracy of `model` on `dataset` at each epsilon.
 
@@ -99,6 +104,16 @@ def evaluate_robustness(
             attack's path to them (`path_checks`; see `gradient_path_check`):
             a search miss, or masking. It changes no accuracy. One attack or a
             sequence; None skips it.
+        checkpoint_dir: a folder where every attack's answers are kept block
+            by block as they finish, each block seeded on its own, so that
+            the same call after a kill continues where it stopped and gives
+            the answer of a run straight through, digit for digit (see
+            `nsladv.robustness.checkpoints`). None: nothing kept, each
+            attack seeded once.
+        block_size: digits per kept block.
+        on_block: with `checkpoint_dir`, called after each block attacked (see
+            `Checkpoints`), e.g. to show the digits left and the time they
+            need.
 
     Returns:
         A `RobustnessResult`: a JSON-ready dict with `clean_accuracy`, `examples` (also as
@@ -140,6 +155,19 @@ def evaluate_robustness(
     attacks = [a for a in attacks if not a.black_box] + [a for a in attacks if a.black_box]
     black_box_retry = retry_attacks(black_box_retry)  # checked before the attacks run, which can take hours
     clean, margins = clean_margins(model, x, y, batch_size, from_logits)
+    store = Straight()
+    if checkpoint_dir is not None:
+        identity = {
+            "attacks": [a.get_config() for a in attacks],
+            "epsilons": list(epsilons),
+            "examples": fingerprint(x, y),
+            "model": model_fingerprint(model, x.shape[1:]),
+            "from_logits": bool(from_logits),
+            "cascade": bool(cascade),
+            "large_epsilon": large_epsilon,
+            "batch_size": batch_size,
+        }
+        store = Checkpoints(checkpoint_dir, identity, seed=seed, block_size=block_size, on_block=on_block)
     reference = _reference_attacks(attacks) if cascade else set(range(len(attacks)))
     results = {"epsilons": epsilons, "attacks": {}, "seconds": {}, "clean_accuracy": float(clean.mean())}
     results["examples"] = results["test_examples"] = len(y)
@@ -154,7 +182,7 @@ def evaluate_robustness(
         entry = {"config": attack.get_config(), "seed": seed + index, "attacked": {}, "fooled": {}}
         if index in reference:
             entry["accuracy"] = {}
-        for epsilon in epsilons:
+        for epsilon_index, epsilon in enumerate(epsilons):
             key = radius_key(epsilon)
             started = time.perf_counter()
             attackable = clean if index in reference else robust_so_far[key]
@@ -164,7 +192,9 @@ def evaluate_robustness(
                 rows, robust = np.flatnonzero(attackable), np.zeros_like(clean)
             if rows.size:
                 report = None if step_progress is None else functools.partial(step_progress, attack.name, epsilon)
-                robust[rows], reached = attack_rows(attacker, x, y, rows, batch_size, epsilon, report)
+                robust[rows], reached = store.attack(
+                    f"{index}-{attack.name}", attacker, x, y, rows, batch_size, epsilon, epsilon_index, report
+                )
                 if not attack.black_box:
                     closest[key][rows] = np.fmin(closest[key][rows], reached)
             entry["attacked"][key], entry["fooled"][key] = int(rows.size), int(rows.size - robust[rows].sum())
@@ -177,9 +207,17 @@ def evaluate_robustness(
             if progress is not None:
                 progress(attack.name, epsilon, curves[key][-1], time.perf_counter() - started)
         results["attacks"][attack.name] = entry
-        results["seconds"][attack.name] = round(time.perf_counter() - start, 3)
+        results["seconds"][attack.name] = store.seconds(f"{index}-{attack.name}", round(time.perf_counter() - start, 3))
     run_order = [a.name for a in attacks]
     results["worst_case"] = {key: float(mask.mean()) for key, mask in robust_so_far.items()}
+    # Which examples (by position in `dataset`) are not robust: for digit-by-digit comparisons of two runs.
+    results["not_robust_examples"] = {key: np.flatnonzero(~mask).tolist() for key, mask in robust_so_far.items()}
+    if checkpoint_dir is not None:
+        results["checkpoints"] = {
+            "folder": str(checkpoint_dir),
+            "block_size": block_size,
+            "blocks_reused": store.blocks_done,
+        }
     results["after_each_attack"] = {key: dict(zip(run_order, curve)) for key, curve in curves.items()}
     results["confidence_95"] = {key: wilson_interval(int(mask.sum()), len(mask)) for key, mask in robust_so_far.items()}
     if white_box and any(a.black_box for a in attacks):
@@ -199,7 +237,9 @@ def evaluate_robustness(
         top = radius_key(epsilons[-1])
         strongest = min(measured, key=lambda a: results["attacks"][a.name]["accuracy"][top])
         rows = np.arange(len(y))
-        large = robust_rows(attackers[strongest.name], x, y, rows, batch_size, large_epsilon)
+        large, _ = store.attack(
+            f"large-{strongest.name}", attackers[strongest.name], x, y, rows, batch_size, large_epsilon, 0
+        )
         results["large_epsilon"] = {"epsilon": large_epsilon, "attack": strongest.name, "accuracy": float(large.mean())}
     results["sanity"] = sanity_checks(results, near_zero=near_zero)
     return RobustnessResult(results)

@@ -16,8 +16,9 @@ from nsladv.robustness.closest import Closest
 from nsladv.robustness.fab import fab_t
 from nsladv.robustness.square import Square
 
-# Named attack sets, weakest to strongest. Each starts with FGSM and one multi-step attack on every example
-# (the gradient-masking checks compare them) and ends with the black-box Square on what is still robust.
+# Named attack sets, weakest to strongest. `quick` and `standard` start with FGSM and one multi-step attack on
+# every example (the gradient-masking checks compare them); every set ends with the black-box Square on what is
+# still robust.
 ATTACK_SETS = {
     "quick": lambda: (FGSM, pgd(20, 1), apgd_ce(steps=50)),
     # AutoAttack's gradient attacks at full length, APGD-T on the 3 most likely wrong classes, then APGD-CE with 20
@@ -30,9 +31,11 @@ ATTACK_SETS = {
         Closest(attack=APGD(name="apgd-ce-x20", restarts=20), share=0.05),
         Square(queries=1000),
     ),
-    # AutoAttack's standard version: APGD-CE, APGD-T (9 target classes), FAB-T (9) and Square (5,000 queries).
+    # AutoAttack's standard version, setting for setting (fra31/auto-attack's `version="standard"`): APGD-CE
+    # (100 iterations, 1 restart), APGD-T (9 target classes, 1 restart each), FAB-T (9, 1 each) and Square
+    # (5,000 queries, p_init 0.8, the window schedule unscaled), in that order and nothing else: no FGSM, so
+    # its figure is AutoAttack's and not a union with more attacks.
     "full": lambda: (
-        FGSM,
         apgd_ce(),
         apgd_t(target_classes=9),
         fab_t(target_classes=9),

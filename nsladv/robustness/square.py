@@ -78,6 +78,11 @@ class SquareAttacker(Counter):
         # query on the small batches of still-robust images Square ends with.
         self._margin = tf.function(lambda x, y: true_class_margin(model(x, training=False), y), reduce_retracing=True)
 
+    def reseed(self, seed):
+        """Starts the random draws over from `seed` (the same draws as a fresh attacker's)."""
+        self.seed = attack_seed(seed)
+        self.rng = np.random.default_rng(self.seed)
+
     def _margins(self, x, y):
         return self._margin(tf.constant(x, tf.float32), tf.constant(y, tf.int64)).numpy()
 
