@@ -6,30 +6,23 @@ import time
 import keras
 import numpy as np
 
-from nsladv import datasets
 from nsladv import distribute
 from nsladv import precision as precision_lib
-from nsladv._extras import available
 from nsladv.classifier import check_classifier
 from nsladv.classifier import declared_channels
 from nsladv.errors import SettingsError
-from nsladv.guards import RobustnessMonitor
-from nsladv.guards import StopOnNonFiniteLoss
 from nsladv.jobs import console
 from nsladv.jobs import estimate
 from nsladv.jobs import report as report_lib
 from nsladv.jobs import run_state
+from nsladv.jobs import training
 from nsladv.jobs import user_models
 from nsladv.jobs.assembly import describe_data
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
 from nsladv.jobs.model_card import write_run_files
-from nsladv.robustness.attacks import pgd
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.sets import fit_attacks
-from nsladv.schedules import EpsilonWarmup
-from nsladv.schedules import MultiplierWarmup
-from nsladv.wrapper import AdversarialModel
 
 
 def harden(
@@ -199,7 +192,7 @@ class _HardenJob:
         self.chief = distribute.is_chief(strategy)
         settings = pipeline.get_config()
         loaded = None if model is None else user_models.load(model)
-        self.precision, loaded = _training_precision(precision, requested_precision, model, loaded)
+        self.precision, loaded = user_models.training_precision(precision, requested_precision, model, loaded)
         self.state = run_state.RunState(
             out_dir,
             training={
@@ -233,7 +226,7 @@ class _HardenJob:
         self._announce_plan(export)
         models = {label: self.model(label, graph, adversarial) for label, graph, adversarial in self.contenders}
         # Attacks and the export see the model in float32, whatever it trained in.
-        models = {label: self._float32(model) for label, model in models.items()}
+        models = {label: self.float32_model(model) for label, model in models.items()}
         evaluations = {label: self.evaluate(label, model) for label, model in models.items()}
         report = self.report(evaluations)
         if not self.chief:
@@ -257,108 +250,24 @@ class _HardenJob:
         seconds = self.state.trained_seconds(label)
         if seconds is not None:
             base.load_weights(self.state.weights_path(label))
-            self._phase(f"the {_TITLES[label]} was trained by an earlier run: reusing it")
+            self.phase(f"the {_TITLES[label]} was trained by an earlier run: reusing it")
         else:
-            seconds, training_log = self._train(label, base, graph, adversarial)
+            seconds, training_log = training.train(self, label, base, graph, adversarial)
             self.state.save_model(label, base, seconds, training_log)
         self.timings[f"train_{label}_seconds"] = seconds
         if self.state.training_log(label) is not None:
             self.training_logs[label] = self.state.training_log(label)
         return base
 
-    def _train(self, label, base, graph, adversarial):
-        pipeline, data = self.pipeline, self.data
-        with self.strategy.scope():
-            model = base
-            if adversarial:
-                model = AdversarialModel(
-                    base, threat=pipeline.threat, regularization=pipeline.regularization, graph=graph
-                )
-            _compile(model, pipeline, int(data.train.cardinality()), self.from_logits)
-        # The guard comes first: a diverged epoch must not reach the backup.
-        callbacks = [StopOnNonFiniteLoss(f"the {_TITLES[label]}")]
-        if adversarial:
-            callbacks += [
-                EpsilonWarmup(pipeline.epsilon_warmup_epochs),
-                MultiplierWarmup(pipeline.multiplier_warmup_epochs),
-            ]
-        monitor = self._monitor(base, label) if adversarial else None
-        if monitor is not None:
-            callbacks.append(monitor)
-        callbacks += [*self.callbacks, *_run_callbacks(self.out_dir, label, self.chief)]
-        self._phase(
-            f"training the {_TITLES[label]}: {pipeline.epochs} epochs"
-            + (f", {_describe(pipeline, graph)}" if adversarial else "")
-            + ("" if pipeline.ema_momentum is None else f"; keeping the weights' average (EMA {pipeline.ema_momentum})")
-        )
-        start = time.perf_counter()
-        model.fit(
-            data.train if graph is not None else data.plain_train,
-            validation_data=_or_none(data.validation),
-            epochs=pipeline.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # The pipeline shuffles.
-            verbose=self.verbose,
-        )
-        seconds = round(time.perf_counter() - start, 1)
-        if monitor is None:
-            return seconds, None
-        if monitor.kept_epoch is not None:
-            kept = monitor.best if monitor.kept_epoch == monitor.best_epoch else monitor.history[-1]
-            self.log(
-                f"kept epoch {kept['epoch'] + 1} (most robust: epoch {monitor.best_epoch + 1}) on the monitor's "
-                f"{len(monitor.y)} validation digits: {100 * kept['robust_accuracy']:.1f}% under "
-                f"{monitor.attack.name} at epsilon {monitor.epsilon:g} (clean {100 * kept['clean_accuracy']:.1f}%)"
-            )
-        return seconds, {
-            "monitor": {
-                "attack": monitor.attack.get_config(),
-                "epsilon": monitor.epsilon,
-                "examples": len(monitor.y),
-                "split": "validation",
-            },
-            "epochs": monitor.history,
-            "best_epoch": monitor.best_epoch,
-            "kept_epoch": monitor.kept_epoch,
-            "collapsed_at": monitor.collapsed_at,
-        }
-
-    def _monitor(self, base, label):
-        """The PGD check after every epoch (best epoch, collapse), or None when the pipeline turns it off."""
-        pipeline = self.pipeline
-        epsilon = pipeline.threat.epsilon
-        if (
-            not pipeline.monitor_examples
-            or not isinstance(epsilon, float)
-            or int(self.data.validation.cardinality()) == 0
-        ):
-            return None
-        x, y = datasets.as_arrays(datasets.spread(self.data.splits.validation, pipeline.monitor_examples))
-        return RobustnessMonitor(
-            base,
-            x,
-            y,
-            epsilon=epsilon,
-            attack=pgd(10, 1, clip_range=pipeline.threat.clip_range, norm=pipeline.threat.norm),
-            from_logits=self.from_logits,
-            seed=pipeline.seed,
-            log=self.log,
-            # Inside the training backup's folder: a resumed training compares with the epochs before it.
-            backup_dir=_backup_dir(self.out_dir, label) / "monitor",
-            writer=self.chief,
-            averaged_weights=pipeline.ema_momentum is not None,
-            measured_model=self._float32(base),  # every epoch measured as the evaluation will measure it
-        )
-
     def evaluate(self, label, model):
         """The white-box evaluation of a trained model: run now, or kept from an earlier run."""
         found = self.state.evaluation(label)
         if found is not None:
             evaluation, seconds = found
-            self._phase(f"the {label} model's evaluation was made by an earlier run: reusing it")
+            self.phase(f"the {label} model's evaluation was made by an earlier run: reusing it")
         else:
             pipeline = self.pipeline
-            self._phase(
+            self.phase(
                 f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
                 f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
             )
@@ -402,7 +311,7 @@ class _HardenJob:
 
     def write_report(self, report, evaluations):
         """report.json, the plot and the summary: written before the export, which may fail."""
-        self._phase(f"writing the report, the plot and the model card in {self.out_dir}")
+        self.phase(f"writing the report, the plot and the model card in {self.out_dir}")
         splits = self.data.splits
         write_run_files(
             self.out_dir,
@@ -432,7 +341,7 @@ class _HardenJob:
     def export(self, base, evaluation):
         """The hardened model's TF Serving version: exported now, or the one this run exported before."""
         path = self.state.export
-        self._phase("exporting the hardened model for TF Serving")
+        self.phase("exporting the hardened model for TF Serving")
         if path is not None:
             self.log(f"exported for TF Serving by an earlier run: {path}")
             return path
@@ -455,7 +364,7 @@ class _HardenJob:
         """Logs the job's phases and an estimate of its time on this machine (see `nsladv.jobs.estimate`)."""
         shape = self.data.splits.image_shape
         self._timing = estimate.time_passes(self._checked_model, shape)
-        evaluated = self._float32(self._checked_model)
+        evaluated = self.float32_model(self._checked_model)
         phases = estimate.plan(
             self,
             export,
@@ -473,14 +382,14 @@ class _HardenJob:
             when = "done by an earlier run" if phase.seconds is None else f"about {console.duration(phase.seconds)}"
             self.log(f"  [{number}/{len(phases)}] {phase.title}: {when}")
 
-    def _phase(self, text):
+    def phase(self, text):
         """Logs the start of the next phase with its number: `[3/6] white-box evaluation of ...`."""
         self._done += 1
         self.log(f"[{self._done}/{self._phases}] {text}")
 
     # Set-up ------------------------------------------------------------------------
 
-    def _float32(self, model):
+    def float32_model(self, model):
         """The model computing in float32 (a copy with its weights), or itself where no copy can be made."""
         try:
             return precision_lib.float32_copy(model)
@@ -528,70 +437,11 @@ class _HardenJob:
         return contenders
 
 
-def _training_precision(chosen, requested, model, loaded):
-    """(the precision the job trains in, the user's model in it): `chosen`, unless the user's model cannot change."""
-    if loaded is None:
-        return chosen, None
-    own = precision_lib.of_model(loaded)
-    if own == chosen.name:
-        return chosen, loaded
-    if not isinstance(model, keras.Model):  # A file: a copy in the chosen precision, where layers can be rebuilt.
-        try:
-            return chosen, precision_lib.in_precision(loaded, chosen)
-        except SettingsError:
-            if requested != "auto":
-                raise
-            return precision_lib.Precision(own, "a subclassed model keeps the precision it was built in"), loaded
-    if requested != "auto":
-        raise SettingsError(
-            f"A keras.Model given in Python trains in place, in the precision it was built in ({own}). Build it "
-            f"under keras.config.set_dtype_policy({chosen.policy!r}) to train it in {chosen.name}, or pass "
-            f"precision='auto'. Received: precision={requested!r} for a {own} model"
-        )
-    return precision_lib.Precision(own, "a keras.Model given in Python trains in the precision it was built in"), loaded
-
-
 _TITLES = {
     "hardened": "hardened model",
     "without_graph": "same model without the graph term",
     "baseline": "undefended baseline",
 }
-
-
-def _describe(pipeline, graph=None):
-    t, r = pipeline.threat, pipeline.regularization
-    attack = "FGSM" if t.steps == 1 else f"PGD-{t.steps}"
-    text = f"{attack} neighbors, {t.norm} epsilon={t.epsilon}, {r.distance} distance, multiplier={r.multiplier}"
-    if graph is not None:
-        text += (
-            f"; graph term: {graph.max_neighbors} neighbors, {graph.distance} distance, multiplier={graph.multiplier}"
-        )
-    return text
-
-
-def _or_none(dataset):
-    return dataset if int(dataset.cardinality()) != 0 else None
-
-
-def _compile(model, pipeline, steps_per_epoch, from_logits):
-    model.compile(
-        optimizer=pipeline.optimizer(steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-        metrics=["accuracy"],
-    )
-
-
-def _backup_dir(out_dir, label):
-    return out_dir / "backup" / label
-
-
-def _run_callbacks(out_dir, label, chief):
-    """The resumable backup (all workers read the chief's) and, on the chief, TensorBoard logs where TensorBoard
-    is installed (tf.summary needs it; it comes with the `tune` extra)."""
-    callbacks = [distribute.ClusterBackupAndRestore(str(_backup_dir(out_dir, label)), chief=chief)]
-    if chief and available("tensorboard"):
-        callbacks.append(keras.callbacks.TensorBoard(str(out_dir / "logs" / label)))
-    return callbacks
 
 
 def _interval(pair):

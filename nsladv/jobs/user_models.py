@@ -7,6 +7,7 @@ import pathlib
 import keras
 import numpy as np
 
+from nsladv import precision as precision_lib
 from nsladv.errors import ModelNotFoundError
 from nsladv.errors import SettingsError
 
@@ -60,3 +61,26 @@ def load(model):
             + ("" if path.is_file() else " (no such file)")
         )
     return keras.saving.load_model(path, compile=False)
+
+
+def training_precision(chosen, requested, model, loaded):
+    """(the precision the job trains in, the user's model in it): `chosen`, unless the user's model cannot change."""
+    if loaded is None:
+        return chosen, None
+    own = precision_lib.of_model(loaded)
+    if own == chosen.name:
+        return chosen, loaded
+    if not isinstance(model, keras.Model):  # A file: a copy in the chosen precision, where layers can be rebuilt.
+        try:
+            return chosen, precision_lib.in_precision(loaded, chosen)
+        except SettingsError:
+            if requested != "auto":
+                raise
+            return precision_lib.Precision(own, "a subclassed model keeps the precision it was built in"), loaded
+    if requested != "auto":
+        raise SettingsError(
+            f"A keras.Model given in Python trains in place, in the precision it was built in ({own}). Build it "
+            f"under keras.config.set_dtype_policy({chosen.policy!r}) to train it in {chosen.name}, or pass "
+            f"precision='auto'. Received: precision={requested!r} for a {own} model"
+        )
+    return precision_lib.Precision(own, "a keras.Model given in Python trains in the precision it was built in"), loaded
