@@ -85,3 +85,27 @@ def graph_divergence(distance, samples, neighbors, weights, count, *, from_logit
         w = tf.reshape(tf.cast(weights, tf.float32), [-1] + [1] * (s.shape.rank - 1))
         total.append(_nsl.pairwise_distance(s, n, w, config))
     return scale_for_distribution(tf.add_n(total))
+
+
+def resolve_from_logits(from_logits, loss):
+    """from_logits as set, else as every compiled loss says (they must agree)."""
+    if from_logits is not None:
+        return from_logits
+    found = {loss_from_logits(leaf) for leaf in keras.tree.flatten(loss) if leaf is not None}
+    if len(found) != 1 or None in found:
+        raise ValueError(
+            "The kl and js distances need to know whether the model outputs "
+            "logits or probabilities, and the compiled loss does not say (or its "
+            "outputs disagree). Pass from_logits=True or False to the "
+            f"regularization. Received: loss={loss!r}"
+        )
+    return found.pop()
+
+
+def loss_from_logits(loss):
+    if isinstance(loss, str):
+        return False  # Keras' string losses take probabilities.
+    found = getattr(loss, "from_logits", None)
+    if found is None and hasattr(loss, "get_config"):
+        found = loss.get_config().get("from_logits")
+    return None if found is None else bool(found)

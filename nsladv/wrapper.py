@@ -4,13 +4,13 @@ import keras
 import tensorflow as tf
 
 from nsladv import _keras
-from nsladv import _nsl
 from nsladv import distribute
 from nsladv import losses as losses_lib
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
 from nsladv.configs import check_compatible
+from nsladv.graph import term
 from nsladv.neighbors import NeighborBuilder
 from nsladv.neighbors import as_tensors
 
@@ -166,9 +166,9 @@ class AdversarialModel(keras.Model):
                 "Received: loss=None"
             )
         if self.regularization.distance in ("kl", "js"):
-            self._from_logits = _resolve_from_logits(self.regularization.from_logits, loss)
+            self._from_logits = losses_lib.resolve_from_logits(self.regularization.from_logits, loss)
         if self.graph is not None and self.graph.distance in ("kl", "js"):
-            self._graph_from_logits = _resolve_from_logits(self.graph.from_logits, loss)
+            self._graph_from_logits = losses_lib.resolve_from_logits(self.graph.from_logits, loss)
         super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
         # A second loss object for neighbor and attack losses, so that the
         # per-output loss metrics of the compiled loss see clean inputs only.
@@ -346,79 +346,24 @@ class AdversarialModel(keras.Model):
             scaled = self.optimizer.scale_loss(total)
         return y_pred, terms, tape.gradient(scaled, self.trainable_weights)
 
-    # Graph neighbors ----------------------------------------------------------
+    # Graph neighbors (nsladv.graph.term) ----------------------------------------
 
     def _graph_neighbors(self, x):
-        """(sample inputs, graph neighbors or None) of a training batch.
-
-        The neighbors are `(inputs, weights, count)`: the base model's inputs
-        for every sample's `count` neighbors, sample-major (NSL's
-        `unpack_neighbor_features`), and their edge weights, shape
-        `[batch * count]`.
-        """
-        if self.graph is None:
-            return x, None
-        packed = self.graph.format
-        if not packed.carries(x):
-            received = sorted(x) if isinstance(x, dict) else f"features of type {type(x).__name__}"
-            raise ValueError(
-                "Graph regularization needs each sample's neighbors in the features, NSL's packed format: a dict "
-                f"with {packed.feature('<j>', '<feature>')} and {packed.weight('<j>')} entries "
-                "(nsladv.graph.NeighborTable or nsl.tools.pack_nbrs make them). Pass graph=None to train "
-                f"without the graph term. Received: {received}"
-            )
-        carried = packed.slots(x)
-        count = self.graph.max_neighbors if self.graph.max_neighbors is not None else carried
-        if carried < count or carried == 0:
-            raise ValueError(
-                f"The graph term uses {count or 'at least 1'} neighbor(s) per sample, with weights "
-                f"{packed.weight(0)} ... {packed.weight(max(count, 1) - 1)}. "
-                f"Received: weights for {carried} neighbor(s) among features {sorted(x)}"
-            )
-        try:
-            samples, neighbors, weights = packed.unpack(x, count)
-        except KeyError as error:
-            raise ValueError(
-                f"Every sample feature needs its {count} neighbor feature(s) "
-                f"{packed.feature('<j>', '<feature>')}. Missing: {error}. Received features: {sorted(x)}"
-            ) from None
-        neighbors = self._as_model_inputs(neighbors)
-        return self._as_model_inputs(samples), (neighbors, tf.reshape(tf.cast(weights, tf.float32), [-1]), count)
+        return term.split_neighbors(self.graph, self.base_model, x)
 
     def _without_graph_neighbors(self, x):
-        """The base model's inputs from features that may carry neighbors."""
-        if self.graph is None or not self.graph.format.carries(x):
-            return x
-        return self._as_model_inputs(self.graph.format.samples(x))
-
-    def _as_model_inputs(self, features):
-        """A dict of sample features in the structure the base model takes."""
-        struct = _keras.input_structure(self.base_model)
-        if isinstance(struct, dict):
-            return features
-        if len(features) == 1:
-            return next(iter(features.values()))
-        if isinstance(struct, (list, tuple)):
-            names = [t.name for t in struct]
-            if set(names) == set(features):
-                return [features[n] for n in names]
-        return features
+        return term.without_neighbors(self.graph, self.base_model, x)
 
     def _graph_loss(self, y, y_pred, graph_neighbors, sample_weight):
-        inputs, weights, count = graph_neighbors
-        neighbor_pred = self.base_model(inputs, training=True)
-        if self.graph.distance == "label":
-            # The sample's label is what the edge carries, so its weight counts.
-            if sample_weight is not None:
-                weights *= _nsl.replicate_embeddings(tf.reshape(tf.cast(sample_weight, tf.float32), [-1]), count)
-            labels = keras.tree.map_structure(lambda t: _nsl.replicate_embeddings(t, count), y)
-            # The compiled loss divides by every edge; NSL's graph reduction
-            # by the edges of non-zero weight.
-            loss = self._label_loss(labels, neighbor_pred, weights)
-            present = tf.reduce_mean(tf.cast(tf.not_equal(weights, 0.0), tf.float32))
-            return tf.math.divide_no_nan(loss, present)
-        return losses_lib.graph_divergence(
-            self.graph.distance, y_pred, neighbor_pred, weights, count, from_logits=bool(self._graph_from_logits)
+        return term.graph_loss(
+            self.graph,
+            self.base_model,
+            y,
+            y_pred,
+            graph_neighbors,
+            sample_weight,
+            self._label_loss,
+            from_logits=bool(self._graph_from_logits),
         )
 
     def _fused_step_is_exact(self):
@@ -510,30 +455,6 @@ def _validate_base_model(base_model):
 def _validate_config(name, value, cls):
     if not isinstance(value, cls):
         raise TypeError(f"`{name}` must be a nsladv.{cls.__name__}. Received: {name}={value!r}")
-
-
-def _resolve_from_logits(from_logits, loss):
-    """from_logits as set, else as every compiled loss says (they must agree)."""
-    if from_logits is not None:
-        return from_logits
-    found = {_loss_from_logits(leaf) for leaf in keras.tree.flatten(loss) if leaf is not None}
-    if len(found) != 1 or None in found:
-        raise ValueError(
-            "The kl and js distances need to know whether the model outputs "
-            "logits or probabilities, and the compiled loss does not say (or its "
-            "outputs disagree). Pass from_logits=True or False to the "
-            f"regularization. Received: loss={loss!r}"
-        )
-    return found.pop()
-
-
-def _loss_from_logits(loss):
-    if isinstance(loss, str):
-        return False  # Keras' string losses take probabilities.
-    found = getattr(loss, "from_logits", None)
-    if found is None and hasattr(loss, "get_config"):
-        found = loss.get_config().get("from_logits")
-    return None if found is None else bool(found)
 
 
 _THREAT_FIELDS = ("epsilon", "norm", "steps", "step_size", "random_start", "clip_range", "feature_mask")
