@@ -191,7 +191,9 @@ class NeighborBuilder:
                 masks[key] = tf.constant(np.asarray(entry, np.float32))
         return eps, clip_lo, clip_hi, masks
 
-    def __call__(self, x, *, model_fn, loss_fn, first_gradient=None, epsilon_scale=1.0, seed=None, fooled_fn=None):
+    def __call__(
+        self, x, *, model_fn, loss_fn, first_gradient=None, epsilon_scale=1.0, radius=None, seed=None, fooled_fn=None
+    ):
         """Returns the adversarial neighbor x' of `x`.
 
         Args:
@@ -202,8 +204,10 @@ class NeighborBuilder:
                 `{key: tensor}` for the keys of `select(x)`. Used for the first
                 step when there is no random start.
             epsilon_scale: scalar (tensor) multiplying the threat's epsilon and
-                step size: the fraction in force during a warm-up, or, for
-                an `Attack` (whose threat has epsilon 1), the radius.
+                step size: the fraction in force during a warm-up.
+            radius: scalar (tensor) radius to use instead of the threat's
+                epsilon, its step sizes scaled alike (an evaluation's radius);
+                None: the threat's epsilon times `epsilon_scale`.
             seed: optional stateless seed (shape [2]) of the random start;
                 None draws from TensorFlow's stateful random ops.
             fooled_fn: optional `predictions -> boolean vector`, which
@@ -220,7 +224,10 @@ class NeighborBuilder:
         paths, leaves = _flatten_inputs(x)
         index = {_key(p): i for i, p in enumerate(paths)}
         eps, clip_lo, clip_hi, masks = self._per_feature([p for p in paths if _key(p) in selected])
-        scale = tf.cast(epsilon_scale, tf.float32)
+        if radius is None:
+            scale = tf.cast(epsilon_scale, tf.float32)
+        else:
+            scale = tf.cast(radius, tf.float32) / _scalar_epsilon(self.threat)
         norm = self.threat.norm
         step = scale * self.threat.relative_step_size()
 
@@ -457,3 +464,11 @@ def project_l1(deltas, radius):
     projected = tf.sign(joined) * tf.maximum(magnitude - theta[:, None], 0.0)
     pieces = tf.split(projected, sizes, axis=1)
     return {k: tf.reshape(p, tf.shape(deltas[k])) for k, p in zip(keys, pieces)}
+
+
+def _scalar_epsilon(threat):
+    """The threat's epsilon as one number (a radius replaces it: per-feature epsilons scale from their largest)."""
+    epsilon = threat.epsilon
+    if hasattr(epsilon, "values"):
+        return float(max(epsilon.values()))
+    return float(epsilon)

@@ -59,7 +59,7 @@ class Attack(AttackSettings):
         return self.threat.norm
 
     def builder(self):
-        """A `NeighborBuilder` whose `epsilon_scale` is the radius (the threat's epsilon is 1)."""
+        """A `NeighborBuilder` of the attack's steps; each call gives it the radius."""
         return NeighborBuilder(self.threat, random_start=self.threat.uses_random_start())
 
     def get_config(self):
@@ -117,7 +117,7 @@ def adversarial_examples(model, x, y, attack, epsilon, *, from_logits=True, seed
         x,
         model_fn=lambda v: model(v, training=False),
         loss_fn=lambda pred: loss(y, pred),
-        epsilon_scale=epsilon,
+        radius=epsilon,
         seed=seed,
         fooled_fn=lambda pred: tf.argmax(pred, axis=-1) != tf.reshape(tf.cast(y, tf.int64), [-1]),
     )
