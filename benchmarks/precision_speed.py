@@ -1,5 +1,9 @@
-"""How close evaluation runs to this machine's limit: APGD's passes per second on the default CNN, the FLOP/s they
-imply, and a plain matmul's FLOP/s in the same precision on the same machine.
+"""Precision and compilation on this machine: the default recipe's training step and APGD in float32 and bfloat16
+(and the training step under XLA), and how close APGD runs to a plain matmul's FLOP/s in the same precision.
+
+The training step is the default pipeline's (pipelines/mnist.py: PGD-3 neighbors, TRADES' KL, batch 128) through
+`nsladv.AdversarialModel.train_on_batch`, the CNN built under each precision's Keras policy; `--jit` adds it
+compiled with XLA (`jit_compile=True`) in float32.
 
 APGD-CE (the evaluation's first multi-step attack) runs on the default pipeline's CNN (pipelines/mnist.py,
 initial weights) over `--examples` digits labelled with the model's own predictions and attacked at radius 0, so
@@ -13,7 +17,8 @@ The peak is a `tf.matmul` of two square matrices (`--matmul`), compiled, in the 
 timed interleaved (float32, bfloat16, float32, ...) after a warm-up; the figures are medians over `--rounds`, the
 ratio the median of per-round ratios.
 
-Usage: python -m benchmarks.attack_speed [--examples 500] [--steps 20] [--rounds 5] [--precisions float32,bfloat16]
+Usage: python -m benchmarks.precision_speed [--examples 500] [--steps 20] [--rounds 5] [--precisions float32,bfloat16]
+       [--jit]
 The last line printed is one JSON object.
 """
 
@@ -28,6 +33,7 @@ import tensorflow as tf
 
 from benchmarks.common import interleaved
 from benchmarks.common import median_ratio
+import nsladv
 from nsladv import precision as precision_lib
 from nsladv.robustness import APGD
 
@@ -57,6 +63,29 @@ def attack_seconds(model, x, y, steps):
     return seconds
 
 
+def training_step(precision, build_model, jit_compile=False):
+    """A callable that times `repeats` training steps of the default recipe in `precision` (after one warm-up)."""
+    pipeline = nsladv.load_pipeline("mnist")
+    keras.utils.set_random_seed(0)
+    with precision_lib.policy_scope(precision):
+        base = build_model((28, 28, 1), 10)
+    model = nsladv.AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile
+    )
+    rng = np.random.default_rng(0)
+    x, y = rng.random((pipeline.batch_size, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, pipeline.batch_size)
+    model.train_on_batch(x, y)
+
+    def seconds(repeats=5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.train_on_batch(x, y)
+        return (time.perf_counter() - start) / repeats
+
+    return seconds
+
+
 def matmul_seconds(size, dtype, repeats=10):
     a = tf.cast(tf.random.stateless_normal((size, size), (1, 2)), dtype)
     b = tf.cast(tf.random.stateless_normal((size, size), (3, 4)), dtype)
@@ -75,6 +104,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--matmul", type=int, default=1024, help="the peak's matrix size")
     parser.add_argument("--precisions", default="float32,bfloat16")
+    parser.add_argument("--jit", action="store_true", help="also the training step under XLA, in float32")
     args = parser.parse_args()
     precisions = args.precisions.split(",")
 
@@ -96,6 +126,10 @@ def main():
     passes = len(y) * (args.steps + 1)
     dtypes = {"float32": tf.float32, "bfloat16": tf.bfloat16}
     contenders = {}
+    for name in precisions:
+        contenders[f"train_step_{name}"] = training_step(name, build_model)
+    if args.jit:
+        contenders["train_step_float32_xla"] = training_step("float32", build_model, jit_compile=True)
     for name in precisions:
         contenders[f"apgd_{name}"] = lambda m=models[name]: attack_seconds(m, x, y, args.steps)
         contenders[f"matmul_{name}"] = lambda d=dtypes[name]: matmul_seconds(args.matmul, d)
@@ -125,8 +159,18 @@ def main():
             f"{name:<10} {s['passes_per_second']:>9.0f} {s['gflops']:>8.1f} {s['matmul_gflops']:>15.1f} "
             f"{s['share_of_matmul_peak']:>14.2f}"
         )
+    for name in [n for n in contenders if n.startswith("train_step")]:
+        summary[name + "_seconds"] = round(statistics.median(times[name]), 4)
+        print(f"{name:<24} {summary[name + '_seconds'] * 1e3:8.1f} ms a step")
+    if args.jit:
+        summary["train_step_xla_over_float32_time"] = round(
+            median_ratio(times["train_step_float32_xla"], times["train_step_float32"]), 3
+        )
     if len(precisions) == 2:
         a, b = precisions
+        summary[f"train_step_{a}_over_{b}_time"] = round(
+            median_ratio(times[f"train_step_{a}"], times[f"train_step_{b}"]), 3
+        )
         summary[f"apgd_{a}_over_{b}_time"] = round(median_ratio(times[f"apgd_{a}"], times[f"apgd_{b}"]), 3)
         summary[f"matmul_{a}_over_{b}_time"] = round(median_ratio(times[f"matmul_{a}"], times[f"matmul_{b}"]), 3)
     print(json.dumps(summary))
