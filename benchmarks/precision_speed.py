@@ -31,9 +31,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import nsladv
 from benchmarks.common import interleaved
 from benchmarks.common import median_ratio
-import nsladv
 from nsladv import precision as precision_lib
 from nsladv.robustness import APGD
 
@@ -70,9 +70,8 @@ def training_step(precision, build_model, jit_compile=False):
     with precision_lib.policy_scope(precision):
         base = build_model((28, 28, 1), 10)
     model = nsladv.AdversarialModel(base, threat=pipeline.threat, regularization=pipeline.regularization)
-    model.compile(
-        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile
-    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(1e-3), loss, jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x, y = rng.random((pipeline.batch_size, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, pipeline.batch_size)
     model.train_on_batch(x, y)
