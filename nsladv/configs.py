@@ -18,6 +18,8 @@ import numpy as np
 from nsladv.graph.packed import DEFAULT_PREFIX
 from nsladv.graph.packed import DEFAULT_WEIGHT_SUFFIX
 from nsladv.graph.packed import PackedFormat
+from nsladv.settings_checks import integer
+from nsladv.settings_checks import number
 
 NORMS = ("linf", "l2", "l1")
 DISTANCES = ("label", "kl", "js", "l2", "cosine")
@@ -66,8 +68,7 @@ def canonical_norm(norm):
 
 
 def _positive_number(name, value):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
+    number(name, value, above=True)
     return float(value)
 
 
@@ -213,8 +214,7 @@ class ThreatModel(_PlainSettings):
         else:
             set_("epsilon", _positive_number("epsilon", self.epsilon))
         set_("norm", canonical_norm(self.norm))
-        if not isinstance(self.steps, numbers.Integral) or isinstance(self.steps, bool) or self.steps < 1:
-            raise ValueError(f"`steps` must be an integer >= 1. Received: steps={self.steps!r}")
+        integer("steps", self.steps, numpy=True)
         set_("steps", int(self.steps))
         if self.step_size is not None:
             if isinstance(self.epsilon, Mapping):
@@ -305,8 +305,7 @@ class Regularization(_PlainSettings):
 
     def __post_init__(self):
         m = self.multiplier
-        if not isinstance(m, numbers.Real) or isinstance(m, bool) or not math.isfinite(m) or m < 0:
-            raise ValueError(f"`multiplier` must be a finite number >= 0. Received: multiplier={m!r}")
+        number("multiplier", m)
         object.__setattr__(self, "multiplier", float(m))
         distance = self.distance.lower() if isinstance(self.distance, str) else self.distance
         if distance not in DISTANCES:

@@ -10,14 +10,15 @@ the ramp where it was.
 
 import keras
 
+from nsladv.settings_checks import number
+
 
 class _LinearWarmup(keras.callbacks.Callback):
     attribute = None
 
     def __init__(self, epochs, *, start=0.0):
         super().__init__()
-        if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or epochs < 0:
-            raise ValueError(f"`epochs` must be a number >= 0. Received: epochs={epochs!r}")
+        number("epochs", epochs, finite=False)
         if not 0.0 <= start <= 1.0:
             raise ValueError(f"`start` must be in [0, 1]. Received: start={start!r}")
         self.epochs = epochs

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from nsladv import _nsl
+from nsladv.settings_checks import integer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,8 +43,7 @@ class Graph:
                 self-loop, a weight that is not finite and positive, or an
                 edge given twice.
         """
-        if not isinstance(num_nodes, (int, np.integer)) or isinstance(num_nodes, bool) or num_nodes < 1:
-            raise ValueError(f"`num_nodes` must be an integer >= 1. Received: num_nodes={num_nodes!r}")
+        integer("num_nodes", num_nodes, numpy=True)
         rows = [tuple(e) for e in (edges.tolist() if isinstance(edges, np.ndarray) else edges)]
         bad = next((e for e in rows if len(e) != 3), None)
         if bad is not None:
@@ -191,8 +191,7 @@ class Graph:
             Ties in weight go to the lower node index (NSL's pack_nbrs
             prefers the larger id string).
         """
-        if not isinstance(max_neighbors, (int, np.integer)) or isinstance(max_neighbors, bool) or max_neighbors < 1:
-            raise ValueError(f"`max_neighbors` must be an integer >= 1. Received: max_neighbors={max_neighbors!r}")
+        integer("max_neighbors", max_neighbors, numpy=True)
         order = np.lexsort((self.targets, -self.weights, self.sources))
         sources, targets, weights = self.sources[order], self.targets[order], self.weights[order]
         first = np.searchsorted(sources, np.arange(self.num_nodes))

@@ -32,6 +32,8 @@ from nsladv.errors import SettingsError
 from nsladv.export import check_model_name
 from nsladv.robustness.base import AttackSettings
 from nsladv.robustness.sets import attack_set
+from nsladv.settings_checks import integer
+from nsladv.settings_checks import number
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -193,18 +195,9 @@ class Pipeline(KeywordOnly):
                 "A pipeline needs `build_model(input_shape, num_classes) -> keras.Model`. "
                 f"Received: build_model={self.build_model!r}"
             )
-        if (
-            not isinstance(self.monitor_examples, int)
-            or isinstance(self.monitor_examples, bool)
-            or self.monitor_examples < 0
-        ):
-            raise ValueError(
-                f"`monitor_examples` must be an integer >= 0. Received: monitor_examples={self.monitor_examples!r}"
-            )
+        integer("monitor_examples", self.monitor_examples, minimum=0)
         for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+            integer(name, getattr(self, name))
         if self.ema_momentum is not None and (
             not isinstance(self.ema_momentum, float) or not 0.0 < self.ema_momentum < 1.0
         ):
@@ -212,13 +205,9 @@ class Pipeline(KeywordOnly):
                 f"`ema_momentum` must be a float in (0, 1) or None. Received: ema_momentum={self.ema_momentum!r}"
             )
         for name in ("epsilon_warmup_epochs", "multiplier_warmup_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"`{name}` must be a number of epochs >= 0. Received: {name}={value!r}")
+            number(name, getattr(self, name), what="a number of epochs")
         for name in ("train_examples", "eval_examples", "labels_per_class"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"`{name}` must be an integer >= 1 or None. Received: {name}={value!r}")
+            integer(name, getattr(self, name), optional=True)
         if self.graph is not None and not isinstance(self.graph, GraphSetup):
             raise ValueError(f"`graph` must be an nsladv.GraphSetup or None. Received: graph={self.graph!r}")
         if not all(isinstance(a, AttackSettings) for a in self.eval_attacks):

@@ -37,6 +37,7 @@ from nsladv.robustness.base import input_gradient
 from nsladv.robustness.base import logits_of as _logits
 from nsladv.robustness.base import true_class_margin
 from nsladv.robustness.base import wrong_classes_by_score
+from nsladv.settings_checks import integer
 
 LOSSES = ("ce", "dlr-targeted")
 
@@ -71,12 +72,10 @@ class APGD(LinfSettings):
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown APGD loss. Expected one of {list(LOSSES)}. Received: loss={self.loss!r}")
-        if not isinstance(self.odi_steps, int) or isinstance(self.odi_steps, bool) or self.odi_steps < 0:
-            raise ValueError(f"`odi_steps` must be an integer >= 0. Received: odi_steps={self.odi_steps!r}")
+        integer("odi_steps", self.odi_steps, minimum=0)
         for field in ("steps", "restarts", "target_classes"):
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{field}` must be an integer >= 1. Received: {field}={value!r}")
+            integer(field, value)
 
     @property
     def min_classes(self):

@@ -14,6 +14,7 @@ from nsladv.configs import ThreatModel
 from nsladv.neighbors import NeighborBuilder
 from nsladv.robustness.base import AttackSettings
 from nsladv.robustness.base import SeededAttacker
+from nsladv.settings_checks import integer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,8 +49,7 @@ class Attack(AttackSettings):
                 "An Attack's threat model has epsilon 1 (the radius comes with each evaluation). "
                 f"Received: threat={self.threat!r}"
             )
-        if not isinstance(self.restarts, int) or isinstance(self.restarts, bool) or self.restarts < 1:
-            raise ValueError(f"`restarts` must be an integer >= 1. Received: restarts={self.restarts!r}")
+        integer("restarts", self.restarts)
         if not self.threat.uses_random_start() and self.restarts != 1:
             name = "FGSM (steps=1)" if self.threat.steps == 1 else "An attack without a random start"
             raise ValueError(f"{name} starts from x and has nothing to restart. Received: restarts={self.restarts!r}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from nsladv.errors import SettingsError
 from nsladv.robustness.rows import attack_rows
+from nsladv.settings_checks import integer
 
 MANIFEST = "manifest.json"
 
@@ -64,8 +65,7 @@ class Checkpoints:
     """
 
     def __init__(self, folder, identity, *, seed, block_size=500, on_block=None):
-        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-            raise SettingsError(f"`block_size` must be an integer >= 1. Received: block_size={block_size!r}")
+        integer("block_size", block_size, error=SettingsError)
         self.folder = pathlib.Path(folder)
         self.seed = int(seed)
         self.block_size = block_size

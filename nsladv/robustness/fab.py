@@ -32,6 +32,7 @@ from nsladv.robustness.base import SeededAttacker
 from nsladv.robustness.base import input_gradient
 from nsladv.robustness.base import logits_of as _logits
 from nsladv.robustness.base import wrong_classes_by_score
+from nsladv.settings_checks import integer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,8 +64,7 @@ class FAB(LinfSettings):
     def __post_init__(self):
         for field in ("steps", "target_classes", "restarts"):
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{field}` must be an integer >= 1. Received: {field}={value!r}")
+            integer(field, value)
         for field, low, high in (("alpha_max", 0.0, 1.0), ("beta", 0.0, 1.0)):
             value = getattr(self, field)
             if not low <= value <= high:

@@ -13,6 +13,7 @@ from nsladv.robustness.closest import Closest
 from nsladv.robustness.fab import FAB
 from nsladv.robustness.rows import radius_key
 from nsladv.robustness.rows import robust_rows
+from nsladv.settings_checks import integer
 
 # What re-attacks the examples only a black-box attack fooled, in turn: gradient attacks that find them with more
 # restarts were unlucky; gradient attacks that still cannot are what masked gradients look like. APGD-T on every
@@ -125,8 +126,7 @@ def gradient_path_check(model, x, y, x_adv, *, from_logits=True, points=21):
         `ratio` (`gradient_fall / fall`; None when the margin does not fall)
         and `gradients_account` (the ratio within `PATH_RATIOS`).
     """
-    if not isinstance(points, int) or isinstance(points, bool) or points < 2:
-        raise ValueError(f"`points` must be an integer >= 2. Received: points={points!r}")
+    integer("points", points, minimum=2)
     x, x_adv = np.asarray(x, np.float32), np.asarray(x_adv, np.float32)
     y = np.asarray(y).reshape(-1).astype(np.int64)
     if x.shape != x_adv.shape or len(y) != len(x):

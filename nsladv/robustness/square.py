@@ -18,6 +18,7 @@ from nsladv.robustness.base import Counter
 from nsladv.robustness.base import LinfSettings
 from nsladv.robustness.base import attack_seed
 from nsladv.robustness.base import true_class_margin
+from nsladv.settings_checks import integer
 
 # Iterations (per 10,000 queries) at which the window's share halves (the paper's schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -46,8 +47,7 @@ class Square(LinfSettings):
     clip_range: tuple = (0.0, 1.0)
 
     def __post_init__(self):
-        if not isinstance(self.queries, int) or isinstance(self.queries, bool) or self.queries < 1:
-            raise ValueError(f"`queries` must be an integer >= 1. Received: queries={self.queries!r}")
+        integer("queries", self.queries)
         if not 0 < self.p_init <= 1:
             raise ValueError(f"`p_init` must be in (0, 1]. Received: p_init={self.p_init!r}")
 

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from nsladv.serving.errors import ServingError
+from nsladv.settings_checks import integer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,8 +50,7 @@ class BatchingParameters:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             minimum = 0 if field.name == "batch_timeout_micros" else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"`{field.name}` must be an integer >= {minimum}. Received: {field.name}={value!r}")
+            integer(field.name, value, minimum=minimum)
 
 
 _FIELD = re.compile(r"(\w+)\s*\{\s*value:\s*(\d+)\s*\}")
