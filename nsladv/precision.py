@@ -56,7 +56,7 @@ class Hardware:
 
     @classmethod
     def detect(cls):
-        """This machine's devices, as TensorFlow sees them, and the CPU's flags (Linux's /proc/cpuinfo)."""
+        """This machine's devices, as TensorFlow lists them, and the CPU's flags (Linux's /proc/cpuinfo)."""
         import tensorflow as tf
 
         capabilities = []
@@ -64,7 +64,10 @@ class Hardware:
             details = tf.config.experimental.get_device_details(gpu)
             capabilities.append(tuple(details.get("compute_capability") or (0, 0)))
         return cls(
-            tpus=len(tf.config.list_logical_devices("TPU")),
+            # Physical devices only: listing logical ones starts TensorFlow's runtime, after which a
+            # MultiWorkerMirroredStrategy can no longer be made ("Collective ops must be configured at program
+            # startup"; tests/test_distribute.py).
+            tpus=len(tf.config.list_physical_devices("TPU")),
             gpu_capabilities=tuple(capabilities),
             cpu_flags=cpu_flags(),
             # TensorFlow's x86 builds use oneDNN unless TF_ENABLE_ONEDNN_OPTS=0; without it no bfloat16 kernel is fast.

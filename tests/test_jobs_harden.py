@@ -571,8 +571,8 @@ def test_full_evaluation_is_one_flag(monkeypatch, capsys):
     monkeypatch.setattr(hardening, "harden", lambda pipeline, **kwargs: seen.update(pipeline=pipeline, **kwargs))
     assert cli.main(["harden", TINY, "--full-evaluation"]) == 0
     pipeline = seen["pipeline"]
-    assert [a.name for a in pipeline.eval_attacks] == ["fgsm", "apgd-ce", "apgd-t", "fab-t", "square"]  # AutoAttack's
-    assert [a.target_classes for a in pipeline.eval_attacks[2:4]] == [9, 9] and pipeline.eval_attacks[4].queries == 5000
+    assert [a.name for a in pipeline.eval_attacks] == ["apgd-ce", "apgd-t", "fab-t", "square"]  # AutoAttack's
+    assert [a.target_classes for a in pipeline.eval_attacks[1:3]] == [9, 9] and pipeline.eval_attacks[3].queries == 5000
     assert pipeline.eval_examples is None and seen["eval_examples"] is None  # all 10,000 test digits
     code, out = run_cli(["harden", TINY, "--full-evaluation", "--eval-examples", "100"], capsys)
     assert code == 2 and "--full-evaluation attacks the whole test split; drop --eval-examples" in out.err

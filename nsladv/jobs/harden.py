@@ -129,6 +129,9 @@ def harden(
         pipeline = pipeline.replace(epochs=epochs)
     if eval_examples is not None:
         pipeline = pipeline.replace(eval_examples=eval_examples)
+    if strategy is None or isinstance(strategy, str):
+        # Before anything else touches TensorFlow's runtime: a multi-worker strategy must come first.
+        strategy = distribute.make_strategy(strategy or "default")
     chosen = precision_lib.choose(precision)
     with precision_lib.policy_scope(chosen):
         job = _HardenJob(
@@ -208,7 +211,7 @@ class _HardenJob:
         if self.state.discarded:
             log(f"--overwrite: the earlier run's {' and '.join(self.state.discarded)} in {out_dir} were replaced")
         keras.utils.set_random_seed(pipeline.seed)
-        log(f"training precision: {self.precision.name} ({self.precision.reason})")
+        log(f"precision: {self.precision.name} ({self.precision.reason})")
         self.data = pipeline_data(
             pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples, channels=declared_channels(loaded)
         )
