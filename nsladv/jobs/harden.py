@@ -227,6 +227,7 @@ class _HardenJob:
 
     def run(self, *, export):
         self._announce_plan(export)
+        self.state.begin()
         models = {label: self.model(label, graph, adversarial) for label, graph, adversarial in self.contenders}
         # Attacks and the export see the model in float32, whatever it trained in.
         models = {label: self.float32_model(model) for label, model in models.items()}

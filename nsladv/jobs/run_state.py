@@ -72,6 +72,17 @@ class RunState:
         self._state["evaluation"] = self.evaluation_key
         self._state["evaluated"].setdefault(self.evaluation_key, {})
 
+    def begin(self):
+        """Records the settings before the first phase starts.
+
+        Not left to the first finished phase: a run killed during its first
+        training leaves a backup that a rerun with other settings must not
+        resume. Not at construction either: a job whose checks fail leaves
+        no folder.
+        """
+        if self.writer:
+            self._write()
+
     # Trained models ------------------------------------------------------------
 
     def weights_path(self, label):
