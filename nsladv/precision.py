@@ -184,3 +184,16 @@ def in_precision(model, precision):
 def float32_copy(model):
     """The model computing in float32 with the same weights: the model itself when it already does."""
     return in_precision(model, "float32")
+
+
+def measurable(model):
+    """(the model as attacks measure it, the precision it computes in).
+
+    A float32 copy with the same weights where one can be made (see
+    `float32_copy`); a subclassed model built in mixed precision is measured
+    as it computes, and the precision says so.
+    """
+    try:
+        return float32_copy(model), "float32"
+    except SettingsError:
+        return model, of_model(model)

@@ -25,15 +25,21 @@ import time
 import keras
 import tensorflow as tf
 
+from nsladv import datasets
+from nsladv import precision
 from nsladv._extras import require
 from nsladv.configs import GraphRegularization
 from nsladv.configs import Regularization
 from nsladv.configs import ThreatModel
+from nsladv.errors import SettingsError
+from nsladv.guards import RobustnessMonitor
 from nsladv.guards import StopOnNonFiniteLoss
 from nsladv.guards import keeps_weight_average
-from nsladv.robustness.attacks import BatchAttacker
 from nsladv.robustness.attacks import pgd
 from nsladv.schedules import EpsilonWarmup
+from nsladv.schedules import MultiplierWarmup
+from nsladv.settings_checks import integer
+from nsladv.settings_checks import number
 from nsladv.wrapper import AdversarialModel
 
 keras_tuner = require("keras_tuner", "tune")
@@ -59,53 +65,44 @@ def default_search_space(hp):
     }
 
 
-class RobustAccuracy(keras.callbacks.Callback):
-    """Adds `val_clean_accuracy`, `val_robust_accuracy` and `val_tradeoff` to the epoch logs.
+class RobustAccuracy(RobustnessMonitor):
+    """The trial's robustness monitor: `RobustnessMonitor`'s reading after every epoch, as the search's objective.
 
-    The trade-off is `weight * clean + (1 - weight) * robust`, and with a
-    `clean_floor`, `robust - (floor - clean)` below the floor.
+    It attacks the same fixed validation examples after every epoch (the
+    same random starts too), stops a trial whose robust accuracy collapses
+    (catastrophic overfitting), and adds `val_clean_accuracy`,
+    `val_robust_accuracy` and `val_tradeoff` to the epoch logs. The
+    trade-off is `weight * clean + (1 - weight) * robust`, and with a
+    `clean_floor`, `robust - (floor - clean)` below the floor. keras-tuner
+    keeps each trial's best epoch by this objective, so the monitor itself
+    restores nothing.
 
     Args:
-        data: batched validation `(x, y)` dataset.
+        model: the base model to attack (an `AdversarialModel`'s `base_model`).
+        x, y: the validation examples.
         attack: the white-box `Attack`.
         epsilon: its radius.
         weight: the clean share of the trade-off, in [0, 1].
         clean_floor: the clean accuracy under which the trade-off drops.
-        from_logits: whether the model outputs logits.
+        **kwargs: `RobustnessMonitor`'s (`from_logits`, `collapse_drop`,
+            `seed`, `measured_model`, `log`).
     """
 
-    def __init__(self, data, *, attack, epsilon, weight=0.0, clean_floor=None, from_logits=True):
-        super().__init__()
+    def __init__(self, model, x, y, *, attack, epsilon, weight=0.0, clean_floor=None, **kwargs):
         if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"`weight` must be in [0, 1]. Received: weight={weight!r}")
-        self.data = data
-        self.attack = attack
-        self.epsilon = epsilon
+            raise SettingsError(f"`weight` must be in [0, 1]. Received: weight={weight!r}")
+        super().__init__(model, x, y, epsilon=epsilon, attack=attack, restore_best=False, **kwargs)
         self.weight = weight
         self.clean_floor = clean_floor
-        self.from_logits = from_logits
-        self._attacker = None
-
-    def __deepcopy__(self, memo):
-        # keras-tuner deep-copies callbacks per trial; the dataset is shared.
-        return RobustAccuracy(
-            self.data,
-            attack=self.attack,
-            epsilon=self.epsilon,
-            weight=self.weight,
-            clean_floor=self.clean_floor,
-            from_logits=self.from_logits,
-        )
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._attacker is None:
-            target = getattr(self.model, "base_model", self.model)
-            self._attacker = BatchAttacker(target, self.attack, from_logits=self.from_logits)
-        clean, robust, _ = self._attacker.accuracy(self.data, self.epsilon)
-        logs = logs if logs is not None else {}
-        logs["val_clean_accuracy"] = clean
-        logs["val_robust_accuracy"] = robust
-        logs["val_tradeoff"] = tradeoff(clean, robust, weight=self.weight, clean_floor=self.clean_floor)
+        super().on_epoch_end(epoch, logs)
+        reading = self.history[-1]
+        clean, robust = reading["clean_accuracy"], reading["robust_accuracy"]
+        if logs is not None:
+            logs["val_clean_accuracy"] = clean
+            logs["val_robust_accuracy"] = robust
+            logs["val_tradeoff"] = tradeoff(clean, robust, weight=self.weight, clean_floor=self.clean_floor)
 
 
 def tradeoff(clean, robust, *, weight=0.0, clean_floor=None):
@@ -190,6 +187,14 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         tensorboard_dir: a folder for TensorBoard: each trial's epoch logs
             and hyperparameters go to a subfolder, for the HParams view
             (keras-tuner writes none with Keras 3).
+        multiplier_warmup_epochs: epochs over which the multiplier ramps up
+            (`MultiplierWarmup`), as in `nsladv harden`.
+        monitor_examples: how many validation examples, spread evenly over
+            the validation data, the objective attacks after every epoch
+            (default: all of them).
+        collapse_drop: the fall in robust accuracy from a trial's best epoch
+            at which the trial stops (catastrophic overfitting; see
+            `RobustnessMonitor`).
     """
 
     def __init__(
@@ -210,12 +215,15 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         seed=0,
         graph=None,
         tensorboard_dir=None,
+        multiplier_warmup_epochs=0,
+        monitor_examples=None,
+        collapse_drop=0.3,
         name="nsladv_hardening",
         tunable=True,
     ):
         super().__init__(name=name, tunable=tunable)
         if (build_base is None) == (base_model is None):
-            raise ValueError(
+            raise SettingsError(
                 "Give exactly one of `build_base` (a function building a fresh base model) or "
                 f"`base_model`. Received: build_base={build_base!r}, base_model={base_model!r}"
             )
@@ -229,7 +237,7 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         self.tradeoff_weight = tradeoff_weight
         self.clean_floor = clean_floor
         if optimizer is not None and learning_rate is not None:
-            raise ValueError(
+            raise SettingsError(
                 "Give `learning_rate` (for the default Adam) or `optimizer`, not both. "
                 f"Received: learning_rate={learning_rate!r}, optimizer={optimizer!r}"
             )
@@ -241,6 +249,12 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             raise TypeError(f"`graph` must be a nsladv.GraphRegularization or None. Received: graph={graph!r}")
         self.graph = graph
         self.tensorboard_dir = tensorboard_dir
+        self.multiplier_warmup_epochs = number(
+            "multiplier_warmup_epochs", multiplier_warmup_epochs, finite=False, error=SettingsError
+        )
+        self.monitor_examples = integer("monitor_examples", monitor_examples, optional=True, error=SettingsError)
+        self.collapse_drop = collapse_drop
+        self._monitored = None  # (validation data, its monitored images, labels)
 
     def settings(self, hp):
         """(ThreatModel, Regularization, warm-up epochs) for these hyperparameters."""
@@ -295,7 +309,7 @@ class HardeningHyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, *args, validation_data=None, callbacks=None, **kwargs):
         if validation_data is None:
-            raise ValueError(
+            raise SettingsError(
                 "The robust objective is measured on validation data: pass "
                 "validation_data= to search(). Received: validation_data=None"
             )
@@ -307,14 +321,23 @@ class HardeningHyperModel(keras_tuner.HyperModel):
             # The average is in the model from each epoch's end to the next epoch's start: the objective and
             # keras-tuner's checkpoint after it see it, training goes on from the raw weights.
             callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        x, y = self._monitored_examples(validation_data)
+        base = model.base_model
+        measured, _ = precision.measurable(base)  # every trial measured in float32, as the evaluation will be
         callbacks += [
             EpsilonWarmup(warmup),
+            MultiplierWarmup(self.multiplier_warmup_epochs),
             RobustAccuracy(
-                validation_data,
+                base,
+                x,
+                y,
                 attack=self.attack,
                 epsilon=self.eval_epsilon,
                 weight=self.tradeoff_weight,
                 clean_floor=self.clean_floor,
+                collapse_drop=self.collapse_drop,
+                seed=self.seed,
+                measured_model=None if measured is base else measured,
             ),
             FailOnNonFiniteLoss(),
         ]
@@ -332,8 +355,22 @@ class HardeningHyperModel(keras_tuner.HyperModel):
         history.history["trial_seconds"] = [seconds] * len(history.epoch)
         return history
 
+    def _monitored_examples(self, validation_data):
+        """The validation examples the objective attacks: read once, the same for every trial."""
+        if self._monitored is None or self._monitored[0] is not validation_data:
+            x, y = datasets.as_arrays(validation_data.unbatch())
+            rows = datasets.spread_rows(len(y), self.monitor_examples)
+            self._monitored = (validation_data, x[rows], y[rows])
+        return self._monitored[1:]
 
-_FIRST_CALLBACKS = (keras.callbacks.SwapEMAWeights, EpsilonWarmup, RobustAccuracy, FailOnNonFiniteLoss)
+
+_FIRST_CALLBACKS = (
+    keras.callbacks.SwapEMAWeights,
+    EpsilonWarmup,
+    MultiplierWarmup,
+    RobustAccuracy,
+    FailOnNonFiniteLoss,
+)
 
 
 def _optimizer_config(optimizer):
@@ -341,7 +378,7 @@ def _optimizer_config(optimizer):
     try:
         return keras.optimizers.serialize(keras.optimizers.get(optimizer))
     except (ValueError, TypeError) as error:
-        raise ValueError(
+        raise SettingsError(
             "`optimizer` must be a Keras optimizer, its name or its config. "
             f"Received: optimizer={optimizer!r} ({error})"
         ) from None

@@ -17,6 +17,8 @@ from nsladv import FGSM
 from nsladv import datasets as data
 from nsladv import load_pipeline
 from nsladv import tuning
+from nsladv.errors import RunExistsError
+from nsladv.errors import SettingsError
 from nsladv.jobs import tune as tune_job
 
 HERE = pathlib.Path(__file__).parent
@@ -171,10 +173,29 @@ def test_the_optimizer_or_a_learning_rate():
 def test_trade_off_objective():
     assert tuning.tradeoff(0.9, 0.5, weight=0.5) == pytest.approx(0.7)
     assert tuning.tradeoff(0.8, 0.5, clean_floor=0.9) == pytest.approx(0.4)
-    with pytest.raises(ValueError, match=r"`weight` must be in \[0, 1\]"):
-        tuning.RobustAccuracy(None, attack=FGSM, epsilon=0.1, weight=2)
-    with pytest.raises(ValueError, match=r"Give exactly one of `build_base`"):
+    with pytest.raises(SettingsError, match=r"`weight` must be in \[0, 1\]. Received: weight=2"):
+        tuning.RobustAccuracy(tiny_base(), np.zeros((2, 28, 28, 1)), [0, 1], attack=FGSM, epsilon=0.1, weight=2)
+    with pytest.raises(SettingsError, match=r"Give exactly one of `build_base`"):
         tuning.HardeningHyperModel()
+    with pytest.raises(SettingsError, match=r"`monitor_examples` must be an integer >= 1 or None. Received: .*=0"):
+        hypermodel(monitor_examples=0)
+
+
+def test_trials_warm_the_multiplier_up_and_measure_the_monitor_examples(tmp_path, digits):
+    """As in `nsladv harden`: the multiplier ramps over `multiplier_warmup_epochs`, and the objective attacks
+    `monitor_examples` validation digits spread evenly over the validation data."""
+    train, validation, _ = digits
+    model = hypermodel(multiplier_warmup_epochs=2, monitor_examples=50)
+    search = keras_tuner.RandomSearch(model, objective=tuning.ROBUST_OBJECTIVE, max_trials=1, directory=str(tmp_path))
+    search.search(train, validation_data=validation, epochs=1, verbose=0)
+    trial = search.oracle.get_best_trials(1)[0]
+    assert 0.0 < trial.metrics.get_last_value("multiplier_scale") < 0.5  # half-way through the ramp's first epoch
+    images, labels = data.as_arrays(validation.unbatch())
+    rows = np.linspace(0, len(labels) - 1, 50).round().astype(int)
+    subset = tf.data.Dataset.from_tensor_slices((images[rows], labels[rows])).batch(50)
+    clean, robust, total = hand_written_fgsm_accuracy(search.get_best_models(1)[0].base_model, subset, 0.1)
+    assert total == 50 and trial.score == pytest.approx(robust, abs=1e-9)
+    assert trial.metrics.get_last_value("val_clean_accuracy") == pytest.approx(clean, abs=1e-9)
 
 
 KILLED_SEARCH = textwrap.dedent(
@@ -242,6 +263,36 @@ def _tune_one_epoch(pipeline_file, trials, tmp_path, digits):
         verbose=0,
         log=lambda *_: None,
     )
+
+
+def test_the_tune_job_keeps_its_phases_and_refuses_other_settings(tmp_path, digits):
+    """Built from harden's phases: a rerun reuses the search, the evaluation and the export; other search settings
+    stop with RunExistsError unless overwrite; what the caller changed is recorded in the report."""
+    pipeline, lines = load_pipeline(str(HERE / "tiny_pipeline.py")), []
+    kwargs = dict(
+        trials=1,
+        epochs=1,
+        out_dir=tmp_path / "tuning",
+        saved_models=tmp_path / "saved_models",
+        data_dir=digits[2],
+        eval_examples=60,
+        verbose=0,
+        log=lines.append,
+    )
+    first = tune_job.tune_pipeline(pipeline, **kwargs)
+    assert first["pipeline"]["eval_examples"] == 60 and first["evaluation"]["examples"] == 60
+    assert first["tuning"]["monitor"]["split"] == "validation" and first["precision"]["training"] == "float32"
+    lines.clear()
+    again = tune_job.tune_pipeline(pipeline, **kwargs)
+    assert again["evaluation"] == first["evaluation"] and again["export"] == first["export"]
+    assert any("evaluation was made by an earlier run" in line for line in lines)
+    assert any("exported for TF Serving by an earlier run" in line for line in lines)
+    with pytest.raises(RunExistsError, match=r"search.epochs: 1 -> 2.*--overwrite"):
+        tune_job.tune_pipeline(pipeline, **{**kwargs, "epochs": 2})
+    with pytest.raises(SettingsError, match=r"Unknown tuner. Expected one of .*Received: tuner='grid'"):
+        tune_job.tune_pipeline(pipeline, **{**kwargs, "tuner": "grid"})
+    replaced = tune_job.tune_pipeline(pipeline, **{**kwargs, "epochs": 2, "overwrite": True, "export": False})
+    assert [t["status"] for t in replaced["tuning"]["trials"]] == ["COMPLETED"] and replaced["tuning"]["epochs"] == 2
 
 
 def test_tune_pipeline_exports_the_best_trial(tmp_path, digits):

@@ -72,11 +72,6 @@ def _parser():
         help="join natural graph neighbors from an NSL TSV edge file (source<TAB>target<TAB>weight); ids are image "
         "paths relative to the data folder, or row numbers of an .npz",
     )
-    harden.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a run folder that holds models trained with other settings (else the job stops)",
-    )
     harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
     harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
     harden.add_argument(
@@ -85,22 +80,15 @@ def _parser():
         default="default",
         help="tf.distribute strategy (default: default; auto picks from TF_CONFIG and the GPUs)",
     )
-    harden.add_argument(
-        "--precision",
-        choices=["auto", "float32", "bfloat16"],
-        default="auto",
-        help="training precision (default: auto, bfloat16 mixed precision where the hardware computes it "
-        "natively: TPUs, GPUs of compute capability 8.0+, CPUs with AVX512_BF16 or AMX; float32 elsewhere). "
-        "Evaluation and the export are float32",
-    )
 
     tune = commands.add_parser(
         "tune",
         parents=[common],
         help="search the regularization with keras-tuner for robustness, export the best",
         description="Search the regularization multiplier, distance, PGD steps and warm-up with keras-tuner "
-        "against white-box robust accuracy on the validation split; export the best trial. Trials are logged "
-        "for TensorBoard's HParams view under the run folder's logs/.",
+        "against white-box robust accuracy on validation digits (harden's robustness monitor); evaluate and export "
+        "the best trial. Trials train as harden's model does and are logged for TensorBoard's HParams view under "
+        "the run folder's logs/. A rerun resumes the search.",
         epilog=_examples(
             ("nsladv tune mnist --trials 6 --epochs 3", "six random trials of three epochs"),
             ("nsladv tune mnist --tuner bayesian --objective tradeoff --tradeoff-weight 0.3", "clean/robust trade-off"),
@@ -126,7 +114,6 @@ def _parser():
         help="clean share of the trade-off, in [0, 1] (default: 0.5)",
     )
     tune.add_argument("--clean-floor", type=float, metavar="ACC", help="penalize trials under this clean accuracy")
-    tune.add_argument("--overwrite", action="store_true", help="start the search afresh instead of resuming")
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -227,6 +214,20 @@ def _add_job_arguments(parser):
     parser.add_argument("--no-export", action="store_true", help="do not export for TF Serving")
     parser.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run folder that holds work made with other settings (else the job stops); "
+        "a rerun with the same settings resumes",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="training precision (default: auto, bfloat16 mixed precision where the hardware computes it "
+        "natively: TPUs, GPUs of compute capability 8.0+, CPUs with AVX512_BF16 or AMX; float32 elsewhere). "
+        "Evaluation and the export are float32",
+    )
     overrides = parser.add_argument_group("overrides of the pipeline's settings (recorded in the report)")
     overrides.add_argument("--seed", type=int, help="random seed")
     overrides.add_argument(
@@ -473,6 +474,7 @@ def _run(args):
             tradeoff_weight=args.tradeoff_weight,
             clean_floor=args.clean_floor,
             overwrite=args.overwrite,
+            precision=args.precision,
             overrides=overrides,
             **_job_kwargs(args),
         )

@@ -154,7 +154,7 @@ def harden(
         return job.run(export=export)
 
 
-_EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "eval_examples", "large_epsilon")
+EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "eval_examples", "large_epsilon")
 
 
 class _HardenJob:
@@ -199,11 +199,11 @@ class _HardenJob:
         self.state = run_state.RunState(
             out_dir,
             training={
-                **{k: v for k, v in settings.items() if k not in _EVALUATION_SETTINGS},
+                **{k: v for k, v in settings.items() if k not in EVALUATION_SETTINGS},
                 "model": user_models.fingerprint(model),
                 "precision": self.precision.name,
             },
-            evaluation={k: settings[k] for k in _EVALUATION_SETTINGS},
+            evaluation={k: settings[k] for k in EVALUATION_SETTINGS},
             writer=self.chief,
             overwrite=overwrite,
             overwrite_hint="--overwrite (overwrite=True in Python)",
@@ -395,11 +395,8 @@ class _HardenJob:
 
     def float32_model(self, model):
         """The model computing in float32 (a copy with its weights), or itself where no copy can be made."""
-        try:
-            return precision_lib.float32_copy(model)
-        except SettingsError:  # A subclassed model built in mixed precision: measured as it computes.
-            self.evaluated_in = precision_lib.of_model(model)
-            return model
+        model, self.evaluated_in = precision_lib.measurable(model)
+        return model
 
     def _check_model(self, loaded):
         """Whether the model outputs logits; raises when it does not fit the data (before any training)."""

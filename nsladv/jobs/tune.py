@@ -1,13 +1,24 @@
-"""The tune job: search a pipeline's regularization for robustness with keras-tuner, then export the best trial."""
+"""The tune job: search a pipeline's regularization for robustness with keras-tuner, then export the best trial.
+
+Built from the harden job's phases: the same data, precision choice, warm-ups
+and robustness monitor (here the search's objective), a run folder whose
+finished phases a rerun reuses, the same evaluation and export.
+"""
 
 import pathlib
+import time
 
+from nsladv import precision as precision_lib
 from nsladv._extras import require
 from nsladv.errors import SearchFailedError
 from nsladv.errors import SettingsError
 from nsladv.jobs import report as report_lib
+from nsladv.jobs import run_state
+from nsladv.jobs import user_models
+from nsladv.jobs.assembly import describe_data
 from nsladv.jobs.assembly import export_for_serving
 from nsladv.jobs.assembly import pipeline_data
+from nsladv.jobs.harden import EVALUATION_SETTINGS
 from nsladv.robustness.evaluation import evaluate_robustness
 from nsladv.robustness.sets import fit_attacks
 from nsladv.tuning import ROBUST_OBJECTIVE
@@ -23,10 +34,11 @@ TUNERS = {
     "bayesian": keras_tuner.BayesianOptimization,
     "hyperband": keras_tuner.Hyperband,
 }
+OBJECTIVES = {"robust": ROBUST_OBJECTIVE, "tradeoff": TRADEOFF_OBJECTIVE}
 
 
 def tune_pipeline(
-    pipeline,
+    pipeline=None,
     *,
     trials=6,
     epochs=3,
@@ -40,43 +52,131 @@ def tune_pipeline(
     saved_models="saved_models",
     eval_examples=None,
     export=True,
+    precision="auto",
     overrides=None,
     verbose=1,
     log=print,
 ):
-    """Searches a pipeline's regularization for robustness, then exports the best trial.
+    """Searches a pipeline's regularization for robustness, then evaluates and exports the best trial.
 
-    Trials train as `nsladv harden` does: with the pipeline's optimizer
-    (`Pipeline.optimizer`: its learning-rate schedule over `epochs`, its
-    weights' average, on which trials are then measured and kept). The best
-    trial's model is reused (keras-tuner keeps its best epoch's
-    weights), evaluated white-box on the test split with the pipeline's
-    attacks, and exported through the normal export path with the tuning
-    results in its metadata. An interrupted search resumes where it stopped
-    (finished trials are not rerun) unless `overwrite`.
+    Trials train as `nsladv harden` does: with the pipeline's optimizer (its
+    learning-rate schedule over `epochs`, its weights' average), its epsilon
+    and multiplier warm-ups, in the precision chosen for the hardware. After
+    every epoch a robustness monitor attacks the pipeline's
+    `monitor_examples` validation digits with PGD-10 in float32, as harden's
+    does: its reading is the objective, keras-tuner keeps each trial's best
+    epoch by it, and a collapsing trial stops. The best trial's model is
+    then evaluated white-box on the test split with the pipeline's attacks
+    and exported with the tuning results in its metadata.
+
+    The phases are kept in `out_dir`: a rerun resumes the search (finished
+    trials are not rerun) and reuses the evaluation and export. Other search
+    or training settings stop with a `RunExistsError` unless `overwrite`.
 
     Returns:
         A report dict, also written to `out_dir/tuning_report.json`.
+
+    Raises:
+        SettingsError: an unknown tuner or objective, or settings that do not fit.
+        SearchFailedError: no trial completed.
+        RunExistsError: `out_dir` holds a search made with other settings.
     """
+    pipeline = user_models.pipeline_of(pipeline)
     if tuner not in TUNERS:
-        raise ValueError(f"Unknown tuner. Expected one of {sorted(TUNERS)}. Received: tuner={tuner!r}")
-    if objective not in ("robust", "tradeoff"):
-        raise ValueError(f"`objective` must be 'robust' or 'tradeoff'. Received: objective={objective!r}")
+        raise SettingsError(f"Unknown tuner. Expected one of {sorted(TUNERS)}. Received: tuner={tuner!r}")
+    if objective not in OBJECTIVES:
+        raise SettingsError(
+            f"Unknown objective. Expected one of {sorted(OBJECTIVES)}. Received: objective={objective!r}"
+        )
     if not isinstance(pipeline.threat.epsilon, float):
         raise SettingsError(
             "Tuning needs a single epsilon in the pipeline's threat model. "
             f"Received: epsilon={dict(pipeline.threat.epsilon)!r}"
         )
+    if eval_examples is not None:
+        pipeline = pipeline.replace(eval_examples=eval_examples)  # recorded in the report, as harden does
+    if not pipeline.validation_fraction:
+        # The objective is measured on validation digits, never on the test split.
+        pipeline = pipeline.replace(validation_fraction=0.1)
+    chosen = precision_lib.choose(precision)
+    search_settings = {
+        "tuner": tuner,
+        "objective": objective,
+        "trials": None if tuner == "hyperband" else trials,
+        "epochs": epochs,
+        "tradeoff_weight": tradeoff_weight if objective == "tradeoff" else None,
+        "clean_floor": clean_floor,
+    }
     out_dir = pathlib.Path(out_dir or pathlib.Path("runs") / pipeline.name / "tuning")
-    data = pipeline_data(
-        pipeline,
-        data_dir=data_dir,
-        eval_examples=pipeline.eval_examples if eval_examples is None else eval_examples,
-        validation_fraction=pipeline.validation_fraction or 0.1,
+    settings = pipeline.get_config()
+    state = run_state.RunState(
+        out_dir,
+        training={
+            **{k: v for k, v in settings.items() if k not in EVALUATION_SETTINGS},
+            "search": search_settings,
+            "precision": chosen.name,
+        },
+        evaluation={k: settings[k] for k in EVALUATION_SETTINGS},
+        overwrite=overwrite,
+        overwrite_hint="--overwrite (overwrite=True in Python)",
     )
-    splits, train, validation, test = data.splits, data.train, data.validation, data.test
+    if state.discarded:
+        log(f"--overwrite: the earlier search in {out_dir} was replaced")
+    log(f"precision: {chosen.name} ({chosen.reason})")
+    with precision_lib.policy_scope(chosen):
+        data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples)
+        for line in describe_data(data, pipeline.eval_examples):
+            log(line)
+        hypermodel = _hypermodel(pipeline, data, epochs, objective, tradeoff_weight, clean_floor, out_dir)
+        search = TUNERS[tuner](
+            hypermodel,
+            objective=OBJECTIVES[objective],
+            directory=str(out_dir),
+            project_name="search",
+            overwrite=bool(state.discarded),
+            seed=pipeline.seed,
+            **({"max_epochs": epochs} if tuner == "hyperband" else {"max_trials": trials}),
+        )
+        state.begin()
+        budget = f"up to {epochs} epochs a trial" if tuner == "hyperband" else f"{trials} trials of {epochs} epochs"
+        log(f"[1/3] tuning {pipeline.name}: {tuner} search, objective {OBJECTIVES[objective].name}, {budget}")
+        search.search(
+            data.train,
+            validation_data=data.validation,
+            verbose=verbose,
+            shuffle=False,  # The pipeline shuffles.
+            **({} if tuner == "hyperband" else {"epochs": epochs}),
+        )
+        log("\n" + results_table(search))
+        if not any(t.status == "COMPLETED" for t in search.oracle.trials.values()):
+            raise SearchFailedError(f"No trial completed; see {out_dir / 'search'} for the failed trials.")
+        best_trial = search.oracle.get_best_trials(1)[0]
+        best, evaluated_in = precision_lib.measurable(search.get_best_models(1)[0].base_model)
+    log(f"best trial {best_trial.trial_id}: {best_trial.hyperparameters.values}")
+    tuning = _tuning_record(search, best_trial, search_settings, hypermodel, pipeline)
+    evaluation, seconds = _evaluate(state, best, pipeline, data, log)
+    report = {
+        "pipeline": pipeline.get_config(),
+        "overrides": dict(overrides or {}),
+        "versions": report_lib.package_versions(),
+        "precision": {**chosen.to_dict(), "evaluation_and_export": evaluated_in},
+        "tuning": tuning,
+        "evaluation": evaluation,
+        "timings": {"evaluate_tuned_seconds": seconds},
+    }
+    if export:
+        report["export"] = str(
+            _export(state, best, best_trial, hypermodel, pipeline, data, evaluation, tuning, saved_models, log)
+        )
+    report_lib.write_json(out_dir / "tuning_report.json", report)
+    log(report_lib.summary_table({"tuned": evaluation}))
+    return report
 
-    hypermodel = HardeningHyperModel(
+
+def _hypermodel(pipeline, data, epochs, objective, tradeoff_weight, clean_floor, out_dir):
+    """The search's HyperModel, with harden's optimizer, warm-ups and monitor."""
+    splits = data.splits
+    return HardeningHyperModel(
         lambda: pipeline.build_model(splits.image_shape, splits.num_classes),
         epsilon=pipeline.threat.epsilon,
         norm=pipeline.threat.norm,
@@ -84,45 +184,26 @@ def tune_pipeline(
         tradeoff_weight=tradeoff_weight if objective == "tradeoff" else 0.0,
         clean_floor=clean_floor,
         # The recipe's optimizer (its schedule over a trial's epochs, its weight average), fresh for each trial.
-        optimizer=pipeline.optimizer(int(train.cardinality()), epochs),
+        optimizer=pipeline.optimizer(int(data.train.cardinality()), epochs),
         seed=pipeline.seed,
         graph=None if pipeline.graph is None else pipeline.graph.regularization,
         tensorboard_dir=out_dir / "logs",
+        multiplier_warmup_epochs=pipeline.multiplier_warmup_epochs,
+        monitor_examples=pipeline.monitor_examples or None,
     )
-    search_objective = ROBUST_OBJECTIVE if objective == "robust" else TRADEOFF_OBJECTIVE
-    kwargs = {"max_epochs": epochs} if tuner == "hyperband" else {"max_trials": trials}
-    search = TUNERS[tuner](
-        hypermodel,
-        objective=search_objective,
-        directory=str(out_dir),
-        project_name="search",
-        overwrite=overwrite,
-        seed=pipeline.seed,
-        **kwargs,
-    )
-    budget = f"up to {epochs} epochs a trial" if tuner == "hyperband" else f"{trials} trials of {epochs} epochs"
-    log(f"tuning {pipeline.name}: {tuner} search, objective {search_objective.name}, {budget}")
-    search_kwargs = {} if tuner == "hyperband" else {"epochs": epochs}
-    search.search(train, validation_data=validation, verbose=verbose, shuffle=False, **search_kwargs)
-    table = results_table(search)
-    log("\n" + table)
-    completed = [t for t in search.oracle.trials.values() if t.status == "COMPLETED"]
-    if not completed:
-        raise SearchFailedError(f"No trial completed; see {out_dir / 'search'} for the failed trials.")
-    best_trial = search.oracle.get_best_trials(1)[0]
-    best = search.get_best_models(1)[0]
-    threat, regularization, warmup = hypermodel.settings(best_trial.hyperparameters)
-    log(f"best trial {best_trial.trial_id}: {best_trial.hyperparameters.values}")
-    evaluation = evaluate_robustness(
-        best.base_model,
-        test,
-        epsilons=pipeline.eval_epsilons,
-        attacks=fit_attacks(pipeline.eval_attacks, clip_range=pipeline.input_range, num_classes=splits.num_classes),
-        large_epsilon=pipeline.large_epsilon,
-    )
-    tuning = {
-        "tuner": tuner,
-        "objective": search_objective.name,
+
+
+def _tuning_record(search, best_trial, search_settings, hypermodel, pipeline):
+    trials = sorted(search.oracle.trials.values(), key=lambda t: int(t.trial_id))
+    return {
+        **search_settings,
+        "objective": search.oracle.objective.name,
+        "monitor": {
+            "attack": hypermodel.attack.get_config(),
+            "epsilon": hypermodel.eval_epsilon,
+            "examples": pipeline.monitor_examples or "all",
+            "split": "validation",
+        },
         "best_trial": best_trial.trial_id,
         "best_hyperparameters": best_trial.hyperparameters.values,
         "best_score": best_trial.score,
@@ -135,35 +216,58 @@ def tune_pipeline(
                 "val_robust_accuracy": metric(t, "val_robust_accuracy"),
                 "seconds": metric(t, "trial_seconds"),
             }
-            for t in sorted(search.oracle.trials.values(), key=lambda t: int(t.trial_id))
+            for t in trials
         ],
     }
-    report = {
-        "pipeline": pipeline.get_config(),
-        "overrides": dict(overrides or {}),
-        "versions": report_lib.package_versions(),
-        "tuning": tuning,
-        "evaluation": evaluation,
-    }
-    if export:
-        path = export_for_serving(
-            best.base_model,
-            pipeline,
-            data,
-            saved_models=saved_models,
-            metadata={
-                "threat": threat.get_config(),
-                "regularization": regularization.get_config(),
-                "graph": None
-                if hypermodel.graph is None
-                else hypermodel.graph_settings(best_trial.hyperparameters).get_config(),
-                "epsilon_warmup_epochs": warmup,
-                "robustness": evaluation,
-                "tuning": tuning,
-            },
-        )
-        report["export"] = str(path)
-        log(f"exported the best trial for TF Serving: {path}")
-    report_lib.write_json(out_dir / "tuning_report.json", report)
-    log(report_lib.summary_table({"tuned": evaluation}))
-    return report
+
+
+def _evaluate(state, model, pipeline, data, log):
+    """The best trial's white-box evaluation: run now, or kept from an earlier run with the same settings."""
+    found = state.evaluation("tuned")
+    if found is not None:
+        log("[2/3] the best trial's evaluation was made by an earlier run: reusing it")
+        return found
+    log(
+        f"[2/3] white-box evaluation of the best trial: {', '.join(a.name for a in pipeline.eval_attacks)} "
+        f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
+    )
+    start = time.perf_counter()
+    evaluation = evaluate_robustness(
+        model,
+        data.test,
+        epsilons=pipeline.eval_epsilons,
+        attacks=fit_attacks(
+            pipeline.eval_attacks, clip_range=pipeline.input_range, num_classes=data.splits.num_classes
+        ),
+        large_epsilon=pipeline.large_epsilon,
+        progress=lambda *result: log(report_lib.progress_line(*result)),
+    )
+    seconds = round(time.perf_counter() - start, 1)
+    state.save_evaluation("tuned", evaluation, seconds)
+    return evaluation, seconds
+
+
+def _export(state, model, best_trial, hypermodel, pipeline, data, evaluation, tuning, saved_models, log):
+    """The best trial's TF Serving version: exported now, or the one this run exported before."""
+    if state.export is not None:
+        log(f"[3/3] exported for TF Serving by an earlier run: {state.export}")
+        return state.export
+    threat, regularization, warmup = hypermodel.settings(best_trial.hyperparameters)
+    graph = hypermodel.graph_settings(best_trial.hyperparameters)
+    path = export_for_serving(
+        model,
+        pipeline,
+        data,
+        saved_models=saved_models,
+        metadata={
+            "threat": threat.get_config(),
+            "regularization": regularization.get_config(),
+            "graph": None if graph is None else graph.get_config(),
+            "epsilon_warmup_epochs": warmup,
+            "robustness": evaluation,
+            "tuning": tuning,
+        },
+    )
+    state.save_export(path)
+    log(f"[3/3] exported the best trial for TF Serving: {path}")
+    return path
