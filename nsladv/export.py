@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nsladv._files import replace_file
 from nsladv.errors import ExportError
 
 SIGNATURE = "serving_default"
@@ -245,10 +246,7 @@ def write_models_config_file(base_dir, *, serving_base_path="/models"):
         entry.base_path = f"{serving_base_path.rstrip('/')}/{model_dir.name}"
         entry.model_platform = "tensorflow"
         entry.model_version_policy.latest.num_versions = 1
-    partial = base_dir / f".{MODELS_CONFIG}.partial"
-    partial.write_text(text_format.MessageToString(config))
-    os.replace(partial, base_dir / MODELS_CONFIG)
-    return base_dir / MODELS_CONFIG
+    return replace_file(base_dir / MODELS_CONFIG, text_format.MessageToString(config))
 
 
 def _remove_leftovers(model_dir):

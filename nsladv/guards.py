@@ -13,7 +13,6 @@ moving average of its weights (Keras' `use_ema=True`) for a measurement.
 import contextlib
 import json
 import math
-import os
 import pathlib
 import shutil
 
@@ -22,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from nsladv import _keras
+from nsladv._files import replace_file
 from nsladv.errors import TrainingDivergedError
 
 REMEDIES = (
@@ -293,9 +293,9 @@ class RobustnessMonitor(keras.callbacks.Callback):
             return
         self.backup_dir.mkdir(parents=True, exist_ok=True)
         if weights:
-            _replace(self.backup_dir / _MONITOR_WEIGHTS, lambda f: np.savez(f, *self._best_weights))
+            replace_file(self.backup_dir / _MONITOR_WEIGHTS, lambda f: np.savez(f, *self._best_weights))
         state = {"history": self.history, "best": self._best}
-        _replace(self.backup_dir / _MONITOR_STATE, lambda f: f.write(json.dumps(state).encode()))
+        replace_file(self.backup_dir / _MONITOR_STATE, json.dumps(state))
 
     def _restore_state(self):
         state = json.loads((self.backup_dir / _MONITOR_STATE).read_text())
@@ -308,11 +308,3 @@ class RobustnessMonitor(keras.callbacks.Callback):
 _MONITOR_STATE = "monitor.json"
 _MONITOR_BATCH = 500  # a harden job's monitor attacks its 500 digits at once; a tuner's 6,000 come in twelve
 _MONITOR_WEIGHTS = "best_weights.npz"
-
-
-def _replace(path, write):
-    """Writes a file through a temporary one beside it, so that a kill leaves the old file or the new one."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as f:
-        write(f)
-    os.replace(temporary, path)

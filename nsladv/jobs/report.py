@@ -1,9 +1,10 @@
 """What a person reads after a run: report.json, the robustness curve, a summary table."""
 
 import json
-import os
 import pathlib
 import platform
+
+from nsladv._files import replace_file
 
 
 def package_versions():
@@ -34,12 +35,7 @@ def after_each_attack_rows(result):
 
 def write_text(path, text):
     """Writes a text file atomically (a reader never sees half a file); returns its path."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-    return path
+    return replace_file(path, text)
 
 
 def write_json(path, content):

@@ -21,14 +21,15 @@ and of the model's outputs. A folder that holds another evaluation is refused,
 with what differs, rather than mixed in.
 """
 
+import functools
 import hashlib
 import json
-import os
 import pathlib
 import time
 
 import numpy as np
 
+from nsladv._files import replace_file
 from nsladv.errors import SettingsError
 from nsladv.robustness.rows import attack_rows
 from nsladv.settings_checks import integer
@@ -89,7 +90,7 @@ class Checkpoints:
                 )
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        _replace(path, json.dumps(wanted, indent=2).encode())
+        replace_file(path, json.dumps(wanted, indent=2))
 
     def attack(self, key, attacker, x, y, rows, batch_size, epsilon, epsilon_index, progress=None):
         """(robust, reached margin) for each of `rows`, block by block: loaded where kept, else attacked and kept.
@@ -120,7 +121,8 @@ class Checkpoints:
             robust[where], reached[where] = attack_rows(attacker, x, y, rows[where], batch_size, epsilon, progress)
             seconds = time.perf_counter() - start
             self._seconds[key] = self._seconds.get(key, 0.0) + seconds
-            _replace_npz(path, rows=rows[where], robust=robust[where], reached=reached[where], seconds=seconds)
+            kept = {"rows": rows[where], "robust": robust[where], "reached": reached[where], "seconds": seconds}
+            replace_file(path, functools.partial(np.savez, **kept))
             spent += where.size
             left -= where.size
             if self.on_block is not None:
@@ -155,18 +157,3 @@ def model_fingerprint(model, input_shape):
     """A fingerprint of what the model computes: its float32 outputs on fixed random inputs."""
     probe = np.random.default_rng(1234).random((4, *input_shape), dtype=np.float32)
     return fingerprint(np.round(np.asarray(model(probe, training=False), np.float32), 4))
-
-
-def _replace(path, data):
-    """Writes a file through a temporary one beside it: a kill leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def _replace_npz(path, **arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
