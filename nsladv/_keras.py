@@ -10,6 +10,8 @@ behind a check here and a test that fails when Keras drops it: the wrapper's
 
 import keras
 
+from nsladv.settings_checks import is_number
+
 # Keras layers whose output in training mode differs from inference mode
 # (their own `training` argument; many other layers accept it and ignore it).
 _TRAINING_DEPENDENT = (
@@ -47,7 +49,7 @@ def _is_training_dependent(layer):
 
 
 def _positive(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return is_number(value) and value > 0
 
 
 def behaves_the_same_in_training(model):

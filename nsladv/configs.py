@@ -8,7 +8,6 @@ convert to `nsl.configs` objects through the NSL bridge.
 import dataclasses
 import functools
 import math
-import numbers
 import types
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -19,6 +18,8 @@ from nsladv.graph.packed import DEFAULT_PREFIX
 from nsladv.graph.packed import DEFAULT_WEIGHT_SUFFIX
 from nsladv.graph.packed import PackedFormat
 from nsladv.settings_checks import integer
+from nsladv.settings_checks import is_integer
+from nsladv.settings_checks import is_number
 from nsladv.settings_checks import number
 
 NORMS = ("linf", "l2", "l1")
@@ -56,7 +57,7 @@ def canonical_norm(norm):
 
     Accepted: those names, `"inf"`, `"infinity"`, `np.inf`, `2` and `1`.
     """
-    if isinstance(norm, numbers.Real) and not isinstance(norm, bool):
+    if is_number(norm):
         key = "inf" if math.isinf(norm) else str(int(norm)) if norm == int(norm) else None
     elif isinstance(norm, str):
         key = norm.strip().lower()
@@ -88,7 +89,7 @@ def _clip_pair(name, value):
         not isinstance(value, Sequence)
         or isinstance(value, str)
         or len(value) != 2
-        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+        or not all(is_number(v) for v in value)
         or not value[0] < value[1]
     ):
         raise ValueError(
@@ -380,7 +381,7 @@ class GraphRegularization(_PlainSettings):
         object.__setattr__(self, "multiplier", checked.multiplier)
         object.__setattr__(self, "distance", checked.distance)
         k = self.max_neighbors
-        if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1):
+        if k is not None and (not is_integer(k, numpy=True) or k < 1):
             raise ValueError(
                 f"`max_neighbors` must be an integer >= 1 or None (every neighbor the features carry). "
                 f"Received: max_neighbors={k!r}"

@@ -5,9 +5,9 @@ Free of TensorFlow, so the command line can read its flags before TensorFlow loa
 
 import fractions
 import math
-import numbers
 
 from nsladv.errors import SettingsError
+from nsladv.settings_checks import is_number
 
 
 def parse_radius(value, *, name="epsilon"):
@@ -24,7 +24,7 @@ def parse_radius(value, *, name="epsilon"):
             raise SettingsError(
                 f"`{name}` must be a number > 0, or a fraction such as 8/255. Received: {name}={value!r}"
             ) from None
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+    elif is_number(value):
         number = float(value)
     else:
         raise SettingsError(f"`{name}` must be a number > 0. Received: {name}={value!r}")

@@ -9,6 +9,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from nsladv.settings_checks import integer
+
 
 class AttackSettings:
     """The protocol every attack's settings follow: a `name`, a JSON-ready `get_config()`, and
@@ -45,9 +47,7 @@ def attack_seed(seed=None):
     """
     if seed is None:
         return int(np.random.randint(2**31 - 1))
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"An attack's seed must be an integer >= 0 or None. Received: seed={seed!r}")
-    return int(seed)
+    return int(integer("seed", seed, minimum=0, numpy=True))
 
 
 def random_starts(seed=None):
