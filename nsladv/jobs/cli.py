@@ -47,8 +47,8 @@ def _parser():
         help="train, evaluate and export a hardened model",
         description="Train the pipeline's model with adversarial neighbors (and the undefended baseline), evaluate "
         "both white-box, write the report and export the hardened model for TF Serving. A rerun picks up at the "
-        "first unfinished phase. The default job takes about 35 minutes on 2 CPU cores; every job prints its "
-        "phases and an estimate of its time on this machine when it starts.",
+        "first unfinished phase. Every job prints its phases and an estimate of its time on this machine when it "
+        "starts (the measured times are in docs/results.md).",
         epilog=_examples(
             ("nsladv harden", "the default MNIST pipeline, offline"),
             ("nsladv harden --epochs 4 --eval-examples 500", "a quick variant"),
