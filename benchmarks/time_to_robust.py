@@ -78,7 +78,6 @@ import tensorflow as tf
 import nsladv
 from nsladv import datasets as data
 from nsladv import precision as precision_lib
-from nsladv.datasets.loading import spread_rows
 from nsladv.guards import averaged_weights
 from nsladv.robustness import FGSM
 from nsladv.robustness import apgd_ce
@@ -289,8 +288,7 @@ def evaluation_digits(validation, pipeline, count):
     the test split is kept for the final figures (docs/results.md).
     """
     x, y = data.as_arrays(validation)
-    free = np.setdiff1d(np.arange(len(y)), spread_rows(len(y), pipeline.monitor_examples))
-    rows = free[spread_rows(len(free), count)]
+    rows = data.unmonitored_rows(len(y), pipeline.monitor_examples, count)
     return x[rows], y[rows].astype(np.int64)
 
 

@@ -331,6 +331,12 @@ def test_cli_overrides_reach_the_report(tmp_path, data_dir, capsys):
         "512",
         "--learning-rate",
         "0.003",
+        "--distance",
+        "label",
+        "--ema-momentum",
+        "0.9",
+        "--eval-split",
+        "validation",
     ]
     code, _ = run_cli(argv, capsys)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -341,8 +347,14 @@ def test_cli_overrides_reach_the_report(tmp_path, data_dir, capsys):
         "multiplier": 0.7,
         "batch_size": 512,
         "learning_rate": 0.003,
+        "distance": "label",
+        "ema_momentum": 0.9,
+        "eval_split": "validation",
     }
     pipeline = report["pipeline"]
+    assert pipeline["regularization"]["distance"] == "label" and pipeline["ema_momentum"] == 0.9
+    assert pipeline["eval_split"] == "validation" and report["evaluations"]["hardened"]["examples"] == 50
+    assert "examples of mnist_offline (validation)" in (tmp_path / "run" / "model_card.md").read_text()
     assert (pipeline["seed"], pipeline["batch_size"], pipeline["learning_rate"]) == (3, 512, 0.003)
     assert pipeline["threat"]["epsilon"] == 0.2 and pipeline["threat"]["steps"] == 2
     assert pipeline["regularization"]["multiplier"] == 0.7
@@ -357,6 +369,22 @@ def test_pipeline_overrides_keep_the_steps_travel():
     assert changed.threat.epsilon == 0.15 and changed.threat.steps == 10
     assert changed.threat.step_size == pytest.approx(0.1 / 0.3 * 5 / 10 * 0.15)
     assert pipeline.with_overrides() == pipeline
+    assert pipeline.with_overrides(ema_momentum=0.99).ema_momentum == 0.99
+    assert pipeline.with_overrides(ema_momentum=0.99).with_overrides(ema_momentum=0).ema_momentum is None
+    both = pipeline.with_overrides(distance="kl", multiplier=6.0)
+    assert (both.regularization.distance, both.regularization.multiplier) == ("kl", 6.0)
+
+
+def test_cli_distances_are_the_library_s():
+    from nsladv.configs import DISTANCES
+
+    parser = cli._parser()
+    for distance in DISTANCES:
+        assert parser.parse_args(["harden", "--distance", distance]).distance == distance
+    with pytest.raises(SystemExit):
+        parser.parse_args(["harden", "--distance", "hinge"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["harden", "--ema-momentum", "1"])
 
 
 def test_cli_version(capsys):

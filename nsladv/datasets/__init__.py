@@ -23,6 +23,8 @@ _EXPORTS = {
     "scale_image": "nsladv.datasets.loading",
     "spread": "nsladv.datasets.loading",
     "spread_rows": "nsladv.datasets.loading",
+    "take_rows": "nsladv.datasets.loading",
+    "unmonitored_rows": "nsladv.datasets.loading",
     "input_pipeline": "nsladv.datasets.batching",
     "random_shift": "nsladv.datasets.batching",
     "random_shift_batch": "nsladv.datasets.batching",

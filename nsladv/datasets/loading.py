@@ -203,11 +203,29 @@ def spread(dataset, count):
     total = int(dataset.cardinality())
     if count is None or total < 0 or count >= total:
         return dataset if count is None or total >= 0 else dataset.take(count)
-    indices = tf.constant(spread_rows(total, count))
-    wanted = tf.scatter_nd(indices[:, None], tf.ones([count], tf.bool), [total])
+    return take_rows(dataset, spread_rows(total, count))
+
+
+def take_rows(dataset, rows):
+    """The examples of a dataset of known size at the given row numbers, in the dataset's order."""
+    total = int(dataset.cardinality())
+    rows = np.unique(np.asarray(rows, np.int64))
+    if total < 0 or (rows.size and not 0 <= rows[0] <= rows[-1] < total):
+        raise ValueError(f"Expected row numbers in [0, {total}) of a dataset of known size. Received: {rows!r}")
+    wanted = tf.scatter_nd(tf.constant(rows)[:, None], tf.ones([rows.size], tf.bool), [total])
     subset = dataset.enumerate().filter(lambda i, _: wanted[i]).map(lambda _, example: example)
     # A filter forgets the size; batch counts (a learning-rate schedule's steps) need it.
-    return subset.apply(tf.data.experimental.assert_cardinality(count))
+    return subset.apply(tf.data.experimental.assert_cardinality(rows.size))
+
+
+def unmonitored_rows(total, monitored, count=None):
+    """`count` validation rows spread evenly over those a robustness monitor of `monitored` examples does not read.
+
+    The monitor attacks `spread_rows(total, monitored)` to pick the epoch;
+    settings chosen on validation digits are measured on the others.
+    """
+    free = np.setdiff1d(np.arange(total), spread_rows(total, monitored) if monitored else [])
+    return free[spread_rows(len(free), count)]
 
 
 def spread_rows(total, count):

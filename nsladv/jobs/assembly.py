@@ -10,6 +10,7 @@ import tensorflow as tf
 from nsladv import datasets
 from nsladv import export as export_lib
 from nsladv import graph as graph_lib
+from nsladv.errors import SettingsError
 from nsladv.jobs import report as report_lib
 
 
@@ -20,6 +21,9 @@ class PipelineData:
     For a graph pipeline `train` carries each example's graph neighbors
     and `plain_train` the same labelled examples without them; otherwise
     they are the same dataset. `graph` describes the graph (or is None).
+    `test` is what the job evaluates: test examples, or with the pipeline's
+    `eval_split="validation"` the validation examples the robustness
+    monitor does not read (`eval_split` says which, `evaluated` how many).
     """
 
     splits: datasets.Splits
@@ -28,6 +32,8 @@ class PipelineData:
     test: tf.data.Dataset
     plain_train: tf.data.Dataset = None
     graph: dict = None
+    eval_split: str = "test"
+    evaluated: int = None
 
 
 def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fraction=None, channels=None):
@@ -87,20 +93,33 @@ def pipeline_data(pipeline, *, data_dir=None, eval_examples=None, validation_fra
                 for n in (True, False)
             )
     validation = datasets.input_pipeline(splits.validation, batch_size=512, training=False)
-    test_split = datasets.spread(splits.test, eval_examples)
-    test = datasets.input_pipeline(test_split, batch_size=500, training=False)
-    return PipelineData(splits, train, validation, test, plain_train, graph_info)
+    if pipeline.eval_split == "validation":
+        total = int(splits.validation.cardinality())
+        rows = datasets.unmonitored_rows(total, pipeline.monitor_examples, eval_examples)
+        if rows.size == 0:
+            raise SettingsError(
+                "eval_split='validation' evaluates the validation examples the robustness monitor does not read, "
+                "and none are left: lower `monitor_examples` or raise `validation_fraction`. "
+                f"Received: monitor_examples={pipeline.monitor_examples}, {total} validation examples"
+            )
+        evaluated = datasets.take_rows(splits.validation, rows)
+    else:
+        evaluated = datasets.spread(splits.test, eval_examples)
+    test = datasets.input_pipeline(evaluated, batch_size=500, training=False)
+    count = int(evaluated.cardinality())
+    return PipelineData(splits, train, validation, test, plain_train, graph_info, pipeline.eval_split, count)
 
 
-def describe_data(data, eval_examples):
+def describe_data(data):
     """The lines a job logs about its data (and its graph, and what a user's edge file could not place)."""
     splits = data.splits
-    tests = int(splits.test.cardinality())
-    tests = tests if eval_examples is None else min(eval_examples, tests)
+    evaluated = f"{data.evaluated} test examples evaluated"
+    if data.eval_split == "validation":
+        evaluated = f"{data.evaluated} validation examples evaluated (those the monitor does not read; no test split)"
     lines = [
         f"data: {splits.name}, images {splits.image_shape}, {splits.num_classes} classes; "
         f"{int(splits.train.cardinality())} train, {int(splits.validation.cardinality())} validation (carved "
-        f"from the train split), {tests} test examples evaluated"
+        f"from the train split), {evaluated}"
     ]
     g = data.graph
     if g is None:

@@ -241,6 +241,20 @@ def _add_job_arguments(parser):
     )
     overrides.add_argument("--steps", type=_positive_int, help="PGD steps of the training neighbors")
     overrides.add_argument("--multiplier", type=_non_negative_float, help="regularization multiplier")
+    overrides.add_argument(
+        "--distance",
+        choices=["label", "kl", "js", "l2", "cosine"],
+        help="the neighbor-consistency distance (nsladv.Regularization)",
+    )
+    overrides.add_argument(
+        "--ema-momentum", type=_ema_momentum, metavar="M", help="the weights' average's momentum in (0, 1); 0: off"
+    )
+    overrides.add_argument(
+        "--eval-split",
+        choices=["test", "validation"],
+        help="evaluate the test split (the figures to report; default) or the validation digits the epoch monitor "
+        "does not read (for choosing settings without reading the test split)",
+    )
     overrides.add_argument("--batch-size", type=_positive_int, help="global batch size")
     overrides.add_argument("--learning-rate", type=_positive_float, help="Adam's learning rate")
 
@@ -308,8 +322,24 @@ def _float(text, ok, expected):
 
 
 def _overrides(args):
-    names = ("seed", "epsilon", "steps", "multiplier", "batch_size", "learning_rate", "norm", "eval_epsilons")
+    names = (
+        "seed",
+        "epsilon",
+        "steps",
+        "multiplier",
+        "distance",
+        "ema_momentum",
+        "batch_size",
+        "learning_rate",
+        "norm",
+        "eval_epsilons",
+        "eval_split",
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _ema_momentum(text):
+    return _float(text, lambda v: 0 <= v < 1, "a momentum in [0, 1) (0: no average)")
 
 
 def _radius(text):

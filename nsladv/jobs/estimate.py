@@ -131,8 +131,7 @@ def plan(job, export, timing, evaluation_timing=None):
     pipeline, splits = job.pipeline, job.data.splits
     train = int(splits.train.cardinality()) if pipeline.train_examples is None else pipeline.train_examples
     validation = int(splits.validation.cardinality())
-    tests = int(splits.test.cardinality())
-    tests = tests if pipeline.eval_examples is None else min(pipeline.eval_examples, tests)
+    tests = job.data.evaluated
     phases = []
     for label, graph, adversarial in job.contenders:
         passes = training_passes(pipeline, train, validation, adversarial=adversarial, graph=graph is not None)

@@ -154,7 +154,7 @@ def harden(
         return job.run(export=export)
 
 
-EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "eval_examples", "large_epsilon")
+EVALUATION_SETTINGS = ("eval_epsilons", "eval_attacks", "eval_examples", "eval_split", "large_epsilon")
 
 
 class _HardenJob:
@@ -215,7 +215,7 @@ class _HardenJob:
         self.data = pipeline_data(
             pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples, channels=declared_channels(loaded)
         )
-        for line in describe_data(self.data, pipeline.eval_examples):
+        for line in describe_data(self.data):
             log(line)
         # Checked once, before any training: the model takes the data's images and scores its classes.
         self.from_logits = self._check_model(loaded)
@@ -322,14 +322,18 @@ class _HardenJob:
             report,
             evaluations,
             title=self.pipeline.name,
-            plot_title=f"{self.pipeline.name}: white-box robust accuracy ({splits.name} test)",
+            plot_title=f"{self.pipeline.name}: white-box robust accuracy ({splits.name} {self.data.eval_split})",
             model={
                 "source": report["model"],
                 "inputs": f"images {splits.image_shape}, pixels in {_interval(self.pipeline.input_range)}",
                 "classes": splits.num_classes,
                 "outputs": "logits" if self.from_logits else "probabilities",
             },
-            dataset={"name": splits.name, "split": "test", "examples": evaluations["hardened"]["examples"]},
+            dataset={
+                "name": splits.name,
+                "split": self.data.eval_split,
+                "examples": evaluations["hardened"]["examples"],
+            },
             hardening=self._hardening(),
             log=self.log,
         )

@@ -133,8 +133,12 @@ class Pipeline(KeywordOnly):
             with 20 restarts on the 5% of the examples left that came closest
             to being fooled, Square with 1,000 queries; see
             `nsladv.robustness.ATTACK_SETS`).
-        eval_examples: evaluate on this many test examples spread evenly over
-            the test split (None: all of them).
+        eval_examples: evaluate on this many examples spread evenly over the
+            evaluated split (None: all of them).
+        eval_split: the split evaluated: "test", for the figures reported,
+            or "validation", for choosing settings without reading the test
+            split: the validation examples the robustness monitor does not
+            attack (it picks the epoch on its own).
         large_epsilon: a destroying radius for the gradient-masking check.
         validation_fraction: share of train held out for validation.
         train_examples: train on this many training examples, spread evenly
@@ -170,6 +174,7 @@ class Pipeline(KeywordOnly):
     eval_epsilons: tuple = (0.1, 0.2, 0.3)
     eval_attacks: tuple = dataclasses.field(default_factory=lambda: attack_set("standard"))
     eval_examples: int = None
+    eval_split: str = "test"
     large_epsilon: float = 0.5
     validation_fraction: float = 0.1
     train_examples: int = None
@@ -196,6 +201,8 @@ class Pipeline(KeywordOnly):
                 f"Received: build_model={self.build_model!r}"
             )
         integer("monitor_examples", self.monitor_examples, minimum=0)
+        if self.eval_split not in EVAL_SPLITS:
+            raise SettingsError(f"`eval_split` must be one of {EVAL_SPLITS}. Received: eval_split={self.eval_split!r}")
         for name in ("epochs", "batch_size"):
             integer(name, getattr(self, name))
         if self.ema_momentum is not None and (
@@ -244,6 +251,9 @@ class Pipeline(KeywordOnly):
         learning_rate=None,
         norm=None,
         eval_epsilons=None,
+        distance=None,
+        ema_momentum=None,
+        eval_split=None,
     ):
         """A copy with the command line's common overrides applied (None: keep).
 
@@ -251,9 +261,16 @@ class Pipeline(KeywordOnly):
         size's share of it, and scales the evaluation radii with it (unless
         `eval_epsilons` are given); new `steps` keep the distance the steps
         travel together (steps x step size). A new `norm` also evaluates in
-        it (`nsladv.robustness.attack_set`'s sets for that norm).
+        it (`nsladv.robustness.attack_set`'s sets for that norm). An
+        `ema_momentum` of 0 turns the weights' average off.
         """
         changes = {}
+        if distance is not None:
+            changes["regularization"] = self.regularization.replace(distance=distance)
+        if ema_momentum is not None:
+            changes["ema_momentum"] = None if ema_momentum == 0 else float(ema_momentum)
+        if eval_split is not None:
+            changes["eval_split"] = eval_split
         if seed is not None:
             changes["seed"] = seed
         if batch_size is not None:
@@ -261,7 +278,8 @@ class Pipeline(KeywordOnly):
         if learning_rate is not None:
             changes["learning_rate"] = learning_rate
         if multiplier is not None:
-            changes["regularization"] = self.regularization.replace(multiplier=multiplier)
+            regularization = changes.get("regularization", self.regularization)
+            changes["regularization"] = regularization.replace(multiplier=multiplier)
         threat = self.threat
         if epsilon is not None or steps is not None or (norm is not None and norm != threat.norm):
             if isinstance(threat.epsilon, Mapping):
@@ -305,6 +323,7 @@ class Pipeline(KeywordOnly):
             "eval_epsilons": list(self.eval_epsilons),
             "eval_attacks": [a.get_config() for a in self.eval_attacks],
             "eval_examples": self.eval_examples,
+            "eval_split": self.eval_split,
             "large_epsilon": self.large_epsilon,
             "validation_fraction": self.validation_fraction,
             "train_examples": self.train_examples,
@@ -316,6 +335,7 @@ class Pipeline(KeywordOnly):
 
 
 DEFAULT_PIPELINE = "mnist"
+EVAL_SPLITS = ("test", "validation")
 
 
 def available_pipelines():

@@ -125,7 +125,7 @@ def tune_pipeline(
     log(f"precision: {chosen.name} ({chosen.reason})")
     with precision_lib.policy_scope(chosen):
         data = pipeline_data(pipeline, data_dir=data_dir, eval_examples=pipeline.eval_examples)
-        for line in describe_data(data, pipeline.eval_examples):
+        for line in describe_data(data):
             log(line)
         hypermodel = _hypermodel(pipeline, data, epochs, objective, tradeoff_weight, clean_floor, out_dir)
         search = TUNERS[tuner](
