@@ -7,6 +7,7 @@ import traceback
 
 from nsladv.errors import NsladvError
 from nsladv.errors import SettingsError
+from nsladv.jobs import cli_values as values
 from nsladv.version import __version__
 
 _EPILOG = """examples:
@@ -72,7 +73,7 @@ def _parser():
         help="join natural graph neighbors from an NSL TSV edge file (source<TAB>target<TAB>weight); ids are image "
         "paths relative to the data folder, or row numbers of an .npz",
     )
-    harden.add_argument("--epochs", type=_positive_int, help="override the pipeline's epochs")
+    harden.add_argument("--epochs", type=values.positive_int, help="override the pipeline's epochs")
     harden.add_argument("--no-baseline", action="store_true", help="skip the undefended comparison model")
     harden.add_argument(
         "--strategy",
@@ -97,8 +98,8 @@ def _parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_job_arguments(tune)
-    tune.add_argument("--trials", type=_positive_int, default=6, help="trials (default: 6)")
-    tune.add_argument("--epochs", type=_positive_int, default=3, help="epochs a trial (default: 3)")
+    tune.add_argument("--trials", type=values.positive_int, default=6, help="trials (default: 6)")
+    tune.add_argument("--epochs", type=values.positive_int, default=3, help="epochs a trial (default: 3)")
     tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
     tune.add_argument(
         "--objective",
@@ -108,7 +109,7 @@ def _parser():
     )
     tune.add_argument(
         "--tradeoff-weight",
-        type=_fraction,
+        type=values.fraction,
         default=0.5,
         metavar="W",
         help="clean share of the trade-off, in [0, 1] (default: 0.5)",
@@ -140,7 +141,7 @@ def _parser():
     evaluate.add_argument("--data-dir", metavar="DIR", help="TensorFlow Datasets data folder")
     evaluate.add_argument(
         "--epsilons",
-        type=_epsilons,
+        type=values.epsilons,
         default=(0.1, 0.2, 0.3),
         metavar="E1,E2",
         help="radii, fractions allowed (default: 0.1,0.2,0.3; e.g. 2/255,8/255)",
@@ -203,7 +204,7 @@ def _add_job_arguments(parser):
     parser.add_argument("--data", metavar="SOURCE", help=_DATA_HELP + "; validation is carved from its training data")
     parser.add_argument(
         "--name",
-        type=_model_name,
+        type=values.model_name,
         help="the run and export name: runs/NAME, saved_models/NAME (default: --model's stem or the pipeline's name)",
     )
     _add_evaluation_arguments(parser, "the pipeline's")
@@ -232,22 +233,25 @@ def _add_job_arguments(parser):
     overrides.add_argument("--seed", type=int, help="random seed")
     overrides.add_argument(
         "--epsilon",
-        type=_radius,
+        type=values.radius,
         help="training radius, fractions allowed (8/255); step sizes and evaluation radii follow",
     )
     overrides.add_argument("--norm", choices=["linf", "l2"], help="the threat model's norm (evaluation follows)")
     overrides.add_argument(
-        "--eval-epsilons", type=_epsilons, metavar="E1,E2", help="evaluation radii, fractions allowed"
+        "--eval-epsilons", type=values.epsilons, metavar="E1,E2", help="evaluation radii, fractions allowed"
     )
-    overrides.add_argument("--steps", type=_positive_int, help="PGD steps of the training neighbors")
-    overrides.add_argument("--multiplier", type=_non_negative_float, help="regularization multiplier")
+    overrides.add_argument("--steps", type=values.positive_int, help="PGD steps of the training neighbors")
+    overrides.add_argument("--multiplier", type=values.non_negative_float, help="regularization multiplier")
     overrides.add_argument(
         "--distance",
         choices=["label", "kl", "js", "l2", "cosine"],
         help="the neighbor-consistency distance (nsladv.Regularization)",
     )
     overrides.add_argument(
-        "--ema-momentum", type=_ema_momentum, metavar="M", help="the weights' average's momentum in (0, 1); 0: off"
+        "--ema-momentum",
+        type=values.ema_momentum,
+        metavar="M",
+        help="the weights' average's momentum in (0, 1); 0: off",
     )
     overrides.add_argument(
         "--eval-split",
@@ -255,15 +259,15 @@ def _add_job_arguments(parser):
         help="evaluate the test split (the figures to report; default) or the validation digits the epoch monitor "
         "does not read (for choosing settings without reading the test split)",
     )
-    overrides.add_argument("--batch-size", type=_positive_int, help="global batch size")
-    overrides.add_argument("--learning-rate", type=_positive_float, help="Adam's learning rate")
+    overrides.add_argument("--batch-size", type=values.positive_int, help="global batch size")
+    overrides.add_argument("--learning-rate", type=values.positive_float, help="Adam's learning rate")
 
 
 def _add_evaluation_arguments(parser, default):
     """How much to evaluate, shared by `harden`, `tune` and `evaluate`."""
     parser.add_argument(
         "--eval-examples",
-        type=_positive_int,
+        type=values.positive_int,
         metavar="N",
         help=f"evaluate on N test examples spread evenly over the test split (default: {default})",
     )
@@ -288,37 +292,9 @@ def _job_kwargs(args):
     }
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, received {text!r}")
-    return value
-
-
 def _examples(*lines):
     width = max(len(command) for command, _ in lines) + 2
     return "examples:\n" + "\n".join(f"  {command:<{width}}{what}" for command, what in lines)
-
-
-def _positive_float(text):
-    return _float(text, lambda v: v > 0, "a number > 0")
-
-
-def _non_negative_float(text):
-    return _float(text, lambda v: v >= 0, "a number >= 0")
-
-
-def _float(text, ok, expected):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}") from None
-    if not ok(value) or value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
-    return value
 
 
 def _overrides(args):
@@ -336,52 +312,6 @@ def _overrides(args):
         "eval_split",
     )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def _ema_momentum(text):
-    return _float(text, lambda v: 0 <= v < 1, "a momentum in [0, 1) (0: no average)")
-
-
-def _radius(text):
-    from nsladv.radii import parse_radius
-
-    try:
-        return parse_radius(text)
-    except SettingsError:
-        raise argparse.ArgumentTypeError(f"expected a radius > 0 such as 0.3 or 8/255, received {text!r}") from None
-
-
-def _epsilons(text):
-    from nsladv.radii import parse_radii
-
-    try:
-        return tuple(parse_radii(text))
-    except SettingsError:
-        raise argparse.ArgumentTypeError(
-            f"expected radii > 0 separated by commas (0.1,8/255), received {text!r}"
-        ) from None
-
-
-def _model_name(text):
-    from nsladv.export import check_model_name
-
-    try:
-        check_model_name(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected letters, digits, '_', '.' or '-' (a TF Serving model name), received {text!r}"
-        ) from None
-    return text
-
-
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], received {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], received {text!r}")
-    return value
 
 
 def _run_name(args, pipeline_name):
