@@ -15,52 +15,49 @@ HERE = pathlib.Path(__file__).parent
 pytestmark = pytest.mark.slow
 
 
-def _tune_one_epoch(pipeline_file, trials, tmp_path, data_dir):
+def _tune(pipeline_file, tmp_path, data_dir, **settings):
+    """A one-epoch search of a test pipeline, its run and exports under tmp_path."""
     return tune_job.tune_pipeline(
         load_pipeline(str(HERE / pipeline_file)),
-        trials=trials,
-        epochs=1,
-        out_dir=tmp_path / "tuning",
-        saved_models=tmp_path / "saved_models",
-        data_dir=data_dir,
-        eval_examples=100,
-        verbose=0,
-        log=lambda *_: None,
+        **{
+            "trials": 1,
+            "epochs": 1,
+            "out_dir": tmp_path / "tuning",
+            "saved_models": tmp_path / "saved_models",
+            "data_dir": data_dir,
+            "eval_examples": 100,
+            "verbose": 0,
+            "log": lambda *_: None,
+            **settings,
+        },
     )
 
 
 def test_the_tune_job_keeps_its_phases_and_refuses_other_settings(tmp_path, data_dir):
     """Built from harden's phases: a rerun reuses the search, the evaluation and the export; other search settings
     stop with RunExistsError unless overwrite; what the caller changed is recorded in the report."""
-    pipeline, lines = load_pipeline(str(HERE / "tiny_pipeline.py")), []
-    kwargs = dict(
-        trials=1,
-        epochs=1,
-        out_dir=tmp_path / "tuning",
-        saved_models=tmp_path / "saved_models",
-        data_dir=data_dir,
-        eval_examples=60,
-        verbose=0,
-        log=lines.append,
-    )
-    first = tune_job.tune_pipeline(pipeline, **kwargs)
+    lines = []
+    kwargs = dict(eval_examples=60, log=lines.append)
+    first = _tune("tiny_pipeline.py", tmp_path, data_dir, **kwargs)
     assert first["pipeline"]["eval_examples"] == 60 and first["evaluation"]["examples"] == 60
     assert first["tuning"]["monitor"]["split"] == "validation" and first["precision"]["training"] == "float32"
     lines.clear()
-    again = tune_job.tune_pipeline(pipeline, **kwargs)
+    again = _tune("tiny_pipeline.py", tmp_path, data_dir, **kwargs)
     assert again["evaluation"] == first["evaluation"] and again["export"] == first["export"]
     assert any("evaluation was made by an earlier run" in line for line in lines)
     assert any("exported for TF Serving by an earlier run" in line for line in lines)
     with pytest.raises(RunExistsError, match=r"search.epochs: 1 -> 2.*--overwrite"):
-        tune_job.tune_pipeline(pipeline, **{**kwargs, "epochs": 2})
+        _tune("tiny_pipeline.py", tmp_path, data_dir, **{**kwargs, "epochs": 2})
     with pytest.raises(SettingsError, match=r"Unknown tuner. Expected one of .*Received: tuner='grid'"):
-        tune_job.tune_pipeline(pipeline, **{**kwargs, "tuner": "grid"})
-    replaced = tune_job.tune_pipeline(pipeline, **{**kwargs, "epochs": 2, "overwrite": True, "export": False})
+        _tune("tiny_pipeline.py", tmp_path, data_dir, **{**kwargs, "tuner": "grid"})
+    replaced = _tune(
+        "tiny_pipeline.py", tmp_path, data_dir, **{**kwargs, "epochs": 2, "overwrite": True, "export": False}
+    )
     assert [t["status"] for t in replaced["tuning"]["trials"]] == ["COMPLETED"] and replaced["tuning"]["epochs"] == 2
 
 
 def test_tune_pipeline_exports_the_best_trial(tmp_path, data_dir):
-    report = _tune_one_epoch("tiny_pipeline.py", 3, tmp_path, data_dir)
+    report = _tune("tiny_pipeline.py", tmp_path, data_dir, trials=3)
     assert len(report["tuning"]["trials"]) == 3
     export = pathlib.Path(report["export"])
     metadata = json.loads((export / "assets.extra" / "nsladv_metadata.json").read_text())
@@ -80,7 +77,7 @@ def test_tune_pipeline_exports_the_best_trial(tmp_path, data_dir):
 
 
 def test_tune_a_graph_pipeline_searches_the_graph_multiplier(tmp_path, data_dir):
-    report = _tune_one_epoch("tiny_graph_pipeline.py", 2, tmp_path, data_dir)
+    report = _tune("tiny_graph_pipeline.py", tmp_path, data_dir, trials=2)
     trials = report["tuning"]["trials"]
     assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
     multipliers = [t["hyperparameters"]["graph_multiplier"] for t in trials]
