@@ -306,5 +306,5 @@ class RobustnessMonitor(keras.callbacks.Callback):
 
 
 _MONITOR_STATE = "monitor.json"
-_MONITOR_BATCH = 500  # a harden job's monitor attacks its 500 digits at once; a tuner's 6,000 come in twelve
+_MONITOR_BATCH = 500  # attacked at once: a harden job's monitor reads 500; larger sets come in batches
 _MONITOR_WEIGHTS = "best_weights.npz"
