@@ -95,6 +95,7 @@ RESUMABLE = textwrap.dedent(
     sys.path.insert(0, sys.argv[6])
     from epoch_recorder import EpochRecorder
     from nsladv import load_pipeline
+    from nsladv.jobs import assembly
     from nsladv.jobs import harden as hardening
 
     hardening.harden(load_pipeline(sys.argv[1]), epochs=4, out_dir=sys.argv[4], baseline=False,
@@ -127,18 +128,19 @@ PHASES = textwrap.dedent(
     sys.path.insert(0, sys.argv[5])
     from epoch_recorder import EpochRecorder, die
     from nsladv import load_pipeline
+    from nsladv.jobs import assembly
     from nsladv.jobs import harden as hardening
 
     phase, log_path = sys.argv[1], sys.argv[2]
     callbacks = [EpochRecorder(log_path + ".epochs", 0 if phase == "baseline" else -1, only="plain")]
     if phase == "evaluate":  # after the hardened model's evaluation, during the baseline's
-        evaluate, calls = hardening.evaluate_robustness, []
+        evaluate, calls = assembly.evaluate_robustness, []
         def evaluate_then_die(*args, **kwargs):
             calls.append(1)
             if len(calls) == 2:
                 die()
             return evaluate(*args, **kwargs)
-        hardening.evaluate_robustness = evaluate_then_die
+        assembly.evaluate_robustness = evaluate_then_die
     if phase == "report":  # report.json written, the plot not
         hardening.report_lib.plot_robustness = lambda *args, **kwargs: die()
     if phase == "export":

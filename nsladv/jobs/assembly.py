@@ -1,4 +1,5 @@
-"""A pipeline's data, assembled for its jobs: splits, tf.data pipelines, the natural graph; and its export."""
+"""A pipeline's data, assembled for its jobs: splits, tf.data pipelines, the natural graph;
+and the phases harden and tune share: the white-box evaluation and the export."""
 
 import dataclasses
 import math
@@ -12,6 +13,8 @@ from nsladv import export as export_lib
 from nsladv import graph as graph_lib
 from nsladv.errors import SettingsError
 from nsladv.jobs import report as report_lib
+from nsladv.robustness.evaluation import evaluate_robustness
+from nsladv.robustness.sets import fit_attacks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,3 +201,55 @@ def export_for_serving(base, pipeline, data, *, saved_models, metadata, from_log
         warmup_inputs=warmup,
         check_inputs=evaluated,
     )
+
+
+def evaluation_phase(state, label, model, pipeline, data, *, announce, progress, from_logits=True, step_progress=None):
+    """The white-box evaluation of a trained model: run now, or kept in `state` from an earlier run.
+
+    `state` is the job's `RunState`; `label` names the model there
+    ("hardened", "baseline", "tuned"). `announce` logs the phase's start,
+    `progress` each finished (attack, epsilon) step. Returns
+    `(evaluation, seconds)`, the seconds of the run that made it.
+    """
+    found = state.evaluation(label)
+    if found is not None:
+        announce(f"the {label} model's evaluation was made by an earlier run: reusing it")
+        return found
+    announce(
+        f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
+        f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
+    )
+    start = time.perf_counter()
+    evaluation = evaluate_robustness(
+        model,
+        data.test,
+        epsilons=pipeline.eval_epsilons,
+        attacks=fit_attacks(
+            pipeline.eval_attacks, clip_range=pipeline.input_range, num_classes=data.splits.num_classes
+        ),
+        from_logits=from_logits,
+        large_epsilon=pipeline.large_epsilon,
+        progress=progress,
+        step_progress=step_progress,
+    )
+    seconds = round(time.perf_counter() - start, 1)
+    state.save_evaluation(label, evaluation, seconds)
+    return evaluation, seconds
+
+
+def export_phase(state, base, pipeline, data, *, what, saved_models, metadata, announce, log, from_logits=True):
+    """`base`'s TF Serving version (`export_for_serving`): exported now, or the one this run exported before.
+
+    `what` names the model in the announcement ("the hardened model").
+    Returns the export's path.
+    """
+    announce(f"exporting {what} for TF Serving")
+    if state.export is not None:
+        log(f"exported for TF Serving by an earlier run: {state.export}")
+        return state.export
+    path = export_for_serving(
+        base, pipeline, data, saved_models=saved_models, metadata=metadata, from_logits=from_logits
+    )
+    state.save_export(path)
+    log(f"exported for TF Serving: {path}")
+    return path

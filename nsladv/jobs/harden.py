@@ -1,7 +1,6 @@
 """The main job: data -> hardened model -> honest robustness report -> TF Serving export."""
 
 import pathlib
-import time
 
 import keras
 import numpy as np
@@ -18,11 +17,10 @@ from nsladv.jobs import run_state
 from nsladv.jobs import training
 from nsladv.jobs import user_models
 from nsladv.jobs.assembly import describe_data
-from nsladv.jobs.assembly import export_for_serving
+from nsladv.jobs.assembly import evaluation_phase
+from nsladv.jobs.assembly import export_phase
 from nsladv.jobs.assembly import pipeline_data
 from nsladv.jobs.model_card import write_run_files
-from nsladv.robustness.evaluation import evaluate_robustness
-from nsladv.robustness.sets import fit_attacks
 
 
 def harden(
@@ -265,33 +263,17 @@ class _HardenJob:
 
     def evaluate(self, label, model):
         """The white-box evaluation of a trained model: run now, or kept from an earlier run."""
-        found = self.state.evaluation(label)
-        if found is not None:
-            evaluation, seconds = found
-            self.phase(f"the {label} model's evaluation was made by an earlier run: reusing it")
-        else:
-            pipeline = self.pipeline
-            self.phase(
-                f"white-box evaluation of the {label} model: {', '.join(a.name for a in pipeline.eval_attacks)} "
-                f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
-            )
-            start = time.perf_counter()
-            attacks = fit_attacks(
-                pipeline.eval_attacks, clip_range=pipeline.input_range, num_classes=self.data.splits.num_classes
-            )
-            evaluation = evaluate_robustness(
-                model,
-                self.data.test,
-                epsilons=pipeline.eval_epsilons,
-                attacks=attacks,
-                from_logits=self.from_logits,
-                large_epsilon=pipeline.large_epsilon,
-                progress=self._progress,
-                step_progress=self.step_progress,
-            )
-            seconds = round(time.perf_counter() - start, 1)
-            self.state.save_evaluation(label, evaluation, seconds)
-        self.timings[f"evaluate_{label}_seconds"] = seconds
+        evaluation, self.timings[f"evaluate_{label}_seconds"] = evaluation_phase(
+            self.state,
+            label,
+            model,
+            self.pipeline,
+            self.data,
+            announce=self.phase,
+            progress=self._progress,
+            from_logits=self.from_logits,
+            step_progress=self.step_progress,
+        )
         return evaluation
 
     def _progress(self, *result):
@@ -348,23 +330,18 @@ class _HardenJob:
 
     def export(self, base, evaluation):
         """The hardened model's TF Serving version: exported now, or the one this run exported before."""
-        path = self.state.export
-        self.phase("exporting the hardened model for TF Serving")
-        if path is not None:
-            self.log(f"exported for TF Serving by an earlier run: {path}")
-            return path
-        pipeline = self.pipeline
-        path = export_for_serving(
+        return export_phase(
+            self.state,
             base,
-            pipeline,
+            self.pipeline,
             self.data,
+            what="the hardened model",
             saved_models=self.saved_models,
-            from_logits=self.from_logits,
             metadata={**self._hardening(), "robustness": evaluation},
+            announce=self.phase,
+            log=self.log,
+            from_logits=self.from_logits,
         )
-        self.state.save_export(path)
-        self.log(f"exported for TF Serving: {path}")
-        return path
 
     # Progress ------------------------------------------------------------------------
 

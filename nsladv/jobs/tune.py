@@ -6,7 +6,6 @@ finished phases a rerun reuses, the same evaluation and export.
 """
 
 import pathlib
-import time
 
 from nsladv import precision as precision_lib
 from nsladv._extras import require
@@ -16,11 +15,10 @@ from nsladv.jobs import report as report_lib
 from nsladv.jobs import run_state
 from nsladv.jobs import user_models
 from nsladv.jobs.assembly import describe_data
-from nsladv.jobs.assembly import export_for_serving
+from nsladv.jobs.assembly import evaluation_phase
+from nsladv.jobs.assembly import export_phase
 from nsladv.jobs.assembly import pipeline_data
 from nsladv.jobs.harden import EVALUATION_SETTINGS
-from nsladv.robustness.evaluation import evaluate_robustness
-from nsladv.robustness.sets import fit_attacks
 from nsladv.tuning import ROBUST_OBJECTIVE
 from nsladv.tuning import TRADEOFF_OBJECTIVE
 from nsladv.tuning import HardeningHyperModel
@@ -154,7 +152,15 @@ def tune_pipeline(
         best, evaluated_in = precision_lib.measurable(search.get_best_models(1)[0].base_model)
     log(f"best trial {best_trial.trial_id}: {best_trial.hyperparameters.values}")
     tuning = _tuning_record(search, best_trial, search_settings, hypermodel, pipeline)
-    evaluation, seconds = _evaluate(state, best, pipeline, data, log)
+    evaluation, seconds = evaluation_phase(
+        state,
+        "tuned",
+        best,
+        pipeline,
+        data,
+        announce=lambda text: log(f"[2/3] {text}"),
+        progress=lambda *result: log(report_lib.progress_line(*result)),
+    )
     report = {
         "pipeline": pipeline.get_config(),
         "overrides": dict(overrides or {}),
@@ -221,43 +227,16 @@ def _tuning_record(search, best_trial, search_settings, hypermodel, pipeline):
     }
 
 
-def _evaluate(state, model, pipeline, data, log):
-    """The best trial's white-box evaluation: run now, or kept from an earlier run with the same settings."""
-    found = state.evaluation("tuned")
-    if found is not None:
-        log("[2/3] the best trial's evaluation was made by an earlier run: reusing it")
-        return found
-    log(
-        f"[2/3] white-box evaluation of the best trial: {', '.join(a.name for a in pipeline.eval_attacks)} "
-        f"at epsilon {', '.join(f'{e:g}' for e in pipeline.eval_epsilons)}"
-    )
-    start = time.perf_counter()
-    evaluation = evaluate_robustness(
-        model,
-        data.test,
-        epsilons=pipeline.eval_epsilons,
-        attacks=fit_attacks(
-            pipeline.eval_attacks, clip_range=pipeline.input_range, num_classes=data.splits.num_classes
-        ),
-        large_epsilon=pipeline.large_epsilon,
-        progress=lambda *result: log(report_lib.progress_line(*result)),
-    )
-    seconds = round(time.perf_counter() - start, 1)
-    state.save_evaluation("tuned", evaluation, seconds)
-    return evaluation, seconds
-
-
 def _export(state, model, best_trial, hypermodel, pipeline, data, evaluation, tuning, saved_models, log):
-    """The best trial's TF Serving version: exported now, or the one this run exported before."""
-    if state.export is not None:
-        log(f"[3/3] exported for TF Serving by an earlier run: {state.export}")
-        return state.export
+    """The best trial's TF Serving version, with its settings and search in the export's metadata."""
     threat, regularization, warmup = hypermodel.settings(best_trial.hyperparameters)
     graph = hypermodel.graph_settings(best_trial.hyperparameters)
-    path = export_for_serving(
+    return export_phase(
+        state,
         model,
         pipeline,
         data,
+        what="the best trial",
         saved_models=saved_models,
         metadata={
             "threat": threat.get_config(),
@@ -267,7 +246,6 @@ def _export(state, model, best_trial, hypermodel, pipeline, data, evaluation, tu
             "robustness": evaluation,
             "tuning": tuning,
         },
+        announce=lambda text: log(f"[3/3] {text}"),
+        log=log,
     )
-    state.save_export(path)
-    log(f"[3/3] exported the best trial for TF Serving: {path}")
-    return path
