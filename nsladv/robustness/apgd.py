@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from nsladv.robustness.base import LinfSettings
 from nsladv.robustness.base import SeededAttacker
+from nsladv.robustness.base import compiled
 from nsladv.robustness.base import input_gradient
 from nsladv.robustness.base import logits_of as _logits
 from nsladv.robustness.base import true_class_margin
@@ -129,7 +130,7 @@ class APGDAttacker(SeededAttacker):
     def __init__(self, model, attack, *, from_logits=True, seed=None):
         super().__init__(model, attack, from_logits=from_logits, seed=seed)
         self._check = [int(k) for k in checkpoints(attack.steps)]
-        self._run = tf.function(self._fooled, reduce_retracing=True)
+        self._run = compiled(self._fooled)
 
     def _gradient(self, x, y, target):
         return input_gradient(

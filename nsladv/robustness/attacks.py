@@ -14,6 +14,7 @@ from nsladv.configs import ThreatModel
 from nsladv.neighbors import NeighborBuilder
 from nsladv.robustness.base import AttackSettings
 from nsladv.robustness.base import SeededAttacker
+from nsladv.robustness.base import compiled
 from nsladv.settings_checks import integer
 
 
@@ -134,7 +135,7 @@ class BatchAttacker(SeededAttacker):
 
     def __init__(self, model, attack, *, from_logits=True, seed=None):
         super().__init__(model, attack, from_logits=from_logits, seed=seed)
-        self._step = tf.function(self._correct, reduce_retracing=True)
+        self._step = compiled(self._correct)
 
     def _correct(self, x, y, epsilon):
         clean = tf.argmax(self.model(x, training=False), axis=-1) == y

@@ -5,6 +5,7 @@ An attack is a frozen settings object (`AttackSettings`: `Attack` for FGSM and P
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -123,6 +124,17 @@ class SeededAttacker(Counter):
         """Starts the random draws over from `seed` (the same draws as a fresh attacker's)."""
         self.seed = attack_seed(seed)
         self._random.reset_from_seed(self.seed)
+
+
+def compiled(method):
+    """`method` (a bound method) as a `tf.function` of its own, retraced only for a new input signature.
+
+    TensorFlow counts traces per Python code object, so `tf.function(self.method)` on several attackers of one class
+    (a cascade's APGD-CE and APGD-T, the retry's) pools their first traces and logs a warning of "excessive
+    retracing" that is not there. A `functools.partial` has no code object of its own: TensorFlow counts its traces
+    apart.
+    """
+    return tf.function(functools.partial(method), reduce_retracing=True)
 
 
 def logits_of(model, x, from_logits):

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from nsladv.robustness.base import LinfSettings
 from nsladv.robustness.base import SeededAttacker
+from nsladv.robustness.base import compiled
 from nsladv.robustness.base import input_gradient
 from nsladv.robustness.base import logits_of as _logits
 from nsladv.robustness.base import wrong_classes_by_score
@@ -142,7 +143,7 @@ class FABAttacker(SeededAttacker):
 
     def __init__(self, model, attack, *, from_logits=True, seed=None):
         super().__init__(model, attack, from_logits=from_logits, seed=seed)
-        self._run = tf.function(self._distances, reduce_retracing=True)
+        self._run = compiled(self._distances)
 
     def _difference(self, x, y, target):
         """z_target - z_y at x and its input gradient (one forward and backward pass)."""
