@@ -79,23 +79,7 @@ def tune_pipeline(
         SearchFailedError: no trial completed.
         RunExistsError: `out_dir` holds a search made with other settings.
     """
-    pipeline = user_models.pipeline_of(pipeline)
-    if tuner not in TUNERS:
-        raise SettingsError(f"Unknown tuner. Expected one of {sorted(TUNERS)}. Received: tuner={tuner!r}")
-    if objective not in OBJECTIVES:
-        raise SettingsError(
-            f"Unknown objective. Expected one of {sorted(OBJECTIVES)}. Received: objective={objective!r}"
-        )
-    if not isinstance(pipeline.threat.epsilon, float):
-        raise SettingsError(
-            "Tuning needs a single epsilon in the pipeline's threat model. "
-            f"Received: epsilon={dict(pipeline.threat.epsilon)!r}"
-        )
-    if eval_examples is not None:
-        pipeline = pipeline.replace(eval_examples=eval_examples)  # recorded in the report, as harden does
-    if not pipeline.validation_fraction:
-        # The objective is measured on validation digits, never on the test split.
-        pipeline = pipeline.replace(validation_fraction=0.1)
+    pipeline = _checked_pipeline(pipeline, tuner, objective, eval_examples)
     chosen = precision_lib.choose(precision)
     search_settings = {
         "tuner": tuner,
@@ -126,29 +110,7 @@ def tune_pipeline(
         for line in describe_data(data):
             log(line)
         hypermodel = _hypermodel(pipeline, data, epochs, objective, tradeoff_weight, clean_floor, out_dir)
-        search = TUNERS[tuner](
-            hypermodel,
-            objective=OBJECTIVES[objective],
-            directory=str(out_dir),
-            project_name="search",
-            overwrite=bool(state.discarded),
-            seed=pipeline.seed,
-            **({"max_epochs": epochs} if tuner == "hyperband" else {"max_trials": trials}),
-        )
-        state.begin()
-        budget = f"up to {epochs} epochs a trial" if tuner == "hyperband" else f"{trials} trials of {epochs} epochs"
-        log(f"[1/3] tuning {pipeline.name}: {tuner} search, objective {OBJECTIVES[objective].name}, {budget}")
-        search.search(
-            data.train,
-            validation_data=data.validation,
-            verbose=verbose,
-            shuffle=False,  # The pipeline shuffles.
-            **({} if tuner == "hyperband" else {"epochs": epochs}),
-        )
-        log("\n" + results_table(search))
-        if not any(t.status == "COMPLETED" for t in search.oracle.trials.values()):
-            raise SearchFailedError(f"No trial completed; see {out_dir / 'search'} for the failed trials.")
-        best_trial = search.oracle.get_best_trials(1)[0]
+        search, best_trial = _search(hypermodel, data, state, pipeline, search_settings, out_dir, verbose, log)
         best, evaluated_in = precision_lib.measurable(search.get_best_models(1)[0].base_model)
     log(f"best trial {best_trial.trial_id}: {best_trial.hyperparameters.values}")
     tuning = _tuning_record(search, best_trial, search_settings, hypermodel, pipeline)
@@ -177,6 +139,57 @@ def tune_pipeline(
     report_lib.write_json(out_dir / "tuning_report.json", report)
     log(report_lib.summary_table({"tuned": evaluation}))
     return report
+
+
+def _checked_pipeline(pipeline, tuner, objective, eval_examples):
+    """The pipeline to tune (a name, file or `Pipeline`), once the search's settings are checked against it."""
+    pipeline = user_models.pipeline_of(pipeline)
+    if tuner not in TUNERS:
+        raise SettingsError(f"Unknown tuner. Expected one of {sorted(TUNERS)}. Received: tuner={tuner!r}")
+    if objective not in OBJECTIVES:
+        raise SettingsError(
+            f"Unknown objective. Expected one of {sorted(OBJECTIVES)}. Received: objective={objective!r}"
+        )
+    if not isinstance(pipeline.threat.epsilon, float):
+        raise SettingsError(
+            "Tuning needs a single epsilon in the pipeline's threat model. "
+            f"Received: epsilon={dict(pipeline.threat.epsilon)!r}"
+        )
+    if eval_examples is not None:
+        pipeline = pipeline.replace(eval_examples=eval_examples)  # recorded in the report, as harden does
+    if not pipeline.validation_fraction:
+        # The objective is measured on validation digits, never on the test split.
+        pipeline = pipeline.replace(validation_fraction=0.1)
+    return pipeline
+
+
+def _search(hypermodel, data, state, pipeline, settings, out_dir, verbose, log):
+    """Runs the keras-tuner search `settings` describe (a rerun resumes it: finished trials are kept); returns it and
+    its best trial."""
+    tuner, objective, trials, epochs = (settings[k] for k in ("tuner", "objective", "trials", "epochs"))
+    search = TUNERS[tuner](
+        hypermodel,
+        objective=OBJECTIVES[objective],
+        directory=str(out_dir),
+        project_name="search",
+        overwrite=bool(state.discarded),
+        seed=pipeline.seed,
+        **({"max_epochs": epochs} if tuner == "hyperband" else {"max_trials": trials}),
+    )
+    state.begin()
+    budget = f"up to {epochs} epochs a trial" if tuner == "hyperband" else f"{trials} trials of {epochs} epochs"
+    log(f"[1/3] tuning {pipeline.name}: {tuner} search, objective {OBJECTIVES[objective].name}, {budget}")
+    search.search(
+        data.train,
+        validation_data=data.validation,
+        verbose=verbose,
+        shuffle=False,  # The pipeline shuffles.
+        **({} if tuner == "hyperband" else {"epochs": epochs}),
+    )
+    log("\n" + results_table(search))
+    if not any(t.status == "COMPLETED" for t in search.oracle.trials.values()):
+        raise SearchFailedError(f"No trial completed; see {out_dir / 'search'} for the failed trials.")
+    return search, search.oracle.get_best_trials(1)[0]
 
 
 def _hypermodel(pipeline, data, epochs, objective, tradeoff_weight, clean_floor, out_dir):
