@@ -17,8 +17,12 @@ The peak is a `tf.matmul` of two square matrices (`--matmul`), compiled, in the 
 timed interleaved (float32, bfloat16, float32, ...) after a warm-up; the figures are medians over `--rounds`, the
 ratio the median of per-round ratios.
 
+`--batch-sizes` also times the training step at other batch sizes in each precision, and prints an example's
+time at the pipeline's batch over its time at each (the median of per-round ratios; > 1: the larger batch is faster
+per example).
+
 Usage: python -m benchmarks.precision_speed [--examples 500] [--steps 20] [--rounds 5] [--precisions float32,bfloat16]
-       [--jit]
+       [--jit] [--batch-sizes 256,512]
 The last line printed is one JSON object.
 """
 
@@ -63,9 +67,13 @@ def attack_seconds(model, x, y, steps):
     return seconds
 
 
-def training_step(precision, build_model, jit_compile=False):
-    """A callable that times `repeats` training steps of the default recipe in `precision` (after one warm-up)."""
+def training_step(precision, build_model, jit_compile=False, batch_size=None):
+    """A callable that times `repeats` training steps of the default recipe in `precision` (after one warm-up).
+
+    `batch_size` replaces the pipeline's (the seconds are still a step's: divide by the batch for an example's).
+    """
     pipeline = nsladv.load_pipeline("mnist")
+    batch_size = batch_size or pipeline.batch_size
     keras.utils.set_random_seed(0)
     with precision_lib.policy_scope(precision):
         base = build_model((28, 28, 1), 10)
@@ -73,7 +81,7 @@ def training_step(precision, build_model, jit_compile=False):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(keras.optimizers.Adam(1e-3), loss, jit_compile=jit_compile)
     rng = np.random.default_rng(0)
-    x, y = rng.random((pipeline.batch_size, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, pipeline.batch_size)
+    x, y = rng.random((batch_size, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, batch_size)
     model.train_on_batch(x, y)
 
     def seconds(repeats=5):
@@ -104,8 +112,13 @@ def main():
     parser.add_argument("--matmul", type=int, default=1024, help="the peak's matrix size")
     parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--jit", action="store_true", help="also the training step under XLA, in float32")
+    parser.add_argument(
+        "--batch-sizes", default="", help="also the training step at these batch sizes (e.g. 256,512), each precision"
+    )
     args = parser.parse_args()
     precisions = args.precisions.split(",")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    default_batch = nsladv.load_pipeline("mnist").batch_size
 
     from pipelines.mnist import build_model
 
@@ -129,6 +142,9 @@ def main():
         contenders[f"train_step_{name}"] = training_step(name, build_model)
     if args.jit:
         contenders["train_step_float32_xla"] = training_step("float32", build_model, jit_compile=True)
+    for size in batch_sizes:
+        for name in precisions:
+            contenders[f"train_step_{name}_batch{size}"] = training_step(name, build_model, batch_size=size)
     for name in precisions:
         contenders[f"apgd_{name}"] = lambda m=models[name]: attack_seconds(m, x, y, args.steps)
         contenders[f"matmul_{name}"] = lambda d=dtypes[name]: matmul_seconds(args.matmul, d)
@@ -161,6 +177,17 @@ def main():
     for name in [n for n in contenders if n.startswith("train_step")]:
         summary[name + "_seconds"] = round(statistics.median(times[name]), 4)
         print(f"{name:<24} {summary[name + '_seconds'] * 1e3:8.1f} ms a step")
+    for size in batch_sizes:
+        for name in precisions:
+            # An example's time at the pipeline's batch over its time at this batch: > 1 when the larger batch is
+            # faster per example.
+            per_example = [
+                (default / default_batch) / (larger / size)
+                for default, larger in zip(times[f"train_step_{name}"], times[f"train_step_{name}_batch{size}"])
+            ]
+            key = f"train_example_{name}_batch{default_batch}_over_batch{size}_time"
+            summary[key] = round(statistics.median(per_example), 3)
+            print(f"{key:<48} {summary[key]:.3f}")
     if args.jit:
         summary["train_step_xla_over_float32_time"] = round(
             median_ratio(times["train_step_float32_xla"], times["train_step_float32"]), 3

@@ -55,8 +55,11 @@ second Madry-style contender trains in nsladv's precision, and
 `time_to_target_ratio_same_precision` divides by its time instead (goal: <= 0.2);
 otherwise it equals `time_to_target_ratio`. Evaluations are float32.
 
+The ratios need only nsladv and Madry-style training: `--fgsm-epochs 0 --nsl-epochs 0` leaves the other two
+out (about a third of the run).
+
 Usage: python -m benchmarks.time_to_robust [--out runs/time_to_robust] [--eval-examples 200] [--pipeline mnist]
-       [--precision auto|float32|bfloat16]
+       [--precision auto|float32|bfloat16] [--fgsm-epochs 10] [--nsl-epochs 10]
 It writes time_to_robust.png and time_to_robust.json in --out; the last line printed is one JSON object.
 """
 
@@ -391,34 +394,38 @@ def main():
     contenders = [
         ("madry_pgd7", madry),
         *([(same, madry)] if same else []),
-        (
-            "fgsm_rs",
-            lambda base, rec: hand_written(
-                base,
-                train,
-                steps_per_epoch,
-                rec,
-                args.fgsm_epochs,
-                steps=1,
-                step_size=1.25 * EPSILON,
-                schedule=one_cycle(5e-3),
-                warmup_epochs=3,
-            ),
-        ),
     ]
+    if args.fgsm_epochs:
+        contenders.append(
+            (
+                "fgsm_rs",
+                lambda base, rec: hand_written(
+                    base,
+                    train,
+                    steps_per_epoch,
+                    rec,
+                    args.fgsm_epochs,
+                    steps=1,
+                    step_size=1.25 * EPSILON,
+                    schedule=one_cycle(5e-3),
+                    warmup_epochs=3,
+                ),
+            )
+        )
     if same:
         passes[same] = passes["madry_pgd7"]
     recorders = {
         name: Recorder(name, fresh(chosen if name in ("nsladv", same) else "float32"), test, passes[name], args.seed)
-        for name in ("nsladv", "madry_pgd7", *([same] if same else []), "fgsm_rs", "nsl_legacy")
+        for name in ("nsladv", *(name for name, _ in contenders), *(["nsl_legacy"] if args.nsl_epochs else []))
     }
     with tempfile.TemporaryDirectory() as workdir:
         # Interleaved epoch by epoch (nsladv, Madry, FGSM-RS, NSL, nsladv, ...), so a drift in the machine's speed
         # falls on every contender alike instead of on whichever ran last.
         others = [run(recorders[name].base, recorders[name]) for name, run in contenders]
-        others.append(
-            run_nsl_legacy(recorders["nsl_legacy"].base, x, y, recorders["nsl_legacy"], args.nsl_epochs, workdir)
-        )
+        if args.nsl_epochs:
+            others.append(
+                run_nsl_legacy(recorders["nsl_legacy"].base, x, y, recorders["nsl_legacy"], args.nsl_epochs, workdir)
+            )
         nsladv_epochs = args.nsladv_epochs or pipeline.epochs
         run_nsladv(
             recorders["nsladv"].base,
