@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from nsladv import load_pipeline
+from nsladv import precision
 from nsladv.errors import RunExistsError
 from nsladv.errors import SettingsError
 from nsladv.jobs import tune as tune_job
@@ -40,7 +41,9 @@ def test_the_tune_job_keeps_its_phases_and_refuses_other_settings(tmp_path, data
     kwargs = dict(eval_examples=60, log=lines.append)
     first = _tune("tiny_pipeline.py", tmp_path, data_dir, **kwargs)
     assert first["pipeline"]["eval_examples"] == 60 and first["evaluation"]["examples"] == 60
-    assert first["tuning"]["monitor"]["split"] == "validation" and first["precision"]["training"] == "float32"
+    # The report records the precision "auto" chose on this machine: float32, or bfloat16 on bfloat16 hardware.
+    assert first["tuning"]["monitor"]["split"] == "validation"
+    assert first["precision"]["training"] == precision.choose("auto").name
     lines.clear()
     again = _tune("tiny_pipeline.py", tmp_path, data_dir, **kwargs)
     assert again["evaluation"] == first["evaluation"] and again["export"] == first["export"]
